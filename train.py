@@ -1,0 +1,697 @@
+"""
+Non-contrastive self-supervised learning (BYOL, SimSiam) with a trained or a closed-form (DirectPred) predictor.
+
+One GPU / CPU:
+    python train.py --dataset cifar10 --predictor direct
+DDP, e.g. 8 GPUs on one node (--batch-size is the global batch, split over the ranks):
+    torchrun --standalone --nproc_per_node=8 train.py --dataset imagenet --data-dir /data/imagenet --predictor direct
+Resume where a run stopped (same flags, plus --resume):
+    python train.py --dataset cifar10 --predictor direct --resume
+
+Papers: Tian, Chen, Ganguli, ICML 2021 (arXiv 2102.06810), "Understanding self-supervised learning dynamics
+without contrastive pairs" (DirectPred); Grill et al. 2020 (BYOL); Chen & He 2021 (SimSiam).
+The file reads top to bottom: config, data, augmentation, model, then (under __main__) the training run.
+eval_linear.py imports the data and model pieces from here, so importing this file trains nothing.
+"""
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as nnf  # "F" is the paper's correlation matrix, so functional gets another name
+import torchvision
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from directpred import DirectPred
+
+# -----------------------------------------------------------------------------
+# config: one flag per knob; flag name == config key == checkpoint["config"] key
+
+
+def get_parser():
+    P = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = P.add_argument
+    # data
+    a("--dataset", default="cifar10", choices=list(DATASETS), help="fake = random images made in memory (tests)")
+    a("--data-dir", default="data", help="dataset root; see README for the layout each dataset expects")
+    a("--img-size", type=int, default=0, help="crop size; 0 = the dataset's own size (224 for imagenet/imagefolder)")
+    a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (PAPER.md Sec. 3); auto = by dataset")
+    a("--crop-min", type=float, default=0.08, help="RandomResizedCrop minimum area fraction")
+    a("--workers", type=int, default=8, help="DataLoader workers per rank (imagenet/imagefolder only)")
+    a("--fake-size", type=int, default=1024, help="number of images of --dataset fake")
+    # model
+    a("--arch", default="resnet18", choices=list(ARCHS))
+    a("--width", type=int, default=64, help="channels of the first ResNet stage (64 = standard; small for CPU tests)")
+    a("--stem", default="auto", choices=["auto", "cifar", "imagenet"], help="cifar = 3x3 stride-1 conv1, no maxpool")
+    a("--proj-hidden", type=int, default=512, help="projector hidden size")
+    a("--proj-dim", type=int, default=128, help="projector output size d (the predictor is d x d)")
+    a("--bn-affine", type=int, default=0, choices=[0, 1], help="affine BN in projector/predictor MLPs (paper: 0)")
+    a("--sync-bn", type=int, default=1, choices=[0, 1], help="SyncBatchNorm under DDP on CUDA (global-batch BN)")
+    # predictor
+    a("--predictor", default="direct", choices=["none", "linear", "mlp", "direct", "directcopy"])
+    a("--pred-hidden", type=int, default=512, help="hidden size of the 2-layer (mlp) predictor")
+    a("--rho", type=float, default=0.3, help="DirectPred: EMA rate of F_hat (F_hat <- rho F_hat + (1-rho) F)")
+    a("--eps", type=float, default=0.1, help="DirectPred: added to sqrt(s_j) after max-normalisation")
+    a("--freq", type=int, default=1, help="DirectPred: set Wp every freq steps, SGD in between")
+    a("--exponent", type=float, default=0.5, help="DirectPred: p_j = s_j^exponent (1 = DirectSet(1))")
+    a("--offset", type=float, default=0.0, help="DirectPred: offset c inside the root, p_j = (s_j - c)_+^a (Table 7)")
+    a("--center", type=int, default=0, choices=[0, 1], help="DirectPred: center F (subtract mean outer product)")
+    # target
+    a("--ema", type=float, default=0.996, help="target EMA momentum tau; 0 = SimSiam (target = online, stop-grad)")
+    a("--ema-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine to 1 (BYOL)")
+    # optimisation
+    a("--optimizer", default="sgd", choices=["sgd", "lars"])
+    a("--lr", type=float, default=0.03, help="used as given; linear scaling rule: lr = base_lr * batch_size / 256")
+    a("--lr-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine decay")
+    a("--warmup-epochs", type=float, default=0.0, help="linear lr warmup")
+    a("--momentum", type=float, default=0.9)
+    a("--wd", type=float, default=4e-4, help="weight decay (paper: 4e-4 on every parameter)")
+    a("--batch-size", type=int, default=128, help="global batch size, split evenly over DDP ranks")
+    a("--epochs", type=int, default=100)
+    a("--max-steps", type=int, default=0, help="stop after this many optimizer steps in all (0 = epochs); "
+      "the schedules still span --epochs")
+    # system
+    a("--out-dir", default="out")
+    a("--resume", action="store_true", help="continue from out_dir/ckpt.pt")
+    a("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also written at the end)")
+    a("--save-every-rank", action="store_true", help="every DDP rank writes ckpt_rank{r}.pt too (to check ranks agree)")
+    a("--log-every", type=int, default=50, help="steps between log lines (out_dir/log.jsonl)")
+    a("--seed", type=int, default=0)
+    a("--device", default="auto", help="auto | cpu | cuda")
+    a("--bf16", type=int, default=1, choices=[0, 1], help="bf16 autocast on CUDA (CPU always runs fp32)")
+    a("--compile", type=int, default=0, choices=[0, 1], help="torch.compile the online network")
+    return P
+
+
+# keys that may differ between a run and its --resume (they do not change what is computed)
+RESUME_FREE = {"resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "workers", "compile", "device",
+               "data_dir", "out_dir"}
+
+# -----------------------------------------------------------------------------
+# data: small sets live on the device as one uint8 tensor; ImageNet-size sets stream through a DataLoader
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DATASETS = {  # name: (aug preset, stem, mean, std, what the loader expects under --data-dir)
+    "cifar10": ("cifar", "cifar", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                "{d}/cifar-10-batches-py/ with data_batch_1..5 and test_batch (the python pickle version)"),
+    "cifar100": ("cifar", "cifar", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                 "{d}/cifar-100-python/ with train and test (the python pickle version)"),
+    "stl10": ("stl10", "imagenet", IMAGENET_MEAN, IMAGENET_STD,
+              "{d}/stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin"),
+    "fashion-mnist": ("cifar", "cifar", (0.2860,), (0.3530,),
+                      "{d}/FashionMNIST/raw/ with the four *-ubyte(.gz) files "
+                      "(or: apt-get install dataset-fashion-mnist, found in /usr/share/datasets/fashion-mnist)"),
+    "imagenet": ("imagenet", "imagenet", IMAGENET_MEAN, IMAGENET_STD,
+                 "{d}/train/<class>/*.JPEG and {d}/val/<class>/*.JPEG (val sorted into class folders)"),
+    "imagefolder": ("imagenet", "imagenet", IMAGENET_MEAN, IMAGENET_STD,
+                    "{d}/train/<class>/<image> and {d}/val/<class>/<image>"),
+    "fake": ("cifar", "cifar", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "nothing (made in memory)"),
+}
+STREAMED = ("imagenet", "imagefolder")
+FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+
+
+def load_dataset(name, data_dir, split, fake_size=1024):
+    """split: pretrain | train | test. Returns (images uint8 (N, C, H, W), labels long (N,)) for the small
+    sets, or a torchvision ImageFolder for the streamed ones. Exits with one line if the files are missing."""
+    tv = torchvision.datasets
+    train = split != "test"
+    try:
+        if name == "fake":  # random images, labels 0..9; a different draw for the test split
+            g = torch.Generator().manual_seed(1234 + (split == "test"))
+            return torch.randint(0, 256, (fake_size, 3, 32, 32), dtype=torch.uint8, generator=g), \
+                torch.randint(0, 10, (fake_size,), generator=g)
+        if name in STREAMED:
+            return tv.ImageFolder(os.path.join(data_dir, "train" if train else "val"))
+        if name in ("cifar10", "cifar100"):
+            cls = tv.CIFAR10 if name == "cifar10" else tv.CIFAR100
+            ds = _open(cls, root=data_dir, train=train)
+            return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+        if name == "stl10":  # pretraining uses train + unlabeled (105k images, PAPER.md Sec. 3); unlabeled have y = -1
+            ds = _open(tv.STL10, root=data_dir, split={"pretrain": "train+unlabeled", "train": "train"}.get(split, "test"))
+            return torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()
+        if name == "fashion-mnist":
+            raw = os.path.join(data_dir, "FashionMNIST", "raw")
+            if not os.path.isdir(raw) and os.path.isdir(FMNIST_SYSTEM_DIR):  # use the Debian package's files
+                shutil.copytree(FMNIST_SYSTEM_DIR, raw)
+            ds = _open(tv.FashionMNIST, root=data_dir, train=train)
+            return ds.data[:, None].contiguous(), ds.targets.long()
+    except (RuntimeError, OSError, FileNotFoundError) as e:
+        layout = DATASETS[name][4].format(d=data_dir)
+        sys.exit(f"error: --dataset {name}: no usable data under --data-dir {data_dir!r} ({e}). Expected: {layout}")
+    raise ValueError(name)
+
+
+def _open(cls, **kw):
+    """Open a torchvision dataset from disk; download only if it is not there (and torchvision can)."""
+    try:
+        return cls(**kw, download=False)
+    except RuntimeError:
+        return cls(**kw, download=True)
+
+
+class TwoCrops:
+    """Streamed sets: decode, then two independent RandomResizedCrops to uint8 (the colour ops run on the device)."""
+
+    def __init__(self, size, scale):
+        T = torchvision.transforms
+        self.crop = T.Compose([T.RandomResizedCrop(size, scale=scale), T.PILToTensor()])
+
+    def __call__(self, img):
+        img = img.convert("RGB")
+        return torch.stack([self.crop(img), self.crop(img)])  # (2, 3, size, size) uint8
+
+
+def epoch_indices(n, batch_size, epoch, seed, rank, world_size):
+    """This rank's sample indices for one epoch: a fresh permutation of all n (the same on every rank, from
+    seed and epoch), cut into global batches (last partial batch dropped), each split into world_size slices."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    steps = n // batch_size
+    return perm[: steps * batch_size].view(steps, world_size, -1)[:, rank]  # (steps, B_local)
+
+
+# -----------------------------------------------------------------------------
+# augmentation: per-sample random parameters, batched on the device (PAPER.md Sec. 3)
+
+AUG = {  # blur_p / solarize_p: (view 1, view 2), BYOL's asymmetric recipe; blur kernel = 10% of the crop
+    "cifar": dict(jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0)),
+    "stl10": dict(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 1.0), solarize_p=(0.0, 0.0)),
+    "imagenet": dict(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2)),
+}
+
+
+def rand(gen, *shape, lo=0.0, hi=1.0):
+    """Uniform [lo, hi) on the generator's device."""
+    return torch.rand(*shape, generator=gen, device=gen.device) * (hi - lo) + lo
+
+
+def random_resized_crop(x, size, scale, gen, ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop + horizontal flip, one box per image. x: (B, C, H, W) float -> (B, C, size, size).
+    Boxes are drawn like torchvision (10 tries of area/log-ratio, else a centre crop); bilinear resampling."""
+    B, _, H, W = x.shape
+    area = rand(gen, B, 10, lo=scale[0], hi=scale[1]) * H * W
+    logr = rand(gen, B, 10, lo=math.log(ratio[0]), hi=math.log(ratio[1]))
+    w = torch.sqrt(area * torch.exp(logr)).round()
+    h = torch.sqrt(area / torch.exp(logr)).round()
+    ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)  # (B, 10)
+    first = ok.float().argmax(1, keepdim=True)  # first valid try per image
+    w, h, ok = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], ok.any(1)
+    cw = min(W, round(H * ratio[1])) if W / H > ratio[1] else W  # fallback: centre crop clamped to the ratio range
+    ch = min(H, round(W / ratio[0])) if W / H < ratio[0] else H
+    w, h = torch.where(ok, w, torch.full_like(w, cw)), torch.where(ok, h, torch.full_like(h, ch))
+    i = torch.floor(rand(gen, B) * (H - h + 1))  # top, as torch.randint(0, H - h + 1)
+    j = torch.floor(rand(gen, B) * (W - w + 1))  # left
+    i, j = torch.where(ok, i, ((H - h) / 2).floor()), torch.where(ok, j, ((W - w) / 2).floor())
+    flip = torch.where(rand(gen, B) < 0.5, -1.0, 1.0)
+    # affine map from output coords in [-1, 1] to input coords in [-1, 1] (align_corners=False)
+    theta = torch.zeros(B, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2] = flip * w / W, (2 * j + w) / W - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h / H, (2 * i + h) / H - 1
+    grid = nnf.affine_grid(theta, (B, x.shape[1], size, size), align_corners=False)
+    return nnf.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def gray(x):
+    """(B, 3, H, W) -> (B, 1, H, W), ITU-R 601-2 luma as torchvision's rgb_to_grayscale."""
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+
+
+def adjust_hue(x, shift):
+    """Rotate hue by shift (B,) in [-0.5, 0.5] turns, through HSV like torchvision's adjust_hue."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.max(1).values, x.min(1).values
+    v, delta = maxc, maxc - minc
+    s = delta / maxc.clamp(min=1e-8)
+    d = delta.clamp(min=1e-8)
+    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    h = torch.where(delta > 0, h / 6 % 1.0, torch.zeros_like(h))
+    h = (h + shift[:, None, None]) % 1.0
+    k = torch.stack([(n + h * 6) % 6 for n in (5, 3, 1)], 1)  # (B, 3, H, W): HSV -> RGB without a lookup table
+    return v[:, None] - v[:, None] * s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
+
+
+def color_jitter(x, strength, p, gen):
+    """torchvision ColorJitter(b, c, s, h) applied with probability p, each image with its own factors and its
+    own random order of the four ops. x: (B, C, H, W) in [0, 1]; saturation and hue need C == 3."""
+    B, C = x.shape[:2]
+    bs, cs, ss, hs = strength
+    on = rand(gen, B) < p
+    factor = [rand(gen, B, lo=max(0, 1 - t), hi=1 + t) for t in (bs, cs, ss)] + [rand(gen, B, lo=-hs, hi=hs)]
+    order = rand(gen, B, 4).argsort(1)  # (B, 4) a random permutation of the ops per image
+    for slot in range(4):
+        for op in range(4 if C == 3 else 2):
+            m = (on & (order[:, slot] == op))[:, None, None, None]  # (B, 1, 1, 1) images doing op now
+            f = factor[op][:, None, None, None]
+            if op == 0:  # brightness
+                y = x * f
+            elif op == 1:  # contrast: blend with the mean grey level of the image
+                y = f * x + (1 - f) * (gray(x) if C == 3 else x).mean((1, 2, 3), keepdim=True)
+            elif op == 2:  # saturation: blend with the grey image
+                y = f * x + (1 - f) * gray(x)
+            else:
+                y = adjust_hue(x, factor[3])
+            x = torch.where(m, y.clamp(0, 1), x)
+    return x
+
+
+def gaussian_blur(x, sigma, ksize):
+    """Per-image Gaussian blur, sigma: (B,). Separable, reflect padding (as torchvision's GaussianBlur)."""
+    B, C, H, W = x.shape
+    t = torch.arange(ksize, device=x.device, dtype=x.dtype) - ksize // 2
+    k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, ksize), one kernel per channel of each image
+    y = nnf.pad(x.reshape(1, B * C, H, W), (ksize // 2,) * 4, mode="reflect")
+    y = nnf.conv2d(y, k[:, None, None, :], groups=B * C)  # horizontal
+    y = nnf.conv2d(y, k[:, None, :, None], groups=B * C)  # vertical
+    return y.view(B, C, H, W)
+
+
+def augment(x, aug, view, gen, size, scale, mean, std, crop=True):
+    """One view of a batch. x: (B, C, H, W) uint8 on the device -> normalised float (B, C, size, size).
+    mean, std: (C, 1, 1) tensors on the device (made once, outside the loop: no host-to-device copy per step).
+    Every image draws its own crop, flip, jitter, grey, blur and solarize decisions from `gen`."""
+    x = x.float() / 255
+    B, C = x.shape[:2]
+    if crop:  # in-memory sets: crop + flip here; streamed sets arrive cropped and only flip here
+        x = random_resized_crop(x, size, scale, gen)
+    else:
+        x = torch.where((rand(gen, B) < 0.5)[:, None, None, None], x.flip(3), x)
+    x = color_jitter(x, aug["jitter"], aug["jitter_p"], gen)
+    if C == 3:
+        x = torch.where((rand(gen, B) < aug["gray_p"])[:, None, None, None], gray(x).expand_as(x), x)
+    if aug["blur_p"][view] > 0:
+        ksize = int(0.1 * size) // 2 * 2 + 1  # 9 at 96 px (STL-10), 23 at 224 px (BYOL)
+        y = gaussian_blur(x, rand(gen, B, lo=0.1, hi=2.0), ksize)
+        x = torch.where((rand(gen, B) < aug["blur_p"][view])[:, None, None, None], y, x)
+    if aug["solarize_p"][view] > 0:
+        y = torch.where(x < 0.5, x, 1 - x)
+        x = torch.where((rand(gen, B) < aug["solarize_p"][view])[:, None, None, None], y, x)
+    return (x - mean) / std
+
+
+# -----------------------------------------------------------------------------
+# model: ResNet with torchvision's parameter names, projector, predictor
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None if stride == 1 and inplanes == planes else \
+            nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # stride on the 3x3 (torchvision's "v1.5")
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None if stride == 1 and inplanes == planes * 4 else \
+            nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
+         "resnet50": (Bottleneck, [3, 4, 6, 3])}
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet without fc (state dict keys match torchvision.models.resnetXX, fc aside).
+    stem 'cifar': 3x3 stride-1 conv1 and no maxpool, for 32 px images (the ImageNet stem costs ~10 points there)."""
+
+    def __init__(self, arch="resnet18", width=64, stem="imagenet", in_chans=3):
+        super().__init__()
+        block, layers = ARCHS[arch]
+        cifar = stem == "cifar"
+        self.conv1 = nn.Conv2d(in_chans, width, 3 if cifar else 7, 1 if cifar else 2, 1 if cifar else 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(3, 2, 1)
+        inplanes, stages = width, []
+        for i, n in enumerate(layers):
+            planes = width * 2 ** i
+            blocks = [block(inplanes, planes, 1 if i == 0 else 2)]
+            inplanes = planes * block.expansion
+            blocks += [block(inplanes, planes, 1) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dim = inplanes  # feature size: 512 for resnet18/34, 2048 for resnet50 (at width 64)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)  # (B, dim)
+
+
+def mlp(d_in, d_hidden, d_out, bn_affine):
+    """Linear-BN-ReLU-Linear: the projector, and the 2-layer predictor baseline (PAPER.md Sec. 3)."""
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.BatchNorm1d(d_hidden, affine=bool(bn_affine)),
+                         nn.ReLU(inplace=True), nn.Linear(d_hidden, d_out))
+
+
+class SiameseNet(nn.Module):
+    """Online branch: backbone -> projector (f, the predictor's input) -> predictor (p). Both views in one call,
+    so that one DDP forward covers the whole step; each view keeps its own BN batch statistics."""
+
+    def __init__(self, backbone, projector, predictor):
+        super().__init__()
+        self.backbone, self.projector, self.predictor = backbone, projector, predictor
+
+    def forward(self, x1, x2):
+        z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))  # (B, d) each
+        return z1, z2, self.predictor(z1), self.predictor(z2)
+
+
+def build_model(cfg, in_chans):
+    """The online network from a config dict (train.py's flags), as saved in every checkpoint."""
+    stem = cfg["stem"] if cfg["stem"] != "auto" else DATASETS[cfg["dataset"]][1]
+    backbone = ResNet(cfg["arch"], cfg["width"], stem, in_chans)
+    projector = mlp(backbone.dim, cfg["proj_hidden"], cfg["proj_dim"], cfg["bn_affine"])
+    d = cfg["proj_dim"]
+    predictor = {"none": lambda: nn.Identity(),  # no predictor: Theorem 2 says this collapses
+                 "linear": lambda: nn.Linear(d, d, bias=False),
+                 "direct": lambda: nn.Linear(d, d, bias=False),  # Wp, set in closed form by DirectPred
+                 "directcopy": lambda: nn.Linear(d, d, bias=False),
+                 "mlp": lambda: mlp(d, cfg["pred_hidden"], d, cfg["bn_affine"])}[cfg["predictor"]]()
+    return SiameseNet(backbone, projector, predictor)
+
+
+# -----------------------------------------------------------------------------
+# loss, optimizer, schedules
+
+
+def cosine_loss(p, z):
+    """2 - 2 cos(p, z), averaged over the batch, in fp32. z must already be detached (stop-gradient)."""
+    return 2 - 2 * nnf.cosine_similarity(p.float(), z.float(), dim=-1).mean()
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al. 2017) as in BYOL / SimSiam: SGD momentum on a layer-wise trust-ratio-scaled update.
+    Biases and BN parameters (ndim 1) get neither weight decay nor the trust ratio."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if p.ndim > 1:
+                    d = d.add(p, alpha=g["weight_decay"])
+                    pn, dn = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    d = d * torch.where((pn > 0) & (dn > 0), g["eta"] * pn / dn, torch.ones_like(pn))
+                mu = self.state[p].setdefault("mu", torch.zeros_like(p))
+                mu.mul_(g["momentum"]).add_(d)
+                p.add_(mu, alpha=-g["lr"])
+
+
+def lr_at(step, cfg, total_steps, steps_per_epoch):
+    """Learning rate at an optimizer step: linear warmup, then constant (paper) or cosine to 0."""
+    warmup = cfg["warmup_epochs"] * steps_per_epoch
+    if step < warmup:
+        return cfg["lr"] * (step + 1) / warmup
+    if cfg["lr_schedule"] == "const":
+        return cfg["lr"]
+    return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+
+def tau_at(step, cfg, total_steps):
+    """Target EMA momentum at an optimizer step: constant (paper) or BYOL's 1 - (1 - tau)(cos(pi k / K) + 1) / 2."""
+    if cfg["ema_schedule"] == "const":
+        return cfg["ema"]
+    return 1 - (1 - cfg["ema"]) * (math.cos(math.pi * step / total_steps) + 1) / 2
+
+
+@torch.no_grad()
+def diagnostics(F, Wp, z):
+    """The paper's Fig. 2 quantities. F: (d, d) correlation of f; Wp: (d, d) linear predictor or None; z: (B, d).
+    Eigenvalues descending; alignment cos(u_j, Wp u_j) per eigenvector u_j of F; asymmetry ||Wp - Wp^T|| / ||Wp||;
+    z_std: per-dimension std of l2-normalised z, times sqrt(d) (about 1 when spread out, 0 when collapsed)."""
+    s, U = torch.linalg.eigh(F.double())
+    s, U = s.flip(0), U.flip(1)
+    out = {"F_eig": s.tolist(), "z_std": (nnf.normalize(z.float(), dim=1).std(0).mean() * z.shape[1] ** 0.5).item()}
+    if Wp is not None:
+        Wp = Wp.double()
+        out["Wp_eig"] = torch.linalg.eigvals(Wp).real.sort(descending=True).values.tolist()
+        out["align"] = nnf.cosine_similarity(U, Wp @ U, dim=0).tolist()
+        out["asym"] = ((Wp - Wp.T).norm() / Wp.norm().clamp(min=1e-12)).item()
+    return out
+
+
+def save_checkpoint(obj, path):
+    """Atomic: a crash mid-write leaves the previous checkpoint intact, never a half-written one."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def step_seed(seed, step, rank):
+    """Seed of the augmentation RNG for one step of one rank: resume replays the same views, ranks differ."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8], "little") >> 1
+
+
+# -----------------------------------------------------------------------------
+if __name__ == "__main__":
+    args = get_parser().parse_args()
+    cfg = vars(args)  # the config dict: key == flag name with '_' for '-'
+
+    # --- DDP / device
+    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if ddp:
+        ddp_rank, ddp_local_rank, ddp_world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend="nccl" if args.device == "cuda" else "gloo")
+        device = f"cuda:{ddp_local_rank}" if args.device == "cuda" else "cpu"
+        if args.device == "cuda":
+            torch.cuda.set_device(device)
+    else:
+        ddp_rank, ddp_local_rank, ddp_world_size, device = 0, 0, 1, args.device
+    master_process = ddp_rank == 0
+    device_type = "cuda" if "cuda" in device else "cpu"
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device_type == "cuda" and args.bf16 else nullcontext()
+    if args.batch_size % ddp_world_size:
+        sys.exit(f"error: --batch-size {args.batch_size} must divide evenly over {ddp_world_size} DDP ranks")
+    B = args.batch_size // ddp_world_size  # local batch
+    if args.predictor not in ("direct", "directcopy"):
+        changed = [k for k in ("rho", "eps", "freq", "exponent", "offset", "center") if cfg[k] != get_parser().get_default(k)]
+        if changed:
+            sys.exit(f"error: --{changed[0]} is a DirectPred option; it needs --predictor direct or directcopy")
+    if args.freq < 1:
+        sys.exit("error: --freq must be >= 1")
+    os.makedirs(args.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+
+    # --- data
+    aug = AUG[DATASETS[args.dataset][0] if args.aug == "auto" else args.aug]
+    mean, std = (torch.tensor(v, device=device)[:, None, None] for v in DATASETS[args.dataset][2:4])  # (C, 1, 1)
+    if args.dataset in STREAMED:
+        size = args.img_size or 224
+        train_set = load_dataset(args.dataset, args.data_dir, "pretrain")
+        train_set.transform = TwoCrops(size, (args.crop_min, 1.0))
+        n_train, in_chans = len(train_set), 3
+    else:
+        images, _ = load_dataset(args.dataset, args.data_dir, "pretrain", args.fake_size)
+        images = images.to(device)  # (N, C, H, W) uint8, resident on the device
+        n_train, in_chans = images.shape[0], images.shape[1]
+        size = args.img_size or images.shape[-1]
+    steps_per_epoch = n_train // args.batch_size
+    if steps_per_epoch == 0:
+        sys.exit(f"error: --batch-size {args.batch_size} is larger than the {n_train} training images")
+    total_steps = args.epochs * steps_per_epoch
+    max_steps = min(args.max_steps, total_steps) if args.max_steps > 0 else total_steps
+
+    def epoch_batches(epoch, start):
+        """This rank's uint8 batches of one epoch from batch `start` on: x (B, C, H, W), or (x1, x2) pre-cropped."""
+        idx = epoch_indices(n_train, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size)[start:]
+        if args.dataset not in STREAMED:
+            idx = idx.to(device)
+            for i in idx:
+                yield images[i]
+        else:
+            loader = torch.utils.data.DataLoader(train_set, batch_size=B, sampler=idx.flatten().tolist(),
+                                                 num_workers=args.workers, pin_memory=device_type == "cuda",
+                                                 persistent_workers=False, drop_last=True)
+            for views, _ in loader:
+                views = views.to(device, non_blocking=True)
+                yield views[:, 0], views[:, 1]
+
+    # --- model: online (DDP-wrapped), EMA target (never wrapped), DirectPred state
+    online = build_model(cfg, in_chans).to(device)
+    if ddp and args.sync_bn and device_type == "cuda":
+        online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
+    elif ddp and args.sync_bn and master_process:
+        print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch statistics")
+    if device_type == "cuda":
+        online = online.to(memory_format=torch.channels_last)
+    target = None
+    if args.ema > 0:  # BYOL: EMA copy of backbone + projector; SimSiam (--ema 0): the online net under stop-grad
+        target = copy.deepcopy(online).requires_grad_(False)
+        target.predictor = nn.Identity()
+    dp = None
+    if args.predictor in ("direct", "directcopy"):
+        dp = DirectPred(args.proj_dim, args.rho, args.eps, args.freq, args.exponent, args.offset, bool(args.center),
+                        mode=args.predictor).to(device)
+
+    # --- optimizer: trunk and predictor in separate groups (same settings here)
+    trunk = [p for n, p in online.named_parameters() if not n.startswith("predictor.")]
+    groups = [{"params": trunk}, {"params": list(online.predictor.parameters())}]
+    groups = [g for g in groups if g["params"]]
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    else:
+        optimizer = LARS(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+
+    # --- resume
+    step = 0
+    if args.resume:
+        if not os.path.exists(ckpt_path):
+            sys.exit(f"error: --resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        diff = [k for k in cfg if k not in RESUME_FREE and ckpt["config"].get(k) != cfg[k]]
+        if diff:
+            sys.exit(f"error: --resume: --{diff[0].replace('_', '-')} is {cfg[diff[0]]!r} here but "
+                     f"{ckpt['config'].get(diff[0])!r} in {ckpt_path}")
+        online.load_state_dict(ckpt["online"])
+        if target is not None:
+            target.load_state_dict(ckpt["target"])
+        if dp is not None:
+            dp.load_state_dict(ckpt["directpred"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if device_type == "cuda" and ckpt["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
+        del ckpt
+
+    # --- compile, DDP
+    raw_model = online  # what gets saved: no "_orig_mod." or "module." in the keys
+    model = torch.compile(online) if args.compile else online
+    if ddp:
+        model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
+    ema_online = [p for n, p in raw_model.named_parameters() if not n.startswith("predictor.")]
+    ema_target = list(target.parameters()) if target is not None else []
+
+    def checkpoint(path):
+        save_checkpoint({
+            "online": raw_model.state_dict(), "target": target.state_dict() if target is not None else None,
+            "directpred": dp.state_dict() if dp is not None else None, "optimizer": optimizer.state_dict(),
+            "step": step, "config": cfg,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
+        }, path)
+
+    # --- training loop
+    gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
+    log = open(os.path.join(args.out_dir, "log.jsonl"), "a") if master_process else None
+    if master_process:
+        print(f"{args.dataset}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} -> {max_steps}, "
+              f"{ddp_world_size} rank(s) x batch {B}, device {device}")
+    pbar = tqdm(total=max_steps, initial=step, disable=not master_process, dynamic_ncols=True)
+    t0, step0 = time.time(), step
+    while step < max_steps:
+        epoch, k = divmod(step, steps_per_epoch)
+        for batch in epoch_batches(epoch, k):
+            gen.manual_seed(step_seed(args.seed, step, ddp_rank))
+            crop = not isinstance(batch, tuple)
+            x1 = augment(batch if crop else batch[0], aug, 0, gen, size, (args.crop_min, 1.0), mean, std, crop)
+            x2 = augment(batch if crop else batch[1], aug, 1, gen, size, (args.crop_min, 1.0), mean, std, crop)
+            if device_type == "cuda":
+                x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+            lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            # forward: online on both views; target under no_grad (or the online outputs, detached, for SimSiam)
+            with ctx:
+                z1, z2, p1, p2 = model(x1, x2)  # (B, d) each
+                if target is not None:
+                    with torch.no_grad():
+                        t1, t2, _, _ = target(x1, x2)
+                else:
+                    t1, t2 = z1, z2
+            if dp is not None:  # F_hat from both views' raw predictor inputs, averaged over ranks (before backward)
+                dp.update(torch.cat([z1, z2]))
+            loss = cosine_loss(p1, t2.detach()) + cosine_loss(p2, t1.detach())  # symmetric, summed (PAPER.md Sec. 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if dp is not None:  # every freq steps: Wp <- U diag(p) U^T, used from the next step on
+                dp.set_predictor(raw_model.predictor.weight)
+            if target is not None:  # EMA keyed to optimizer steps: target <- tau target + (1 - tau) online
+                torch._foreach_lerp_(ema_target, ema_online, 1 - tau)
+            step += 1
+            pbar.update(1)
+
+            if master_process and (step % args.log_every == 0 or step == max_steps):
+                if device_type == "cuda":
+                    torch.cuda.synchronize()
+                dt, t0 = time.time() - t0, time.time()
+                imgs = (step - step0) * args.batch_size / dt
+                step0 = step
+                F = dp.F_hat if dp is not None else torch.cat([z1, z2]).float().T @ torch.cat([z1, z2]).float() / (2 * B)
+                Wp = raw_model.predictor.weight if isinstance(raw_model.predictor, nn.Linear) else None
+                rec = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(), "lr": lr, "tau": tau,
+                       "img_per_s": imgs, **diagnostics(F, Wp, z1)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{imgs:.0f}", z_std=f"{rec['z_std']:.2f}")
+            if step % args.ckpt_every == 0 or step == max_steps:
+                if master_process:
+                    checkpoint(ckpt_path)
+                if args.save_every_rank:
+                    checkpoint(os.path.join(args.out_dir, f"ckpt_rank{ddp_rank}.pt"))
+            if step >= max_steps:
+                break
+    pbar.close()
+    if master_process:
+        print(f"done: step {step}, checkpoint {ckpt_path}")
+    if ddp:
+        dist.destroy_process_group()
