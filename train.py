@@ -15,10 +15,12 @@ eval_linear.py imports the data and model pieces from here, so importing this fi
 """
 import argparse
 import copy
+import gzip
 import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -135,31 +137,45 @@ def load_dataset(name, data_dir, split, fake_size=1024):
                 torch.randint(0, 10, (fake_size,), generator=g)
         if name in STREAMED:
             return tv.ImageFolder(os.path.join(data_dir, "train" if train else "val"))
-        if name in ("cifar10", "cifar100"):
-            cls = tv.CIFAR10 if name == "cifar10" else tv.CIFAR100
-            ds = _open(cls, root=data_dir, train=train)
-            return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
-        if name == "stl10":  # pretraining uses train + unlabeled (105k images, PAPER.md Sec. 3); unlabeled have y = -1
-            ds = _open(tv.STL10, root=data_dir, split={"pretrain": "train+unlabeled", "train": "train"}.get(split, "test"))
-            return torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()
+        if name in ("cifar10", "cifar100"):  # the python pickle batches, read as torchvision reads them
+            base = os.path.join(data_dir, "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+            if not os.path.isdir(base):  # not on disk: let torchvision download it (where it can)
+                (tv.CIFAR10 if name == "cifar10" else tv.CIFAR100)(data_dir, download=True)
+            files = ([f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]) if name == "cifar10" \
+                else (["train"] if train else ["test"])
+            batches = [pickle.load(open(os.path.join(base, f), "rb"), encoding="latin1") for f in files]
+            x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+            y = np.concatenate([b["labels" if name == "cifar10" else "fine_labels"] for b in batches])
+            return torch.from_numpy(x), torch.from_numpy(y).long()
+        if name == "stl10":  # binary files; pretraining uses train + unlabeled (105k images, PAPER.md Sec. 3), y = -1
+            base = os.path.join(data_dir, "stl10_binary")
+            if not os.path.isdir(base):
+                tv.STL10(data_dir, download=True)
+            parts = {"pretrain": ["train", "unlabeled"], "train": ["train"], "test": ["test"]}[split]
+            xs, ys = [], []
+            for p in parts:
+                x = np.fromfile(os.path.join(base, f"{p}_X.bin"), np.uint8).reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
+                y = np.fromfile(os.path.join(base, f"{p}_y.bin"), np.uint8).astype(np.int64) - 1 \
+                    if p != "unlabeled" else np.full(len(x), -1)  # labels on disk are 1..10
+                xs.append(x)
+                ys.append(y)
+            x, y = np.concatenate(xs), np.concatenate(ys)
+            return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
         if name == "fashion-mnist":
             raw = os.path.join(data_dir, "FashionMNIST", "raw")
-            if not os.path.isdir(raw) and os.path.isdir(FMNIST_SYSTEM_DIR):  # use the Debian package's files
-                shutil.copytree(FMNIST_SYSTEM_DIR, raw)
-            ds = _open(tv.FashionMNIST, root=data_dir, train=train)
+            for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+                gz = next((p for p in (os.path.join(raw, f + ".gz"), os.path.join(FMNIST_SYSTEM_DIR, f + ".gz"))
+                           if os.path.exists(p)), None)
+                if not os.path.exists(os.path.join(raw, f)) and gz:  # unpack .gz (ours or the Debian package's)
+                    os.makedirs(raw, exist_ok=True)
+                    with gzip.open(gz) as src, open(os.path.join(raw, f), "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+            ds = tv.FashionMNIST(data_dir, train=train, download=not os.path.isdir(raw))
             return ds.data[:, None].contiguous(), ds.targets.long()
-    except (RuntimeError, OSError, FileNotFoundError) as e:
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         layout = DATASETS[name][4].format(d=data_dir)
         sys.exit(f"error: --dataset {name}: no usable data under --data-dir {data_dir!r} ({e}). Expected: {layout}")
     raise ValueError(name)
-
-
-def _open(cls, **kw):
-    """Open a torchvision dataset from disk; download only if it is not there (and torchvision can)."""
-    try:
-        return cls(**kw, download=False)
-    except RuntimeError:
-        return cls(**kw, download=True)
 
 
 class TwoCrops:
@@ -680,6 +696,8 @@ if __name__ == "__main__":
                 Wp = raw_model.predictor.weight if isinstance(raw_model.predictor, nn.Linear) else None
                 rec = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(), "lr": lr, "tau": tau,
                        "img_per_s": imgs, **diagnostics(F, Wp, z1)}
+                if device_type == "cuda":
+                    rec["mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{imgs:.0f}", z_std=f"{rec['z_std']:.2f}")

@@ -1,0 +1,327 @@
+"""
+CPU tests against independent references: hand-computed predictors, a second DDP rank's weights, torchvision.
+Run: python -m pytest -q test_smoke.py
+"""
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import torchvision.transforms.functional as TF
+
+import train as T
+from directpred import DirectPred
+
+ROOT = Path(__file__).resolve().parent
+TINY = ["--dataset", "fake", "--fake-size", "128", "--width", "4", "--proj-hidden", "32", "--proj-dim", "16",
+        "--batch-size", "32", "--log-every", "1"]
+
+
+def run(args, nproc=1, expect_ok=True):
+    """Run train.py (under torchrun if nproc > 1) in a fresh process."""
+    launcher = [sys.executable] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    r = subprocess.run(launcher + [str(ROOT / "train.py"), *map(str, args)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=600)
+    if expect_ok:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def log_lines(out_dir):
+    return [json.loads(line) for line in open(Path(out_dir) / "log.jsonl")]
+
+
+# -----------------------------------------------------------------------------
+# DirectPred against hand computations
+
+Q = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+LAM = torch.tensor([4.0, 1.0, 0.25, 0.0, -0.1], dtype=torch.float64)  # one negative eigenvalue, to be clamped
+
+
+def wp_from(F, **kw):
+    dp = DirectPred(5, **kw).double()  # F_hat in float64: sqrt would magnify fp32 rounding of the zero eigenvalue
+    dp.F_hat.copy_(F)
+    dp.n_updates = 1
+    W = torch.zeros(5, 5, dtype=torch.float64)
+    assert dp.set_predictor(W)
+    return W
+
+
+@pytest.mark.parametrize("kw, p_hand", [
+    # s / s_max = [1, 1/4, 1/16, 0, 0 (clamped)] -> sqrt = [1, 1/2, 1/4, 0, 0] -> + eps
+    (dict(eps=0.1), [1.1, 0.6, 0.35, 0.1, 0.1]),
+    (dict(eps=0.0), [1.0, 0.5, 0.25, 1e-4, 1e-4]),  # the 1e-4 floor
+    (dict(eps=0.1, exponent=1.0), [1.1, 0.35, 0.1625, 0.1, 0.1]),  # DirectSet(1)
+    (dict(eps=0.0, offset=0.1), [0.9 ** 0.5, 0.15 ** 0.5, 1e-4, 1e-4, 1e-4]),  # offset inside the root
+    (dict(eps=0.1, mode="directcopy"), [1.1, 0.35, 0.1625, 0.1, 0.075]),  # F / lambda_max + eps I, no clamp
+])
+def test_directpred_matches_hand_computed_predictor(kw, p_hand):
+    F = Q @ torch.diag(LAM) @ Q.T
+    W = wp_from(F, **kw)
+    torch.testing.assert_close(W, Q @ torch.diag(torch.tensor(p_hand, dtype=torch.float64)) @ Q.T, atol=2e-6, rtol=0)
+
+
+def test_directpred_ema_and_freq_with_sgd_in_between():
+    """F_hat = first batch, then rho-EMA; Wp set on updates 1, 1+freq, ...; plain SGD moves it in between."""
+    torch.manual_seed(0)
+    rho, freq = 0.3, 3
+    dp = DirectPred(4, rho=rho, eps=0.1, freq=freq)
+    pred = torch.nn.Linear(4, 4, bias=False)
+    opt = torch.optim.SGD(pred.parameters(), lr=0.1, momentum=0.9)
+    F_ref, last_set = None, None
+    for t in range(8):
+        f = torch.randn(8, 4)
+        dp.update(f)
+        F_t = f.double().T @ f.double() / 8
+        F_ref = F_t if F_ref is None else rho * F_ref + (1 - rho) * F_t
+        torch.testing.assert_close(dp.F_hat.double(), F_ref, atol=1e-6, rtol=0)
+        ((pred(torch.randn(8, 4)) - torch.randn(8, 4)) ** 2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        after_sgd = pred.weight.detach().clone()
+        did_set = dp.set_predictor(pred.weight.data)
+        assert did_set == (t % freq == 0)
+        if did_set:
+            s, U = torch.linalg.eigh(F_ref)
+            p = (s.clamp(min=0) / s.max()).sqrt() + 0.1
+            torch.testing.assert_close(pred.weight.detach().double(), U @ torch.diag(p) @ U.T, atol=1e-5, rtol=0)
+            last_set = pred.weight.detach().clone()
+        else:
+            assert torch.equal(pred.weight.detach(), after_sgd)  # SGD's result kept...
+            assert not torch.allclose(after_sgd, last_set)  # ...and SGD did move Wp
+    assert dp.n_sets == 3  # updates 1, 4, 7
+
+
+DP_DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+from directpred import DirectPred
+dist.init_process_group("gloo")
+r = dist.get_rank()
+out = {}
+for center in (False, True):
+    dp = DirectPred(4, rho=0.3, eps=0.1, center=center)
+    for t in range(3):  # each rank sees its own half of the global batch
+        dp.update(torch.randn(6, 4, generator=torch.Generator().manual_seed(100 * t + r)) + r)
+    W = torch.zeros(4, 4)
+    dp.set_predictor(W)
+    out[center] = (dp.F_hat, W)
+torch.save(out, f"{sys.argv[2]}/rank{r}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_directpred_ddp_F_hat_is_the_global_batch_one(tmp_path):
+    script = tmp_path / "dp_ddp.py"
+    script.write_text(DP_DDP_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(ROOT), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = [load(tmp_path / f"rank{i}.pt") for i in range(2)]
+    for center in (False, True):
+        F_ref = None
+        for t in range(3):
+            f = torch.cat([torch.randn(6, 4, generator=torch.Generator().manual_seed(100 * t + i)) + i
+                           for i in range(2)]).double()  # the global batch (12, 4)
+            F_t = f.T @ f / 12
+            if center:
+                F_t = F_t - torch.outer(f.mean(0), f.mean(0))
+            F_ref = F_t if F_ref is None else 0.3 * F_ref + 0.7 * F_t
+        for rank in got:
+            torch.testing.assert_close(rank[center][0].double(), F_ref, atol=1e-5, rtol=0)
+        assert torch.equal(got[0][center][0], got[1][center][0]) and torch.equal(got[0][center][1], got[1][center][1])
+
+
+# -----------------------------------------------------------------------------
+# train.py end to end
+
+
+def test_ddp_ranks_hold_bitwise_identical_weights(tmp_path):
+    run(TINY + ["--fake-size", "256", "--predictor", "direct", "--ema", "0.99", "--max-steps", "5",
+                "--save-every-rank", "--sync-bn", "0", "--out-dir", tmp_path], nproc=2)
+    a, b = load(tmp_path / "ckpt_rank0.pt"), load(tmp_path / "ckpt_rank1.pt")
+    assert a["step"] == b["step"] == 5
+    for key, model in (("online", T.build_model(a["config"], 3)), ("target", None)):
+        names = dict((model or T.build_model(a["config"], 3)).named_parameters())
+        params = [k for k in a[key] if k in names]  # weights; BN running stats are per-rank without SyncBN
+        assert len(params) > 40
+        for k in params:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs between ranks"
+    assert torch.equal(a["directpred"]["F_hat"], b["directpred"]["F_hat"])
+    assert a["directpred"]["_extra_state"]["n_updates"] == 5
+    # the two ranks trained on different halves of each batch: rank 1's BN statistics are its own
+    assert not torch.equal(a["online"]["backbone.bn1.running_mean"], b["online"]["backbone.bn1.running_mean"])
+
+
+def test_resume_is_exact(tmp_path):
+    flags = TINY + ["--predictor", "direct", "--freq", "2", "--ema", "0.99", "--ema-schedule", "cosine",
+                    "--lr-schedule", "cosine", "--warmup-epochs", "1", "--epochs", "3"]  # 4 steps/epoch
+    run(flags + ["--max-steps", "6", "--out-dir", tmp_path / "straight"])
+    run(flags + ["--max-steps", "3", "--out-dir", tmp_path / "split"])  # stops mid-epoch
+    run(flags + ["--max-steps", "6", "--out-dir", tmp_path / "split", "--resume"])
+    a, b = load(tmp_path / "straight" / "ckpt.pt"), load(tmp_path / "split" / "ckpt.pt")
+    assert a["step"] == b["step"] == 6
+    for key in ("online", "target"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}"
+    assert torch.equal(a["directpred"]["F_hat"], b["directpred"]["F_hat"])
+    assert a["directpred"]["_extra_state"] == b["directpred"]["_extra_state"] == {"n_updates": 6, "n_sets": 3}
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in a["online"])
+    steps = [r["step"] for r in log_lines(tmp_path / "split")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("predictor", ["none", "linear", "mlp", "direct", "directcopy"])
+@pytest.mark.parametrize("ema", ["0", "0.996"])
+def test_every_predictor_trains(tmp_path, predictor, ema):
+    run(TINY + ["--predictor", predictor, "--ema", ema, "--max-steps", "3", "--out-dir", tmp_path])
+    logs = log_lines(tmp_path)
+    assert [r["step"] for r in logs] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and 0 <= r["loss"] <= 8 for r in logs)  # two pairings of 2 - 2cos in [0, 4]
+    ckpt = load(tmp_path / "ckpt.pt")
+    assert (ckpt["target"] is None) == (ema == "0")
+    if predictor == "direct":  # Wp = U diag(p) U^T was just written: symmetric, with F_hat's eigenvectors
+        assert logs[-1]["asym"] < 1e-6 and min(logs[-1]["align"]) > 0.999
+    if predictor == "linear":  # trained by SGD from a random init: not symmetric
+        assert logs[-1]["asym"] > 0.1
+
+
+def test_backbone_loads_into_torchvision_resnet18(tmp_path):
+    run(["--dataset", "fake", "--fake-size", "16", "--batch-size", "8", "--stem", "imagenet", "--proj-hidden", "32",
+         "--proj-dim", "16", "--max-steps", "1", "--out-dir", tmp_path])
+    ckpt = load(tmp_path / "ckpt.pt")
+    sd = {k[len("backbone."):]: v for k, v in ckpt["online"].items() if k.startswith("backbone.")}
+    tv = torchvision.models.resnet18()
+    sd.update({"fc.weight": tv.fc.weight, "fc.bias": tv.fc.bias})
+    tv.load_state_dict(sd, strict=True)
+    tv.fc = torch.nn.Identity()
+    ours = T.build_model(ckpt["config"], 3)
+    ours.load_state_dict(ckpt["online"])
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(ours.backbone.eval()(x), tv.eval()(x))
+
+
+# -----------------------------------------------------------------------------
+# augmentation: per sample, and each op against torchvision
+
+
+@pytest.mark.parametrize("preset", list(T.AUG))
+@pytest.mark.parametrize("channels", [3, 1])
+def test_augmentation_is_per_sample(preset, channels):
+    x = torch.randint(0, 256, (1, channels, 32, 32), dtype=torch.uint8).expand(16, -1, -1, -1)  # identical images
+    mean, std = torch.zeros(channels, 1, 1), torch.ones(channels, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    for view in (0, 1):
+        v = T.augment(x, T.AUG[preset], view, gen, 32, (0.08, 1.0), mean, std)
+        assert v.shape == (16, channels, 32, 32)
+        flat = v.flatten(1)
+        dist = torch.cdist(flat, flat) + torch.eye(16) * 1e9
+        assert dist.min() > 1e-3, "two images of the batch got the same view"
+
+
+def test_augmentation_ops_match_torchvision():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 24, 24, generator=g)
+    for shift in (-0.3, 0.1):
+        torch.testing.assert_close(T.adjust_hue(x, torch.full((4,), shift)), TF.adjust_hue(x, shift), atol=1e-5, rtol=0)
+    sigma = torch.tensor([0.3, 0.8, 1.5, 2.0])
+    blurred = T.gaussian_blur(x, sigma, 9)
+    for i in range(4):
+        ref = TF.gaussian_blur(x[i], [9, 9], [sigma[i].item()] * 2)
+        torch.testing.assert_close(blurred[i], ref, atol=1e-5, rtol=0)
+    # crop box of scale 1 on a square image: the whole image, flipped for about half of the batch
+    out = T.random_resized_crop(x.repeat(8, 1, 1, 1), 24, (1.0, 1.0), g)
+    flipped = torch.tensor([torch.allclose(o, x[i % 4].flip(2), atol=1e-5) for i, o in enumerate(out)])
+    same = torch.tensor([torch.allclose(o, x[i % 4], atol=1e-5) for i, o in enumerate(out)])
+    assert bool((flipped | same).all()) and 0 < int(flipped.sum()) < 32
+    # brightness only, p = 1: every image scaled by one factor of its own in [0.6, 1.4]
+    y = T.color_jitter(x[:1].expand(8, -1, -1, -1), (0.4, 0.0, 0.0, 0.0), 1.0, g)
+    keep = ((x[0] > 0.05) & (x[0] < 0.5)).expand(8, -1, -1, -1)  # pixels that f * x cannot clip at 1
+    ratio = (y / x[:1])[keep].view(8, -1)
+    assert float((ratio.max(1).values - ratio.min(1).values).max()) < 1e-5  # one factor per image
+    factor = ratio[:, 0]
+    assert bool(((factor >= 0.6) & (factor <= 1.4)).all()) and factor.unique().numel() == 8
+
+
+# -----------------------------------------------------------------------------
+# data loaders on files in the real on-disk formats
+
+
+def test_cifar_pickles_and_stl_binaries(tmp_path):
+    rng = np.random.default_rng(0)
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    imgs = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        imgs[name] = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
+        pickle.dump({"data": imgs[name], "labels": list(rng.integers(0, 10, 20))}, open(base / name, "wb"))
+    x, y = T.load_dataset("cifar10", str(tmp_path), "train")
+    assert x.shape == (100, 3, 32, 32) and y.shape == (100,) and x.dtype == torch.uint8
+    assert torch.equal(x[20], torch.from_numpy(imgs["data_batch_2"][0].reshape(3, 32, 32)))
+    run(["--dataset", "cifar10", "--data-dir", tmp_path, "--width", "4", "--proj-hidden", "32", "--proj-dim", "16",
+         "--batch-size", "32", "--max-steps", "2", "--out-dir", tmp_path / "out"])
+
+    stl = tmp_path / "stl10_binary"
+    stl.mkdir()
+    img = rng.integers(0, 256, (3, 96, 96), dtype=np.uint8)
+    for part, n in (("train", 3), ("test", 2), ("unlabeled", 4)):
+        arr = np.stack([img] * n)
+        arr.transpose(0, 1, 3, 2).tofile(stl / f"{part}_X.bin")  # STL-10 stores each channel column-major
+        if part != "unlabeled":
+            np.full(n, 10, np.uint8).tofile(stl / f"{part}_y.bin")  # labels on disk are 1..10
+    x, y = T.load_dataset("stl10", str(tmp_path), "pretrain")
+    assert x.shape == (7, 3, 96, 96) and torch.equal(x[5], torch.from_numpy(img))
+    assert y.tolist() == [9, 9, 9, -1, -1, -1, -1]
+
+
+def test_imagefolder_of_jpegs_streams(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(12):
+                Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{i}.jpg")
+    run(["--dataset", "imagefolder", "--data-dir", tmp_path, "--img-size", "32", "--workers", "1", "--width", "4",
+         "--proj-hidden", "32", "--proj-dim", "16", "--batch-size", "8", "--max-steps", "4", "--log-every", "1",
+         "--out-dir", tmp_path / "out"])
+    assert len(log_lines(tmp_path / "out")) == 4  # 24 images / batch 8: crosses an epoch boundary
+
+
+@pytest.mark.skipif(not os.path.isdir(T.FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_from_debian_package(tmp_path):
+    x, y = T.load_dataset("fashion-mnist", str(tmp_path), "train")
+    assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.uint8 and sorted(y.unique().tolist()) == list(range(10))
+    x, y = T.load_dataset("fashion-mnist", str(tmp_path), "test")
+    assert x.shape == (10000, 1, 28, 28) and y.bincount().tolist() == [1000] * 10
+
+
+# -----------------------------------------------------------------------------
+# bad input: one clear line naming the flag or path
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--dataset", "imagefolder", "--data-dir", "/nonexistent/x"], "--data-dir '/nonexistent/x'"),
+    (["--resume"], "--resume"),
+    (["--predictor", "linear", "--freq", "2"], "--freq"),
+    (["--fake-size", "16"], "--batch-size"),
+])
+def test_bad_input_gives_one_line(tmp_path, flags, needle):
+    r = run(TINY + ["--out-dir", tmp_path] + flags, expect_ok=False)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+    assert not (tmp_path / "ckpt.pt").exists()
