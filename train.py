@@ -90,6 +90,8 @@ def get_parser():
     a("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also written at the end)")
     a("--save-every-rank", action="store_true", help="every DDP rank writes ckpt_rank{r}.pt too (to check ranks agree)")
     a("--log-every", type=int, default=50, help="steps between log lines (out_dir/log.jsonl)")
+    a("--eval-every", type=int, default=0, help="steps between kNN monitors (k=200, t=0.1, labelled train -> test "
+      "split) on rank 0; 0 = off")
     a("--seed", type=int, default=0)
     a("--device", default="auto", help="auto | cpu | cuda")
     a("--bf16", type=int, default=1, choices=[0, 1], help="bf16 autocast on CUDA (CPU always runs fp32)")
@@ -98,8 +100,8 @@ def get_parser():
 
 
 # keys that may differ between a run and its --resume (they do not change what is computed)
-RESUME_FREE = {"resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "workers", "compile", "device",
-               "data_dir", "out_dir"}
+RESUME_FREE = {"resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "eval_every", "workers", "compile",
+               "device", "data_dir", "out_dir"}
 
 # -----------------------------------------------------------------------------
 # data: small sets live on the device as one uint8 tensor; ImageNet-size sets stream through a DataLoader
@@ -496,6 +498,55 @@ def diagnostics(F, Wp, z):
     return out
 
 
+class EvalCrop:
+    """Streamed sets, evaluation: resize to size * 256/224, centre crop (the standard ImageNet test view), uint8."""
+
+    def __init__(self, size):
+        T = torchvision.transforms
+        self.t = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
+
+    def __call__(self, img):
+        return self.t(img.convert("RGB"))
+
+
+@torch.no_grad()
+def extract_features(backbone, data, mean, std, device, ctx, size=224, batch_size=512, workers=8):
+    """Frozen features of a labelled split, no augmentation, backbone in eval mode (BN running statistics).
+    data: (x uint8 (N, C, H, W), y (N,)) or an ImageFolder. Returns (features (N, D) float32, labels (N,)) on device."""
+    was_training = backbone.training
+    backbone.eval()
+    if isinstance(data, tuple):
+        x, y = data
+        batches = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
+    else:
+        data.transform = EvalCrop(size)
+        batches = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers)
+    feats, labels = [], []
+    for xb, yb in batches:
+        xb = (xb.to(device).float() / 255 - mean) / std
+        if "cuda" in str(device):
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with ctx:
+            feats.append(backbone(xb).float())
+        labels.append(yb.to(device))
+    backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
+    """Weighted kNN top-1 (Wu et al. 2018; the usual SSL monitor): cosine similarity to the k nearest training
+    features, each neighbour votes for its class with weight exp(sim / t)."""
+    n_cls = int(train_y.max()) + 1
+    train_f, test_f = nnf.normalize(train_f, dim=1), nnf.normalize(test_f, dim=1)
+    correct = 0
+    for i in range(0, len(test_f), chunk):
+        sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(min(k, len(train_f)), dim=1)  # (b, k)
+        votes = torch.zeros(len(sim), n_cls, device=sim.device).scatter_add_(1, train_y[idx], (sim / t).exp())
+        correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
+    return correct / len(test_f)
+
+
 def save_checkpoint(obj, path):
     """Atomic: a crash mid-write leaves the previous checkpoint intact, never a half-written one."""
     tmp = path + ".tmp"
@@ -556,8 +607,8 @@ if __name__ == "__main__":
         train_set.transform = TwoCrops(size, (args.crop_min, 1.0))
         n_train, in_chans = len(train_set), 3
     else:
-        images, _ = load_dataset(args.dataset, args.data_dir, "pretrain", args.fake_size)
-        images = images.to(device)  # (N, C, H, W) uint8, resident on the device
+        images, labels = load_dataset(args.dataset, args.data_dir, "pretrain", args.fake_size)
+        images, labels = images.to(device), labels.to(device)  # (N, C, H, W) uint8, resident on the device
         n_train, in_chans = images.shape[0], images.shape[1]
         size = args.img_size or images.shape[-1]
     steps_per_epoch = n_train // args.batch_size
@@ -565,6 +616,15 @@ if __name__ == "__main__":
         sys.exit(f"error: --batch-size {args.batch_size} is larger than the {n_train} training images")
     total_steps = args.epochs * steps_per_epoch
     max_steps = min(args.max_steps, total_steps) if args.max_steps > 0 else total_steps
+
+    knn_sets = None  # kNN monitor: (labelled train split, test split), the same evaluation as eval_linear.py's
+    if args.eval_every and master_process:
+        if args.dataset in STREAMED:
+            knn_sets = (load_dataset(args.dataset, args.data_dir, "train"), load_dataset(args.dataset, args.data_dir, "test"))
+        else:
+            keep = labels >= 0  # STL-10's unlabeled images have y = -1
+            x_test, y_test = load_dataset(args.dataset, args.data_dir, "test", args.fake_size)
+            knn_sets = ((images[keep], labels[keep]), (x_test.to(device), y_test.to(device)))
 
     def epoch_batches(epoch, start):
         """This rank's uint8 batches of one epoch from batch `start` on: x (B, C, H, W), or (x1, x2) pre-cropped."""
@@ -652,7 +712,7 @@ if __name__ == "__main__":
         print(f"{args.dataset}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} -> {max_steps}, "
               f"{ddp_world_size} rank(s) x batch {B}, device {device}")
     pbar = tqdm(total=max_steps, initial=step, disable=not master_process, dynamic_ncols=True)
-    t0, step0 = time.time(), step
+    t0, step0, t_eval = time.time(), step, 0.0
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
         for batch in epoch_batches(epoch, k):
@@ -686,21 +746,30 @@ if __name__ == "__main__":
             step += 1
             pbar.update(1)
 
+            rec = {"step": step, "epoch": step / steps_per_epoch}
+            if knn_sets is not None and (step % args.eval_every == 0 or step == max_steps):
+                te = time.time()
+                feats = [extract_features(raw_model.backbone, d, mean, std, device, ctx, size, workers=args.workers)
+                         for d in knn_sets]
+                rec["knn_top1"] = knn_eval(*feats[0], *feats[1])
+                t_eval += time.time() - te  # left out of img/s
+                pbar.set_postfix(knn=f"{rec['knn_top1']:.4f}")
             if master_process and (step % args.log_every == 0 or step == max_steps):
                 if device_type == "cuda":
                     torch.cuda.synchronize()
-                dt, t0 = time.time() - t0, time.time()
+                dt, t0, t_eval = time.time() - t0 - t_eval, time.time(), 0.0
                 imgs = (step - step0) * args.batch_size / dt
                 step0 = step
                 F = dp.F_hat if dp is not None else torch.cat([z1, z2]).float().T @ torch.cat([z1, z2]).float() / (2 * B)
                 Wp = raw_model.predictor.weight if isinstance(raw_model.predictor, nn.Linear) else None
-                rec = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(), "lr": lr, "tau": tau,
-                       "img_per_s": imgs, **diagnostics(F, Wp, z1)}
+                rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=imgs, **diagnostics(F, Wp, z1))
                 if device_type == "cuda":
                     rec["mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+                pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{imgs:.0f}", z_std=f"{rec['z_std']:.2f}",
+                                 **({"knn": f"{rec['knn_top1']:.4f}"} if "knn_top1" in rec else {}))
+            if master_process and len(rec) > 2:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-                pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{imgs:.0f}", z_std=f"{rec['z_std']:.2f}")
             if step % args.ckpt_every == 0 or step == max_steps:
                 if master_process:
                     checkpoint(ckpt_path)
