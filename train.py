@@ -200,6 +200,22 @@ def epoch_indices(n, batch_size, epoch, seed, rank, world_size):
     return perm[: steps * batch_size].view(steps, world_size, -1)[:, rank]  # (steps, B_local)
 
 
+def epoch_batches(data, batch_size, epoch, seed, rank, world_size, device, start=0, workers=8):
+    """This rank's batches (x, y) of one epoch, on the device, from batch `start` on. data: (x uint8 (N, C, H, W),
+    y (N,)) tensors already on the device (indexed in place), or a Dataset streamed through a DataLoader (x is then
+    whatever its transform returns, e.g. TwoCrops' (B, 2, C, H, W))."""
+    n = len(data[0]) if isinstance(data, tuple) else len(data)
+    idx = epoch_indices(n, batch_size, epoch, seed, rank, world_size)[start:]  # (steps, B_local)
+    if isinstance(data, tuple):
+        for i in idx.to(device):
+            yield data[0][i], data[1][i]
+    else:
+        loader = torch.utils.data.DataLoader(data, batch_size=idx.shape[1], sampler=idx.flatten().tolist(),
+                                             num_workers=workers, pin_memory="cuda" in str(device))
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
 # -----------------------------------------------------------------------------
 # augmentation: per-sample random parameters, batched on the device (PAPER.md Sec. 3)
 
@@ -603,12 +619,13 @@ if __name__ == "__main__":
     mean, std = (torch.tensor(v, device=device)[:, None, None] for v in DATASETS[args.dataset][2:4])  # (C, 1, 1)
     if args.dataset in STREAMED:
         size = args.img_size or 224
-        train_set = load_dataset(args.dataset, args.data_dir, "pretrain")
-        train_set.transform = TwoCrops(size, (args.crop_min, 1.0))
-        n_train, in_chans = len(train_set), 3
+        train_data = load_dataset(args.dataset, args.data_dir, "pretrain")
+        train_data.transform = TwoCrops(size, (args.crop_min, 1.0))
+        n_train, in_chans = len(train_data), 3
     else:
         images, labels = load_dataset(args.dataset, args.data_dir, "pretrain", args.fake_size)
         images, labels = images.to(device), labels.to(device)  # (N, C, H, W) uint8, resident on the device
+        train_data = (images, labels)
         n_train, in_chans = images.shape[0], images.shape[1]
         size = args.img_size or images.shape[-1]
     steps_per_epoch = n_train // args.batch_size
@@ -625,21 +642,6 @@ if __name__ == "__main__":
             keep = labels >= 0  # STL-10's unlabeled images have y = -1
             x_test, y_test = load_dataset(args.dataset, args.data_dir, "test", args.fake_size)
             knn_sets = ((images[keep], labels[keep]), (x_test.to(device), y_test.to(device)))
-
-    def epoch_batches(epoch, start):
-        """This rank's uint8 batches of one epoch from batch `start` on: x (B, C, H, W), or (x1, x2) pre-cropped."""
-        idx = epoch_indices(n_train, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size)[start:]
-        if args.dataset not in STREAMED:
-            idx = idx.to(device)
-            for i in idx:
-                yield images[i]
-        else:
-            loader = torch.utils.data.DataLoader(train_set, batch_size=B, sampler=idx.flatten().tolist(),
-                                                 num_workers=args.workers, pin_memory=device_type == "cuda",
-                                                 persistent_workers=False, drop_last=True)
-            for views, _ in loader:
-                views = views.to(device, non_blocking=True)
-                yield views[:, 0], views[:, 1]
 
     # --- model: online (DDP-wrapped), EMA target (never wrapped), DirectPred state
     online = build_model(cfg, in_chans).to(device)
@@ -715,11 +717,12 @@ if __name__ == "__main__":
     t0, step0, t_eval = time.time(), step, 0.0
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
-        for batch in epoch_batches(epoch, k):
+        for x, _ in epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size, device,
+                                  start=k, workers=args.workers):
             gen.manual_seed(step_seed(args.seed, step, ddp_rank))
-            crop = not isinstance(batch, tuple)
-            x1 = augment(batch if crop else batch[0], aug, 0, gen, size, (args.crop_min, 1.0), mean, std, crop)
-            x2 = augment(batch if crop else batch[1], aug, 1, gen, size, (args.crop_min, 1.0), mean, std, crop)
+            crop = x.dim() == 4  # (B, C, H, W): crop here; (B, 2, C, H, W): two crops made by the DataLoader
+            x1 = augment(x if crop else x[:, 0], aug, 0, gen, size, (args.crop_min, 1.0), mean, std, crop)
+            x2 = augment(x if crop else x[:, 1], aug, 1, gen, size, (args.crop_min, 1.0), mean, std, crop)
             if device_type == "cuda":
                 x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
             lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)

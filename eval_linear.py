@@ -1,0 +1,214 @@
+"""
+Linear probe and kNN of a train.py checkpoint: the online backbone, frozen, in eval mode.
+
+    python eval_linear.py --ckpt out/ckpt.pt                      # fast: features once, a linear classifier on them
+    python eval_linear.py --ckpt out/ckpt.pt --augment            # standard protocol: augmented training of the head
+    torchrun --standalone --nproc_per_node=8 eval_linear.py --ckpt out/ckpt.pt --augment    # ImageNet-size sets
+    python eval_linear.py --ckpt out/ckpt.pt --baseline random    # the same network at random initialisation
+    python eval_linear.py --dataset fashion-mnist --baseline pixels   # the same probe on raw pixels
+
+fast (default): features extracted once without augmentation and cached on the device, standardised, then
+  logistic regression as in the paper's code (Adam lr 3e-4, wd 1e-3, 50 epochs, constant lr). Seconds on a GPU.
+--augment: SimSiam's linear protocol (random resized crop + flip every step, LARS, batch 4096, lr 0.1 * batch/256,
+  wd 0, 90 epochs, cosine); under torchrun every rank trains on its shard of each batch.
+Reports top-1 (and top-5 above 10 classes) of the FINAL epoch, not of the best test epoch (which the paper's code
+reported, an optimistic number), and weighted kNN top-1 (k=200, t=0.1). One line starts with RESULT; the same
+numbers go to a JSON file. The backbone is checked to be bitwise unchanged at the end.
+Data and model code are train.py's, imported.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as nnf
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import train as T
+
+# -----------------------------------------------------------------------------
+# config (None = the protocol's default: FAST / AUGMENTED below)
+P = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+P.add_argument("--ckpt", default="", help="train.py checkpoint (out_dir/ckpt.pt)")
+P.add_argument("--baseline", default="none", choices=["none", "random", "pixels"],
+               help="random = the checkpoint's network at random init; pixels = raw pixels (no network)")
+P.add_argument("--dataset", default=None, choices=list(T.DATASETS), help="default: the checkpoint's")
+P.add_argument("--data-dir", default=None, help="default: the checkpoint's")
+P.add_argument("--img-size", type=int, default=0, help="streamed sets: crop size (0 = the checkpoint's, else 224)")
+P.add_argument("--augment", action="store_true", help="standard augmented protocol instead of cached features")
+P.add_argument("--epochs", type=int, default=None)
+P.add_argument("--batch-size", type=int, default=None, help="global batch")
+P.add_argument("--lr", type=float, default=None)
+P.add_argument("--wd", type=float, default=None)
+P.add_argument("--optimizer", default=None, choices=["adam", "sgd", "lars"])
+P.add_argument("--knn-k", type=int, default=200)
+P.add_argument("--knn-t", type=float, default=0.1)
+P.add_argument("--workers", type=int, default=8)
+P.add_argument("--seed", type=int, default=0)
+P.add_argument("--device", default="auto")
+P.add_argument("--out", default="", help="JSON result file (default: next to the checkpoint, or ./)")
+FAST = dict(optimizer="adam", lr=3e-4, wd=1e-3, epochs=50, batch_size=256)
+AUGMENTED = dict(optimizer="lars", lr=None, wd=0.0, epochs=90, batch_size=4096)  # lr None: 0.1 * batch / 256
+NO_COLOR = dict(jitter=(0, 0, 0, 0), jitter_p=0.0, gray_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0))
+
+
+def topk(logits, y, k):
+    return (logits.topk(k, dim=1).indices == y[:, None]).any(1).float().mean().item()
+
+
+if __name__ == "__main__":
+    args = P.parse_args()
+    for k, v in (AUGMENTED if args.augment else FAST).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.lr is None:
+        args.lr = 0.1 * args.batch_size / 256
+
+    # --- DDP / device (as in train.py)
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if ddp and not args.augment:
+        sys.exit("error: torchrun is for --augment; the fast probe runs in one process")
+    if ddp:
+        ddp_rank, ddp_local_rank, ddp_world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend="nccl" if args.device == "cuda" else "gloo")
+        device = f"cuda:{ddp_local_rank}" if args.device == "cuda" else "cpu"
+        if args.device == "cuda":
+            torch.cuda.set_device(device)
+    else:
+        ddp_rank, ddp_world_size, device = 0, 1, args.device
+    master_process = ddp_rank == 0
+    device_type = "cuda" if "cuda" in device else "cpu"
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device_type == "cuda" else nullcontext()
+    torch.manual_seed(args.seed)
+    if args.batch_size % ddp_world_size:
+        sys.exit(f"error: --batch-size {args.batch_size} must divide evenly over {ddp_world_size} DDP ranks")
+
+    # --- checkpoint and data
+    cfg = None
+    if args.ckpt:
+        if not os.path.isfile(args.ckpt):
+            sys.exit(f"error: --ckpt: no file {args.ckpt}")
+        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+        cfg = ckpt["config"]
+    elif args.baseline != "pixels":
+        sys.exit("error: --ckpt is needed (only --baseline pixels runs without one)")
+    elif args.dataset is None:
+        sys.exit("error: --baseline pixels needs --dataset")
+    dataset = args.dataset or cfg["dataset"]
+    data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
+    fake_size = cfg["fake_size"] if cfg else 1024
+    size = args.img_size or (cfg["img_size"] if cfg and cfg["img_size"] else 224)
+    mean, std = (torch.tensor(v, device=device)[:, None, None] for v in T.DATASETS[dataset][2:4])
+    splits = [T.load_dataset(dataset, data_dir, s, fake_size) for s in ("train", "test")]
+    if dataset not in T.STREAMED:
+        splits = [(x.to(device), y.to(device)) for x, y in splits]
+        size = splits[0][0].shape[-1]
+    in_chans = splits[0][0].shape[1] if dataset not in T.STREAMED else 3
+    n_cls = len(splits[0].classes) if dataset in T.STREAMED else int(splits[0][1].max()) + 1
+
+    # --- the frozen backbone
+    if args.baseline == "pixels":
+        backbone = nn.Flatten()
+    else:
+        model = T.build_model(cfg, in_chans)  # random init from --seed
+        if args.baseline == "none":
+            model.load_state_dict(ckpt["online"])
+        backbone = model.backbone
+    backbone = backbone.to(device).eval().requires_grad_(False)
+    if device_type == "cuda":
+        backbone = backbone.to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    t_start = time.time()
+
+    # --- kNN and the cached features (rank 0)
+    res = {}
+    if master_process:
+        (train_f, train_y), (test_f, test_y) = [T.extract_features(backbone, d, mean, std, device, ctx, size,
+                                                                   workers=args.workers) for d in splits]
+        res["knn_top1"] = T.knn_eval(train_f, train_y, test_f, test_y, args.knn_k, args.knn_t)
+
+    # --- the linear head
+    dim = train_f.shape[1] if master_process else backbone(torch.zeros(2, in_chans, size, size, device=device)).shape[1]
+    head = nn.Linear(dim, n_cls).to(device)
+    if args.augment:  # SimSiam's init of the linear layer
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+    params = head.parameters()
+    optimizer = {"adam": lambda: torch.optim.Adam(params, lr=args.lr, weight_decay=args.wd),
+                 "sgd": lambda: torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.wd, nesterov=True),
+                 "lars": lambda: T.LARS(params, lr=args.lr, weight_decay=args.wd)}[args.optimizer]()
+    model = DDP(head) if ddp else head
+    gen = torch.Generator(device=device)
+
+    if not args.augment:  # logistic regression on standardised cached features (the paper's code)
+        mu, sd = train_f.mean(0), train_f.std(0).clamp(min=1e-6)
+        train_f, test_f = (train_f - mu) / sd, (test_f - mu) / sd
+        gen.manual_seed(args.seed)
+        for epoch in range(args.epochs):
+            perm = torch.randperm(len(train_f), device=device, generator=gen)
+            for i in range(0, len(perm), args.batch_size):
+                idx = perm[i:i + args.batch_size]
+                loss = nnf.cross_entropy(head(train_f[idx]), train_y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            logits = head(test_f)
+    else:  # augmented: crop + flip per sample on the device, features of the frozen backbone, cosine lr
+        train_data = splits[0]
+        if dataset in T.STREAMED:
+            import torchvision.transforms as TV
+            train_data.transform = TV.Compose([TV.RandomResizedCrop(size), TV.PILToTensor()])
+        n = len(train_data[0]) if isinstance(train_data, tuple) else len(train_data)
+        steps_per_epoch = n // args.batch_size
+        if steps_per_epoch == 0:
+            sys.exit(f"error: --batch-size {args.batch_size} is larger than the {n} training images")
+        step, total = 0, args.epochs * steps_per_epoch
+        for epoch in range(args.epochs):
+            for x, y in T.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size,
+                                        device, workers=args.workers):
+                gen.manual_seed(T.step_seed(args.seed, step, ddp_rank))
+                x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), mean, std, crop=dataset not in T.STREAMED)
+                with torch.no_grad(), ctx:
+                    f = backbone(x.contiguous(memory_format=torch.channels_last) if device_type == "cuda" else x)
+                for g in optimizer.param_groups:
+                    g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                loss = nnf.cross_entropy(model(f.float()), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+        with torch.no_grad():
+            logits = head(test_f) if master_process else None
+
+    # --- report (rank 0), after checking that the backbone did not move
+    after = backbone.state_dict()
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)
+    if not unchanged:
+        sys.exit("error: the backbone changed during evaluation (it must stay frozen)")
+    if master_process:
+        res.update(top1=topk(logits, test_y, 1), final_train_loss=loss.item())
+        if n_cls > 10:
+            res["top5"] = topk(logits, test_y, 5)
+        res.update(dataset=dataset, ckpt=args.ckpt, baseline=args.baseline,
+                   protocol="augmented" if args.augment else "fast", epochs=args.epochs, optimizer=args.optimizer,
+                   lr=args.lr, wd=args.wd, batch_size=args.batch_size, knn_k=args.knn_k, knn_t=args.knn_t,
+                   backbone_unchanged=unchanged, seconds=round(time.time() - t_start, 1), feature_dim=dim)
+        out = args.out or os.path.join(os.path.dirname(args.ckpt) if args.ckpt else ".",
+                                       f"eval_{res['protocol']}_{args.baseline}_{dataset}.json")
+        with open(out, "w") as fh:
+            json.dump(res, fh, indent=1)
+        top5 = f" top5={100 * res['top5']:.2f}" if "top5" in res else ""
+        print(f"RESULT dataset={dataset} baseline={args.baseline} protocol={res['protocol']} "
+              f"top1={100 * res['top1']:.2f}{top5} knn_top1={100 * res['knn_top1']:.2f} "
+              f"epochs={args.epochs} seconds={res['seconds']} ckpt={args.ckpt or '-'} json={out}")
+    if ddp:
+        dist.destroy_process_group()
