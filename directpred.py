@@ -10,20 +10,27 @@ ICML 2021 (arXiv 2102.06810), Sec. 5 / Eq. 18, implemented exactly as the author
                       Wp  = U diag(p) U^T   -> written into the bias-free Linear(d, d) predictor
 
 Note Eq. 18 prints "+ eps * max_j s_j"; the code adds eps after normalising by the max. We follow the code.
-Between two sets (freq > 1) Wp is trained by the ordinary optimizer. Under DDP the batch correlation is
-averaged over all ranks before the EMA, so every rank builds the same F_hat and the same Wp (the two public
-forks of the original code skip this, and each GPU ends up with its own predictor).
+The first batch initialises F_hat. Between two sets (freq > 1) Wp is trained by the ordinary optimizer.
+Under DDP the batch statistics are summed over all ranks (with their sample counts) before the EMA, so every
+rank builds the same F_hat and the same Wp (the two public forks of the original code skip this, and each GPU
+ends up with its own predictor).
 
-Variants (one formula): exponent a (a = 1 is DirectSet(1)), offset c inside the root (Table 7),
-centering of F (the paper finds it hurts), and DirectCopy (Wang et al. 2021, arXiv 2110.04947):
-Wp = F_hat / lambda_max(F_hat) + eps I, no eigendecomposition of the result needed.
+Variants, all in the one class:
+- exponent a (a = 1 is DirectSet(1)), offset c inside the root (Table 7: eps = 0, c = +-0.05, +-0.1);
+- center: F = E[f f^T] - E[f] E[f]^T (the paper finds centering hurts; off by default);
+- mode "directcopy" (Wang, Chen, Du, Tian 2021, arXiv 2110.04947): Wp = F_hat / lambda_max(F_hat) + eps I;
+- mode "optimal" (Table 1, "plug in the optimal solution"): with C_hat the EMA of E[z f^T] (z = the target the
+  prediction of f is compared with), Wp solves Wp (F_hat + eps lambda_max I) = (C_hat + C_hat^T) / 2;
+- partitions K > 1 (the feature-dependent Wp of Sec. 5): the predictor input space is cut into K regions by K
+  fixed random directions (PartitionedLinear below), each region with its own F_hat and Wp.
 
-Usage (copy this file; no side effects at import):
+Usage (copy this file; it imports only torch and has no side effects):
     dp = DirectPred(dim=128, rho=0.3, eps=0.1, freq=1).to(device)
-    f1, f2 = projector(backbone(x1)), projector(backbone(x2))   # (B, d) each
-    dp.update(torch.cat([f1, f2]))                              # before backward
+    predictor = nn.Linear(128, 128, bias=False)
+    z1, z2 = projector(backbone(x1)), projector(backbone(x2))  # (B, d) each: the predictor's inputs f
+    dp.update(torch.cat([z1, z2]))                             # before backward
     loss.backward(); optimizer.step()
-    dp.set_predictor(predictor.weight)                          # after the step; acts every `freq` calls
+    dp.set_predictor(predictor.weight)                         # after the step; acts every `freq` calls
 """
 import torch
 import torch.distributed as dist
@@ -31,18 +38,22 @@ import torch.nn as nn
 
 
 class DirectPred(nn.Module):
-    """Running correlation F_hat of the predictor input and the rule that turns it into Wp.
+    """Running statistics of the predictor input and the rule that turns them into Wp.
 
-    An nn.Module only so that .to(device), state_dict() and load_state_dict() carry F_hat and the counter;
+    An nn.Module only so that .to(device), state_dict() and load_state_dict() carry F_hat and the counters;
     it has no parameters and is never part of the network's forward pass.
     """
 
-    def __init__(self, dim, rho=0.3, eps=0.1, freq=1, exponent=0.5, offset=0.0, center=False, mode="direct"):
+    def __init__(self, dim, rho=0.3, eps=0.1, freq=1, exponent=0.5, offset=0.0, center=False, mode="direct",
+                 partitions=1):
         super().__init__()
-        assert mode in ("direct", "directcopy"), mode
+        assert mode in ("direct", "directcopy", "optimal"), mode
         self.rho, self.eps, self.freq = rho, eps, freq
-        self.exponent, self.offset, self.center, self.mode = exponent, offset, center, mode
-        self.register_buffer("F_hat", torch.zeros(dim, dim))  # (d, d) EMA of E[f f^T]
+        self.exponent, self.offset, self.center, self.mode, self.K = exponent, offset, center, mode, partitions
+        self.register_buffer("F_hat", torch.zeros(partitions, dim, dim))  # (K, d, d) EMA of E[f f^T] per region
+        if mode == "optimal":
+            self.register_buffer("C_hat", torch.zeros(partitions, dim, dim))  # (K, d, d) EMA of E[z f^T]
+        self.register_buffer("seen", torch.zeros(partitions, dtype=torch.bool))  # region has had a sample
         self.n_updates = 0  # batches seen; plain ints so that the hot loop never syncs with the device
         self.n_sets = 0  # times Wp was written
 
@@ -53,47 +64,86 @@ class DirectPred(nn.Module):
         self.n_updates, self.n_sets = state["n_updates"], state["n_sets"]
 
     @torch.no_grad()
-    def update(self, f):
-        """f: (N, d) raw predictor inputs (both views of the local batch). Updates F_hat; returns F_batch."""
+    def update(self, f, z=None, region=None):
+        """f: (N, d) raw predictor inputs of the local batch (both views); z: (N, d) the targets f's predictions
+        are compared with (mode "optimal" only); region: (N,) region index per row (partitions > 1 only)."""
         f = f.detach().float()
-        F_batch = f.T @ f / f.shape[0]  # (d, d) E[f f^T] over the local batch
-        if self.center:  # E[f f^T] - E[f] E[f]^T, with both moments averaged over ranks first
-            mu = f.mean(0)  # (d,)
-            F_batch = torch.cat([F_batch, mu[None]])  # (d+1, d): reduce both in one collective
-        if dist.is_available() and dist.is_initialized():  # equal local batches: the mean of means is the global mean
-            dist.all_reduce(F_batch)
-            F_batch /= dist.get_world_size()
+        N, d = f.shape
+        onehot = torch.ones(N, 1, device=f.device) if region is None else \
+            torch.nn.functional.one_hot(region, self.K).float()  # (N, K)
+        fk = onehot[:, :, None] * f[:, None]  # (N, K, d): f where the row is in region k, else 0
+        stats = [onehot.sum(0), torch.einsum("nki,nj->kij", fk, f)]  # counts (K,), sums of f f^T (K, d, d)
         if self.center:
-            F_batch, mu = F_batch[:-1], F_batch[-1]
-            F_batch = F_batch - torch.outer(mu, mu)
-        if self.n_updates == 0:  # the first batch initialises F_hat (as in the original code)
-            self.F_hat.copy_(F_batch)
-        else:
-            self.F_hat.mul_(self.rho).add_(F_batch, alpha=1 - self.rho)
+            stats.append(fk.sum(0))  # (K, d) sums of f
+        if self.mode == "optimal":
+            stats.append(torch.einsum("nj,nki->kji", z.detach().float(), fk))  # (K, d, d) sums of z f^T
+        flat = torch.cat([s.flatten() for s in stats])
+        if dist.is_available() and dist.is_initialized():  # sums and counts over all ranks: the global batch
+            dist.all_reduce(flat)
+        n = flat[:self.K]
+        seen = n > 0  # regions with samples in this global batch
+        F_batch = flat[self.K:self.K + self.K * d * d].view(self.K, d, d) / n.clamp(min=1)[:, None, None]
+        rest = flat[self.K + self.K * d * d:]
+        if self.center:
+            mu = rest[:self.K * d].view(self.K, d) / n.clamp(min=1)[:, None]
+            F_batch = F_batch - mu[:, :, None] * mu[:, None, :]
+            rest = rest[self.K * d:]
+        self._ema(self.F_hat, F_batch, seen)
+        if self.mode == "optimal":
+            self._ema(self.C_hat, rest.view(self.K, d, d) / n.clamp(min=1)[:, None, None], seen)
+        self.seen |= seen
         self.n_updates += 1
         return F_batch
 
+    def _ema(self, hat, batch, seen):
+        """hat <- rho hat + (1 - rho) batch in regions seen now; a region's first batch initialises it."""
+        new = torch.where(self.seen[:, None, None], self.rho * hat + (1 - self.rho) * batch, batch)
+        hat.copy_(torch.where(seen[:, None, None], new, hat))
+
     @torch.no_grad()
     def compute_Wp(self):
-        """Wp from the current F_hat, in float64 outside autocast. Returns (Wp (d, d), p (d,) or None)."""
+        """Wp from the current statistics, in float64 outside autocast. Returns Wp (K, d, d)."""
         with torch.autocast(self.F_hat.device.type, enabled=False):
             F = self.F_hat.double()
-            if self.mode == "directcopy":  # Wp = F / lambda_max + eps I (DirectCopy's normalisation)
-                lam_max = torch.linalg.eigvalsh(F)[-1].clamp(min=1e-12)
-                return F / lam_max + self.eps * torch.eye(F.shape[0], dtype=F.dtype, device=F.device), None
+            eye = torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
+            if self.mode in ("directcopy", "optimal"):
+                lam_max = torch.linalg.eigvalsh(F)[:, -1].clamp(min=1e-12)[:, None, None]  # (K, 1, 1)
+                if self.mode == "directcopy":  # Wp = F / lambda_max + eps I
+                    return F / lam_max + self.eps * eye
+                S = 0.5 * (self.C_hat.double() + self.C_hat.double().mT)  # (E[z f^T] + E[f z^T]) / 2
+                return torch.linalg.solve(F + self.eps * lam_max * eye, S.mT).mT  # S (F + reg I)^-1 (F symmetric)
             s, U = torch.linalg.eigh(F)  # ascending eigenvalues, orthonormal columns U
             s = s.clamp(min=0)
-            s = s / s.max().clamp(min=1e-12)  # max-normalise: the top eigenvalue becomes 1
+            s = s / s.max(-1, keepdim=True).values.clamp(min=1e-12)  # max-normalise: the top eigenvalue becomes 1
             p = (s - self.offset).clamp(min=0).pow(self.exponent) + self.eps
             p = p.clamp(min=1e-4)
-            return (U * p) @ U.T, p  # U diag(p) U^T
+            return (U * p[:, None, :]) @ U.mT  # U diag(p) U^T
 
     @torch.no_grad()
     def set_predictor(self, weight):
-        """Call once per optimizer step, after it. Writes Wp into `weight` (d, d) on update 1, 1+freq, 1+2freq, ..."""
+        """Call once per optimizer step, after it. Writes Wp into `weight` ((d, d), or (K, d, d) for partitions)
+        on updates 1, 1+freq, 1+2freq, ...; returns whether it did."""
         if (self.n_updates - 1) % self.freq != 0:
             return False
-        Wp, _ = self.compute_Wp()
-        weight.copy_(Wp.to(weight.dtype))
+        weight.copy_(self.compute_Wp().view(weight.shape).to(weight.dtype))
         self.n_sets += 1
         return True
+
+
+class PartitionedLinear(nn.Module):
+    """Feature-dependent linear predictor: K fixed random unit directions r_k cut the input space into K regions
+    (f belongs to region argmax_k <r_k, f>), and each region has its own d x d matrix Wp_k. K = 1 is nn.Linear."""
+
+    def __init__(self, dim, partitions, bias=False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([nn.Linear(dim, dim, bias=False).weight.data for _ in range(partitions)]))
+        self.bias = nn.Parameter(torch.zeros(partitions, dim)) if bias else None
+        self.register_buffer("directions", nn.functional.normalize(torch.randn(partitions, dim), dim=1))  # (K, d)
+
+    def region(self, f):
+        return (f.detach().float() @ self.directions.T).argmax(1)  # (N,)
+
+    def forward(self, f):  # (N, d) -> (N, d): every region's Wp applied, the row's own one kept
+        k = self.region(f)
+        out = torch.einsum("kij,nj->nki", self.weight.to(f.dtype), f)[torch.arange(len(f), device=f.device), k]
+        return out if self.bias is None else out + self.bias[k].to(out.dtype)

@@ -36,7 +36,7 @@ import torchvision
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from directpred import DirectPred
+from directpred import DirectPred, PartitionedLinear
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
@@ -45,6 +45,8 @@ from directpred import DirectPred
 def get_parser():
     P = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = P.add_argument
+    a("--preset", default="none", choices=["none", *PRESETS], help="the paper's setups (see PRESETS); "
+      "explicit flags override")
     # data
     a("--dataset", default="cifar10", choices=list(DATASETS), help="fake = random images made in memory (tests)")
     a("--data-dir", default="data", help="dataset root; see README for the layout each dataset expects")
@@ -62,24 +64,40 @@ def get_parser():
     a("--bn-affine", type=int, default=0, choices=[0, 1], help="affine BN in projector/predictor MLPs (paper: 0)")
     a("--sync-bn", type=int, default=1, choices=[0, 1], help="SyncBatchNorm under DDP on CUDA (global-batch BN)")
     # predictor
-    a("--predictor", default="direct", choices=["none", "linear", "mlp", "direct", "directcopy"])
+    a("--predictor", default="direct", choices=["none", "linear", "mlp", "direct", "directcopy", "optimal"],
+      help="none = identity; linear/mlp = trained; direct/directcopy/optimal = closed form (directpred.py)")
     a("--pred-hidden", type=int, default=512, help="hidden size of the 2-layer (mlp) predictor")
+    a("--pred-bias", type=int, default=0, choices=[0, 1], help="bias in the linear predictor (Table 2)")
+    a("--sym-wp", type=int, default=0, choices=[0, 1],
+      help="Wp <- (Wp + Wp^T)/2 after every step; mlp: tie layer 2 = layer 1^T (Table 3)")
+    a("--pred-lr-ratio", type=float, default=1.0, help="predictor lr = ratio x lr (alpha_p, Fig. 6)")
+    a("--pred-wd", type=float, default=None, help="predictor weight decay eta_p (Table 5); default: --wd")
     a("--rho", type=float, default=0.3, help="DirectPred: EMA rate of F_hat (F_hat <- rho F_hat + (1-rho) F)")
-    a("--eps", type=float, default=0.1, help="DirectPred: added to sqrt(s_j) after max-normalisation")
+    a("--eps", type=float, default=0.1, help="DirectPred: added to p_j after max-normalisation (directcopy: to the "
+      "diagonal; optimal: ridge, times lambda_max)")
     a("--freq", type=int, default=1, help="DirectPred: set Wp every freq steps, SGD in between")
     a("--exponent", type=float, default=0.5, help="DirectPred: p_j = s_j^exponent (1 = DirectSet(1))")
-    a("--offset", type=float, default=0.0, help="DirectPred: offset c inside the root, p_j = (s_j - c)_+^a (Table 7)")
+    a("--offset", type=float, default=0.0, help="DirectPred: offset c inside the root, p_j = (s_j - c)_+^a (Table 7; "
+      "use with --eps 0)")
     a("--center", type=int, default=0, choices=[0, 1], help="DirectPred: center F (subtract mean outer product)")
-    # target
+    a("--partitions", type=int, default=1, help="DirectPred: feature-dependent Wp, K random regions, one F_hat each")
+    # target and loss
     a("--ema", type=float, default=0.996, help="target EMA momentum tau; 0 = SimSiam (target = online, stop-grad)")
     a("--ema-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine to 1 (BYOL)")
+    a("--target-init", default="copy", choices=["copy", "random"],
+      help="EMA target starts as a copy of the online net (BYOL) or random (the paper's released code)")
+    a("--stop-grad", type=int, default=1, choices=[0, 1], help="0: gradient flows into the target branch "
+      "(needs --ema 0; Theorem 2's negative control, collapses)")
+    a("--loss", default="cosine", choices=["cosine", "l2"],
+      help="cosine: 2 - 2cos(p, z) (normalised); l2: 1/2 ||p - z||^2 (the theory's, Bao et al.)")
+    a("--symmetric", type=int, default=1, choices=[0, 1], help="loss over both view pairings, summed (0: p1 vs z2 only)")
     # optimisation
     a("--optimizer", default="sgd", choices=["sgd", "lars"])
     a("--lr", type=float, default=0.03, help="used as given; linear scaling rule: lr = base_lr * batch_size / 256")
     a("--lr-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine decay")
     a("--warmup-epochs", type=float, default=0.0, help="linear lr warmup")
     a("--momentum", type=float, default=0.9)
-    a("--wd", type=float, default=4e-4, help="weight decay (paper: 4e-4 on every parameter)")
+    a("--wd", type=float, default=4e-4, help="weight decay eta_s of the trunk (paper: 4e-4 on every parameter)")
     a("--batch-size", type=int, default=128, help="global batch size, split evenly over DDP ranks")
     a("--epochs", type=int, default=100)
     a("--max-steps", type=int, default=0, help="stop after this many optimizer steps in all (0 = epochs); "
@@ -99,8 +117,72 @@ def get_parser():
     return P
 
 
+PRESETS = {  # PAPER.md Sec. 3 and Table 9. Where PAPER.md gives no number, the source recipe is named.
+    # STL-10 / CIFAR-10 tables: ResNet-18, proj 512-128 (BN without affine), SGD 0.03 constant, wd 4e-4 everywhere,
+    # batch 128, EMA 0.996 constant, random target init (the released code), 100 epochs
+    "paper-stl10": dict(dataset="stl10", predictor="direct", target_init="random"),
+    "paper-cifar10": dict(dataset="cifar10", predictor="direct", target_init="random"),
+    # Table 9, 60 epochs: ResNet-50, SGD, batch 256, asymmetric loss; DirectPred 256 x 256. lr / wd / EMA as in
+    # SimSiam's SGD recipe (lr 0.05 * 256/256, wd 1e-4, cosine) and BYOL's tau 0.996 (not in PAPER.md)
+    "byol-imagenet-60": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
+                             bn_affine=1, optimizer="sgd", lr=0.05, wd=1e-4, lr_schedule="cosine", batch_size=256,
+                             symmetric=0, epochs=60, ema=0.996, ema_schedule="cosine"),
+    # Table 9, 300 epochs: LARS, batch 4096, symmetric loss (BYOL's recipe: lr 0.2 * 4096/256, wd 1.5e-6,
+    # 10 warmup epochs, cosine; tau 0.99 with the cosine schedule)
+    "byol-imagenet-300": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
+                              bn_affine=1, optimizer="lars", lr=3.2, wd=1.5e-6, lr_schedule="cosine", warmup_epochs=10,
+                              batch_size=4096, symmetric=1, epochs=300, ema=0.99, ema_schedule="cosine"),
+    # SimSiam's CIFAR-10 recipe (Chen & He 2021, Sec. A): no EMA, 2-layer predictor 2048-512-2048, SGD
+    # lr 0.03 * 512/256, wd 5e-4, cosine, batch 512, 800 epochs
+    "simsiam-cifar": dict(dataset="cifar10", predictor="mlp", ema=0.0, proj_hidden=2048, proj_dim=2048,
+                          pred_hidden=512, bn_affine=1, lr=0.06, wd=5e-4, lr_schedule="cosine", batch_size=512,
+                          epochs=800),
+}
+
+
+def parse_config(argv=None):
+    """Flags -> config dict. A --preset sets defaults first, so flags given explicitly win."""
+    P = get_parser()
+    preset = P.parse_known_args(argv)[0].preset
+    if preset != "none":
+        P.set_defaults(**PRESETS[preset])
+    cfg = vars(P.parse_args(argv))
+    if cfg["pred_wd"] is None:
+        cfg["pred_wd"] = cfg["wd"]
+    return cfg
+
+
+DIRECT_ONLY = {  # DirectPred options and the predictors they apply to
+    "rho": ("direct", "directcopy", "optimal"), "eps": ("direct", "directcopy", "optimal"),
+    "freq": ("direct", "directcopy", "optimal"), "exponent": ("direct",), "offset": ("direct",),
+    "center": ("direct", "directcopy"), "partitions": ("direct",)}
+
+
+def config_error(cfg):
+    """The first problem with a combination of flags, as one line, or None."""
+    defaults = get_parser()
+    for k, predictors in DIRECT_ONLY.items():
+        if cfg["predictor"] not in predictors and cfg[k] != defaults.get_default(k):
+            return f"--{k} is a DirectPred option; it needs --predictor {' or '.join(predictors)}"
+    if cfg["freq"] < 1 or cfg["partitions"] < 1:
+        return "--freq and --partitions must be >= 1"
+    if cfg["predictor"] == "none":
+        for k in ("pred_bias", "sym_wp", "pred_lr_ratio"):
+            if cfg[k] != defaults.get_default(k):
+                return f"--{k.replace('_', '-')} needs a predictor (--predictor is none)"
+    if cfg["pred_bias"] and cfg["predictor"] == "mlp":
+        return "--pred-bias is for the linear predictors (the mlp predictor has its biases)"
+    if not cfg["stop_grad"] and cfg["ema"] > 0:
+        return "--stop-grad 0 needs --ema 0 (an EMA target has no gradient to stop)"
+    if cfg["target_init"] == "random" and cfg["ema"] == 0:
+        return "--target-init random needs --ema > 0 (with --ema 0 the target is the online network)"
+    if not 0 <= cfg["ema"] < 1:
+        return "--ema must be in [0, 1)"
+    return None
+
+
 # keys that may differ between a run and its --resume (they do not change what is computed)
-RESUME_FREE = {"resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "eval_every", "workers", "compile",
+RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "eval_every", "workers", "compile",
                "device", "data_dir", "out_dir"}
 
 # -----------------------------------------------------------------------------
@@ -440,13 +522,38 @@ def build_model(cfg, in_chans):
     stem = cfg["stem"] if cfg["stem"] != "auto" else DATASETS[cfg["dataset"]][1]
     backbone = ResNet(cfg["arch"], cfg["width"], stem, in_chans)
     projector = mlp(backbone.dim, cfg["proj_hidden"], cfg["proj_dim"], cfg["bn_affine"])
-    d = cfg["proj_dim"]
-    predictor = {"none": lambda: nn.Identity(),  # no predictor: Theorem 2 says this collapses
-                 "linear": lambda: nn.Linear(d, d, bias=False),
-                 "direct": lambda: nn.Linear(d, d, bias=False),  # Wp, set in closed form by DirectPred
-                 "directcopy": lambda: nn.Linear(d, d, bias=False),
-                 "mlp": lambda: mlp(d, cfg["pred_hidden"], d, cfg["bn_affine"])}[cfg["predictor"]]()
+    d, bias = cfg["proj_dim"], bool(cfg["pred_bias"])
+    if cfg["predictor"] == "none":  # Wp = I: Theorem 2 says this collapses
+        predictor = nn.Identity()
+    elif cfg["predictor"] == "mlp":  # the 2-layer baseline, trained
+        predictor = mlp(d, cfg["pred_hidden"], d, cfg["bn_affine"])
+    elif cfg["partitions"] > 1:  # feature-dependent Wp: one matrix per region of the input space
+        predictor = PartitionedLinear(d, cfg["partitions"], bias)
+    else:  # linear (trained), or Wp set in closed form by DirectPred / DirectCopy / the optimal plug-in
+        predictor = nn.Linear(d, d, bias=bias)
     return SiameseNet(backbone, projector, predictor)
+
+
+def build_target(online, cfg, in_chans):
+    """EMA target (backbone + projector, no predictor) or None for SimSiam (--ema 0: the online net is the target).
+    --target-init copy: starts equal to the online net (BYOL); random: an independent random init (the paper's code)."""
+    if cfg["ema"] == 0:
+        return None
+    target = copy.deepcopy(online) if cfg["target_init"] == "copy" else \
+        build_model(cfg, in_chans).to(next(online.parameters()).device)
+    target.predictor = nn.Identity()
+    return target.requires_grad_(False)
+
+
+def symmetrize_predictor(predictor):
+    """--sym-wp (Table 3): Wp <- (Wp + Wp^T) / 2; the 2-layer predictor's layers are tied, W2 = W1^T."""
+    with torch.no_grad():
+        if isinstance(predictor, nn.Sequential):
+            W = 0.5 * (predictor[0].weight + predictor[3].weight.T)  # (hidden, d)
+            predictor[0].weight.copy_(W)
+            predictor[3].weight.copy_(W.T)
+        else:
+            predictor.weight.copy_(0.5 * (predictor.weight + predictor.weight.mT))
 
 
 # -----------------------------------------------------------------------------
@@ -454,8 +561,42 @@ def build_model(cfg, in_chans):
 
 
 def cosine_loss(p, z):
-    """2 - 2 cos(p, z), averaged over the batch, in fp32. z must already be detached (stop-gradient)."""
+    """2 - 2 cos(p, z), averaged over the batch, in fp32 (the normalised loss used in practice)."""
     return 2 - 2 * nnf.cosine_similarity(p.float(), z.float(), dim=-1).mean()
+
+
+def l2_loss(p, z):
+    """1/2 ||p - z||^2, averaged over the batch, in fp32 (the un-normalised loss of the theory, PAPER.md Sec. 5)."""
+    return 0.5 * (p.float() - z.float()).pow(2).sum(-1).mean()
+
+
+def ssl_loss(model, target, x1, x2, cfg):
+    """One step's loss. Online: z = projector(backbone(x)) (the predictor's input f), p = predictor(z); targets t from
+    the EMA net under no_grad, or the online z (SimSiam), behind a stop-gradient unless --stop-grad 0.
+    Loss: L(p1, t2) + L(p2, t1), summed (--symmetric 1), or L(p1, t2) alone. Returns (loss, z1, z2, t1, t2)."""
+    z1, z2, p1, p2 = model(x1, x2)  # (B, d) each
+    if target is not None:
+        with torch.no_grad():
+            t1, t2, _, _ = target(x1, x2)
+    else:
+        t1, t2 = z1, z2
+    if cfg["stop_grad"]:
+        t1, t2 = t1.detach(), t2.detach()
+    L = cosine_loss if cfg["loss"] == "cosine" else l2_loss
+    loss = L(p1, t2) + L(p2, t1) if cfg["symmetric"] else L(p1, t2)
+    return loss, z1, z2, t1, t2
+
+
+def build_optimizer(online, cfg):
+    """SGD or LARS with two groups: the trunk (backbone + projector; weight decay --wd) and the predictor (lr x
+    --pred-lr-ratio, weight decay --pred-wd). Each group's lr_mult scales the scheduled lr."""
+    trunk = [p for n, p in online.named_parameters() if not n.startswith("predictor.")]
+    groups = [dict(params=trunk, lr_mult=1.0, weight_decay=cfg["wd"]),
+              dict(params=list(online.predictor.parameters()), lr_mult=cfg["pred_lr_ratio"], weight_decay=cfg["pred_wd"])]
+    groups = [g for g in groups if g["params"]]
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
+    return LARS(groups, lr=cfg["lr"], momentum=cfg["momentum"])
 
 
 class LARS(torch.optim.Optimizer):
@@ -577,8 +718,8 @@ def step_seed(seed, step, rank):
 
 # -----------------------------------------------------------------------------
 if __name__ == "__main__":
-    args = get_parser().parse_args()
-    cfg = vars(args)  # the config dict: key == flag name with '_' for '-'
+    cfg = parse_config()  # the config dict: key == flag name with '_' for '-'
+    args = argparse.Namespace(**cfg)  # the same values, as attributes
 
     # --- DDP / device
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
@@ -605,12 +746,8 @@ if __name__ == "__main__":
     if args.batch_size % ddp_world_size:
         sys.exit(f"error: --batch-size {args.batch_size} must divide evenly over {ddp_world_size} DDP ranks")
     B = args.batch_size // ddp_world_size  # local batch
-    if args.predictor not in ("direct", "directcopy"):
-        changed = [k for k in ("rho", "eps", "freq", "exponent", "offset", "center") if cfg[k] != get_parser().get_default(k)]
-        if changed:
-            sys.exit(f"error: --{changed[0]} is a DirectPred option; it needs --predictor direct or directcopy")
-    if args.freq < 1:
-        sys.exit("error: --freq must be >= 1")
+    if config_error(cfg):
+        sys.exit(f"error: {config_error(cfg)}")
     os.makedirs(args.out_dir, exist_ok=True)
     ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
 
@@ -645,29 +782,20 @@ if __name__ == "__main__":
 
     # --- model: online (DDP-wrapped), EMA target (never wrapped), DirectPred state
     online = build_model(cfg, in_chans).to(device)
+    target = build_target(online, cfg, in_chans)  # never wrapped in DDP
     if ddp and args.sync_bn and device_type == "cuda":
         online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
+        target = nn.SyncBatchNorm.convert_sync_batchnorm(target) if target is not None else None
     elif ddp and args.sync_bn and master_process:
         print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch statistics")
     if device_type == "cuda":
         online = online.to(memory_format=torch.channels_last)
-    target = None
-    if args.ema > 0:  # BYOL: EMA copy of backbone + projector; SimSiam (--ema 0): the online net under stop-grad
-        target = copy.deepcopy(online).requires_grad_(False)
-        target.predictor = nn.Identity()
+        target = target.to(memory_format=torch.channels_last) if target is not None else None
     dp = None
-    if args.predictor in ("direct", "directcopy"):
+    if args.predictor in ("direct", "directcopy", "optimal"):
         dp = DirectPred(args.proj_dim, args.rho, args.eps, args.freq, args.exponent, args.offset, bool(args.center),
-                        mode=args.predictor).to(device)
-
-    # --- optimizer: trunk and predictor in separate groups (same settings here)
-    trunk = [p for n, p in online.named_parameters() if not n.startswith("predictor.")]
-    groups = [{"params": trunk}, {"params": list(online.predictor.parameters())}]
-    groups = [g for g in groups if g["params"]]
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    else:
-        optimizer = LARS(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+                        mode=args.predictor, partitions=args.partitions).to(device)
+    optimizer = build_optimizer(online, cfg)
 
     # --- resume
     step = 0
@@ -727,21 +855,18 @@ if __name__ == "__main__":
                 x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
             lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)
             for g in optimizer.param_groups:
-                g["lr"] = lr
-            # forward: online on both views; target under no_grad (or the online outputs, detached, for SimSiam)
+                g["lr"] = lr * g["lr_mult"]
             with ctx:
-                z1, z2, p1, p2 = model(x1, x2)  # (B, d) each
-                if target is not None:
-                    with torch.no_grad():
-                        t1, t2, _, _ = target(x1, x2)
-                else:
-                    t1, t2 = z1, z2
-            if dp is not None:  # F_hat from both views' raw predictor inputs, averaged over ranks (before backward)
-                dp.update(torch.cat([z1, z2]))
-            loss = cosine_loss(p1, t2.detach()) + cosine_loss(p2, t1.detach())  # symmetric, summed (PAPER.md Sec. 1)
+                loss, z1, z2, t1, t2 = ssl_loss(model, target, x1, x2, cfg)
+            if dp is not None:  # statistics of both views' raw predictor inputs, over all ranks (before backward)
+                f = torch.cat([z1, z2])  # (2B, d)
+                dp.update(f, torch.cat([t2, t1]) if args.predictor == "optimal" else None,  # f1 predicts t2, f2 t1
+                          raw_model.predictor.region(f) if args.partitions > 1 else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if args.sym_wp:
+                symmetrize_predictor(raw_model.predictor)
             if dp is not None:  # every freq steps: Wp <- U diag(p) U^T, used from the next step on
                 dp.set_predictor(raw_model.predictor.weight)
             if target is not None:  # EMA keyed to optimizer steps: target <- tau target + (1 - tau) online
@@ -763,8 +888,9 @@ if __name__ == "__main__":
                 dt, t0, t_eval = time.time() - t0 - t_eval, time.time(), 0.0
                 imgs = (step - step0) * args.batch_size / dt
                 step0 = step
-                F = dp.F_hat if dp is not None else torch.cat([z1, z2]).float().T @ torch.cat([z1, z2]).float() / (2 * B)
-                Wp = raw_model.predictor.weight if isinstance(raw_model.predictor, nn.Linear) else None
+                F = dp.F_hat[0] if dp is not None else torch.cat([z1, z2]).float().T @ torch.cat([z1, z2]).float() / (2 * B)
+                Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors (region 0 of a partitioned one)
+                Wp = Wp[0] if Wp is not None and Wp.dim() == 3 else Wp
                 rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=imgs, **diagnostics(F, Wp, z1))
                 if device_type == "cuda":
                     rec["mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
