@@ -16,7 +16,7 @@ import torchvision
 import torchvision.transforms.functional as TF
 
 import train as T
-from directpred import DirectPred
+from directpred import DirectPred, PartitionedLinear
 
 ROOT = Path(__file__).resolve().parent
 TINY = ["--dataset", "fake", "--fake-size", "128", "--width", "4", "--proj-hidden", "32", "--proj-dim", "16",
@@ -106,7 +106,7 @@ def test_directpred_ema_and_freq_with_sgd_in_between():
 DP_DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
-from directpred import DirectPred
+from directpred import DirectPred, PartitionedLinear
 dist.init_process_group("gloo")
 r = dist.get_rank()
 out = {}
@@ -184,7 +184,7 @@ def test_resume_is_exact(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("predictor", ["none", "linear", "mlp", "direct", "directcopy"])
+@pytest.mark.parametrize("predictor", ["none", "linear", "mlp", "direct", "directcopy", "optimal"])
 @pytest.mark.parametrize("ema", ["0", "0.996"])
 def test_every_predictor_trains(tmp_path, predictor, ema):
     run(TINY + ["--predictor", predictor, "--ema", ema, "--max-steps", "3", "--out-dir", tmp_path])
@@ -310,6 +310,170 @@ def test_fashion_mnist_from_debian_package(tmp_path):
 
 
 # -----------------------------------------------------------------------------
+# ablation flags: each does what it says, against a hand computation
+
+
+def tiny_cfg(*flags):
+    return T.parse_config(TINY + list(flags))
+
+
+def tiny_model(cfg):
+    torch.manual_seed(0)
+    return T.build_model(cfg, 3)
+
+
+def test_losses_on_hand_examples():
+    p, z = torch.tensor([[3.0, 4.0], [1.0, 1.0]]), torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+    assert T.l2_loss(p, z).item() == pytest.approx((12.5 + 2.0) / 2)  # 1/2 ||p - z||^2 per row, then the mean
+    assert T.cosine_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 5.0]])).item() == pytest.approx(2.0)
+    assert T.cosine_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 4.0]])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ssl_loss_target_stop_grad_and_symmetry():
+    x1, x2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    # --ema 0: the target is the online network's own output
+    cfg = tiny_cfg("--predictor", "linear", "--ema", "0")
+    model = tiny_model(cfg)
+    loss, z1, z2, t1, t2 = T.ssl_loss(model, None, x1, x2, cfg)
+    assert torch.equal(t1, z1) and torch.equal(t2, z2) and not t1.requires_grad
+    loss.backward()
+    g_sg = [p.grad.clone() for p in model.parameters()]
+    # --stop-grad 0: the gradient also flows through the target branch: equal to the loss written without detach
+    model.zero_grad()
+    loss, z1, z2, t1, t2 = T.ssl_loss(model, None, x1, x2, dict(cfg, stop_grad=0))
+    assert t1.requires_grad
+    loss.backward()
+    g_nosg = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    z1, z2, p1, p2 = model(x1, x2)
+    (T.cosine_loss(p1, z2) + T.cosine_loss(p2, z1)).backward()
+    for a, b in zip(g_nosg, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(g_sg[0], g_nosg[0])
+    # --symmetric 0 and --loss l2: one pairing, the l2 loss
+    for flags, hand in ((("--symmetric", "0"), lambda p1, p2, t1, t2: T.cosine_loss(p1, t2)),
+                        (("--loss", "l2"), lambda p1, p2, t1, t2: T.l2_loss(p1, t2) + T.l2_loss(p2, t1))):
+        loss, z1, z2, t1, t2 = T.ssl_loss(model, None, x1, x2, tiny_cfg("--predictor", "linear", "--ema", "0", *flags))
+        _, _, p1, p2 = model(x1, x2)
+        torch.testing.assert_close(loss, hand(p1, p2, t1, t2))
+
+
+def test_target_init_copy_or_random():
+    cfg = tiny_cfg("--ema", "0.99")
+    online = tiny_model(cfg)
+    same = T.build_target(online, cfg, 3)
+    other = T.build_target(online, dict(cfg, target_init="random"), 3)
+    names = [n for n, _ in online.named_parameters() if not n.startswith("predictor.")]
+    assert [n for n, _ in same.named_parameters()] == names and [n for n, _ in other.named_parameters()] == names
+    assert all(torch.equal(a, b) for a, b in zip(same.parameters(), online.parameters()))
+    assert not torch.equal(next(other.parameters()), next(online.parameters()))
+    assert not any(p.requires_grad for p in other.parameters())
+    assert T.build_target(online, dict(cfg, ema=0.0), 3) is None
+
+
+def test_predictor_lr_ratio_and_weight_decay_touch_the_predictor_group_only():
+    cfg = tiny_cfg("--predictor", "linear", "--wd", "0", "--pred-wd", "0.01", "--pred-lr-ratio", "10", "--lr", "0.1")
+    model = tiny_model(cfg)
+    opt = T.build_optimizer(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # only weight decay moves anything
+    for g in opt.param_groups:
+        g["lr"] = 0.1 * g["lr_mult"]  # what the training loop does with the scheduled lr
+    opt.step()
+    for n, p in model.named_parameters():
+        if n.startswith("predictor."):  # p - lr * ratio * eta_p * p
+            torch.testing.assert_close(p, before[n] * (1 - 0.1 * 10 * 0.01))
+        else:  # eta_s = 0: the trunk does not move (Table 5's trunk-0 rows)
+            assert torch.equal(p, before[n]), n
+    assert T.parse_config(TINY + ["--wd", "3e-4"])["pred_wd"] == 3e-4  # default: the trunk's
+
+
+def test_symmetrize_predictor_by_hand():
+    lin = torch.nn.Linear(2, 2, bias=False)
+    lin.weight.data = torch.tensor([[1.0, 2.0], [0.0, 3.0]])
+    T.symmetrize_predictor(lin)
+    assert lin.weight.tolist() == [[1.0, 1.0], [1.0, 3.0]]
+    mlp = T.mlp(2, 3, 2, 0)
+    W1, W2 = mlp[0].weight.detach().clone(), mlp[3].weight.detach().clone()
+    T.symmetrize_predictor(mlp)
+    torch.testing.assert_close(mlp[0].weight, 0.5 * (W1 + W2.T))
+    assert torch.equal(mlp[3].weight, mlp[0].weight.T)
+
+
+def test_centering_optimal_and_partitions_by_hand():
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [1.0, -1.0]])
+    dp = DirectPred(2, center=True)
+    dp.update(f)
+    torch.testing.assert_close(dp.F_hat[0].double(), torch.from_numpy(np.cov(f.numpy().T, bias=True)))
+    # optimal plug-in: C_hat = mean z f^T; Wp = sym(C) (F + eps lambda_max I)^-1
+    dp = DirectPred(2, eps=0.1, mode="optimal")
+    dp.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    torch.testing.assert_close(dp.C_hat[0], torch.tensor([[0.5, 1.5], [1.0, 2.0]]))
+    dp.F_hat[0] = torch.diag(torch.tensor([4.0, 1.0]))
+    dp.C_hat[0] = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
+    W = torch.zeros(2, 2)
+    dp.set_predictor(W)
+    torch.testing.assert_close(W, torch.tensor([[2 / 4.4, 0.5 / 1.4], [0.5 / 4.4, 1 / 1.4]]))
+    # partitions: one F_hat per region, a region's first batch initialises it, unseen regions stay as they were
+    dp = DirectPred(2, rho=0.5, partitions=3)
+    dp.update(f, region=torch.tensor([0, 0, 2, 2]))
+    torch.testing.assert_close(dp.F_hat[0], torch.tensor([[0.5, 0.0], [0.0, 0.5]]))
+    torch.testing.assert_close(dp.F_hat[2], torch.tensor([[2.5, 1.5], [1.5, 2.5]]))
+    assert not dp.F_hat[1].any()
+    dp.update(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), region=torch.tensor([1, 0]))
+    torch.testing.assert_close(dp.F_hat[0], 0.5 * torch.tensor([[0.5, 0.0], [0.0, 0.5]]) + 0.5 * torch.tensor([[0.0, 0.0], [0.0, 9.0]]))
+    torch.testing.assert_close(dp.F_hat[1], torch.tensor([[4.0, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(dp.F_hat[2], torch.tensor([[2.5, 1.5], [1.5, 2.5]]))
+    pl = PartitionedLinear(2, 3)
+    pl.directions.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    assert pl.region(torch.tensor([[2.0, 1.0], [0.5, 3.0], [-4.0, 1.0]])).tolist() == [0, 1, 2]
+    x = torch.tensor([[2.0, 1.0], [-4.0, 1.0]])
+    torch.testing.assert_close(pl(x), torch.stack([pl.weight[0] @ x[0], pl.weight[2] @ x[1]]))
+
+
+def test_presets_set_what_they_say_and_flags_override():
+    c = T.parse_config(["--preset", "paper-stl10"])
+    assert (c["dataset"], c["arch"], c["proj_hidden"], c["proj_dim"], c["bn_affine"], c["predictor"], c["lr"],
+            c["momentum"], c["wd"], c["pred_wd"], c["batch_size"], c["ema"], c["ema_schedule"], c["lr_schedule"],
+            c["epochs"], c["target_init"], c["rho"], c["eps"], c["freq"]) == \
+        ("stl10", "resnet18", 512, 128, 0, "direct", 0.03, 0.9, 4e-4, 4e-4, 128, 0.996, "const", "const", 100,
+         "random", 0.3, 0.1, 1)
+    assert T.parse_config(["--preset", "paper-cifar10"])["dataset"] == "cifar10"
+    c = T.parse_config(["--preset", "byol-imagenet-300", "--lr", "1.0", "--predictor", "linear"])
+    assert (c["arch"], c["optimizer"], c["batch_size"], c["symmetric"], c["epochs"], c["lr"], c["predictor"],
+            c["proj_dim"]) == ("resnet50", "lars", 4096, 1, 300, 1.0, "linear", 256)
+    c = T.parse_config(["--preset", "byol-imagenet-60"])
+    assert (c["optimizer"], c["batch_size"], c["symmetric"], c["epochs"]) == ("sgd", 256, 0, 60)
+    c = T.parse_config(["--preset", "simsiam-cifar"])
+    assert (c["ema"], c["predictor"], c["dataset"]) == (0.0, "mlp", "cifar10")
+    assert all(T.config_error(T.parse_config(["--preset", p])) is None for p in T.PRESETS)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--predictor", "linear", "--sym-wp", "1", "--pred-bias", "1"],
+    ["--predictor", "mlp", "--sym-wp", "1"],
+    ["--partitions", "3"],
+    ["--predictor", "optimal", "--freq", "2"],
+    ["--ema", "0", "--stop-grad", "0", "--loss", "l2", "--symmetric", "0"],
+    ["--target-init", "random", "--optimizer", "lars", "--pred-lr-ratio", "5", "--pred-wd", "0"],
+])
+def test_flag_combinations_train(tmp_path, flags):
+    run(TINY + flags + ["--max-steps", "3", "--out-dir", tmp_path])
+    logs = log_lines(tmp_path)
+    assert len(logs) == 3 and all(np.isfinite(r["loss"]) for r in logs)
+    ckpt = load(tmp_path / "ckpt.pt")
+    pred = {k[len("predictor."):]: v for k, v in ckpt["online"].items() if k.startswith("predictor.")}
+    if "--sym-wp" in flags and "linear" in flags:
+        torch.testing.assert_close(pred["weight"], pred["weight"].T, atol=1e-6, rtol=0)
+    if "mlp" in flags:
+        assert torch.equal(pred["3.weight"], pred["0.weight"].T)
+    if "--partitions" in flags:  # one Wp per region, each set in closed form: symmetric
+        W = pred["weight"]
+        assert W.shape == (3, 16, 16) and torch.allclose(W, W.mT, atol=1e-6)
+
+
+# -----------------------------------------------------------------------------
 # bad input: one clear line naming the flag or path
 
 
@@ -318,6 +482,11 @@ def test_fashion_mnist_from_debian_package(tmp_path):
     (["--resume"], "--resume"),
     (["--predictor", "linear", "--freq", "2"], "--freq"),
     (["--fake-size", "16"], "--batch-size"),
+    (["--predictor", "none", "--sym-wp", "1"], "--sym-wp"),
+    (["--predictor", "linear", "--exponent", "1"], "--exponent"),
+    (["--predictor", "mlp", "--pred-bias", "1"], "--pred-bias"),
+    (["--stop-grad", "0"], "--stop-grad 0 needs --ema 0"),
+    (["--ema", "0", "--target-init", "random"], "--target-init"),
 ])
 def test_bad_input_gives_one_line(tmp_path, flags, needle):
     r = run(TINY + ["--out-dir", tmp_path] + flags, expect_ok=False)
