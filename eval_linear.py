@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as nnf
+import torchvision.transforms as TV
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import train as T
@@ -70,20 +71,10 @@ if __name__ == "__main__":
     if args.lr is None:
         args.lr = 0.1 * args.batch_size / 256
 
-    # --- DDP / device (as in train.py)
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if ddp and not args.augment:
+    # --- DDP / device
+    if "RANK" in os.environ and not args.augment:
         sys.exit("error: torchrun is for --augment; the fast probe runs in one process")
-    if ddp:
-        ddp_rank, ddp_local_rank, ddp_world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        dist.init_process_group(backend="nccl" if args.device == "cuda" else "gloo")
-        device = f"cuda:{ddp_local_rank}" if args.device == "cuda" else "cpu"
-        if args.device == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        ddp_rank, ddp_world_size, device = 0, 1, args.device
+    ddp, ddp_rank, _, ddp_world_size, device = T.init_distributed(args.device)
     master_process = ddp_rank == 0
     device_type = "cuda" if "cuda" in device else "cpu"
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device_type == "cuda" else nullcontext()
@@ -165,7 +156,6 @@ if __name__ == "__main__":
     else:  # augmented: crop + flip per sample on the device, features of the frozen backbone, cosine lr
         train_data = splits[0]
         if dataset in T.STREAMED:
-            import torchvision.transforms as TV
             train_data.transform = TV.Compose([TV.RandomResizedCrop(size), TV.PILToTensor()])
         n = len(train_data[0]) if isinstance(train_data, tuple) else len(train_data)
         steps_per_epoch = n // args.batch_size

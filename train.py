@@ -704,6 +704,21 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
     return correct / len(test_f)
 
 
+def init_distributed(device):
+    """torchrun sets RANK / LOCAL_RANK / WORLD_SIZE: join the process group (nccl on CUDA, gloo on CPU) and pick
+    this rank's device. device: auto | cpu | cuda. Returns (ddp, rank, local_rank, world_size, device)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if int(os.environ.get("RANK", -1)) == -1:  # a plain `python` launch
+        return False, 0, 0, 1, device
+    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    return True, rank, local_rank, world_size, device
+
+
 def save_checkpoint(obj, path):
     """Atomic: a crash mid-write leaves the previous checkpoint intact, never a half-written one."""
     tmp = path + ".tmp"
@@ -722,17 +737,7 @@ if __name__ == "__main__":
     args = argparse.Namespace(**cfg)  # the same values, as attributes
 
     # --- DDP / device
-    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if ddp:
-        ddp_rank, ddp_local_rank, ddp_world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        dist.init_process_group(backend="nccl" if args.device == "cuda" else "gloo")
-        device = f"cuda:{ddp_local_rank}" if args.device == "cuda" else "cpu"
-        if args.device == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        ddp_rank, ddp_local_rank, ddp_world_size, device = 0, 0, 1, args.device
+    ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(args.device)
     master_process = ddp_rank == 0
     device_type = "cuda" if "cuda" in device else "cpu"
     torch.manual_seed(args.seed)
