@@ -893,7 +893,8 @@ if __name__ == "__main__":
                 dt, t0, t_eval = time.time() - t0 - t_eval, time.time(), 0.0
                 imgs = (step - step0) * args.batch_size / dt
                 step0 = step
-                F = dp.F_hat[0] if dp is not None else torch.cat([z1, z2]).float().T @ torch.cat([z1, z2]).float() / (2 * B)
+                f = torch.cat([z1, z2]).float()  # (2B, d)
+                F = dp.F_hat[0] if dp is not None else f.T @ f / len(f)  # other predictors: this batch's E[f f^T]
                 Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors (region 0 of a partitioned one)
                 Wp = Wp[0] if Wp is not None and Wp.dim() == 3 else Wp
                 rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=imgs, **diagnostics(F, Wp, z1))
