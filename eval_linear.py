@@ -136,7 +136,7 @@ if __name__ == "__main__":
     optimizer = {"adam": lambda: torch.optim.Adam(params, lr=args.lr, weight_decay=args.wd),
                  "sgd": lambda: torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.wd, nesterov=True),
                  "lars": lambda: T.LARS(params, lr=args.lr, weight_decay=args.wd)}[args.optimizer]()
-    model = DDP(head) if ddp else head
+    ddp_head = DDP(head) if ddp else head  # under torchrun the head's gradients are averaged over ranks
     gen = torch.Generator(device=device)
 
     if not args.augment:  # logistic regression on standardised cached features (the paper's code)
@@ -171,7 +171,7 @@ if __name__ == "__main__":
                     f = backbone(x.contiguous(memory_format=torch.channels_last) if device_type == "cuda" else x)
                 for g in optimizer.param_groups:
                     g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                loss = nnf.cross_entropy(model(f.float()), y)
+                loss = nnf.cross_entropy(ddp_head(f.float()), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

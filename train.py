@@ -404,8 +404,9 @@ def augment(x, aug, view, gen, size, scale, mean, std, crop=True):
         x = random_resized_crop(x, size, scale, gen)
     else:
         x = torch.where((rand(gen, B) < 0.5)[:, None, None, None], x.flip(3), x)
-    x = color_jitter(x, aug["jitter"], aug["jitter_p"], gen)
-    if C == 3:
+    if aug["jitter_p"] > 0:  # an op with probability 0 is skipped, with no draws from gen (as blur/solarize below)
+        x = color_jitter(x, aug["jitter"], aug["jitter_p"], gen)
+    if C == 3 and aug["gray_p"] > 0:
         x = torch.where((rand(gen, B) < aug["gray_p"])[:, None, None, None], gray(x).expand_as(x), x)
     if aug["blur_p"][view] > 0:
         ksize = int(0.1 * size) // 2 * 2 + 1  # 9 at 96 px (STL-10), 23 at 224 px (BYOL)
