@@ -479,8 +479,8 @@ def test_flag_combinations_train(tmp_path, flags):
 
 @pytest.mark.skipif(not os.path.isdir(T.FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_directpred_learns_on_fashion_mnist(tmp_path):
-    """A short DirectPred run (600 steps of a width-8 ResNet-18 with the paper's settings, about 3 CPU minutes)
-    against the same network at its random initialisation: kNN top-1 (k=200, t=0.1), 10k train / 2k test images.
+    """A short DirectPred run (600 steps of a width-8 ResNet-18, the paper's settings except --crop-min 0.25,
+    about 3 CPU minutes) against the same network at its random initialisation: kNN top-1 (k=200, t=0.1), 10k train / 2k test images.
     Gains seen over seeds 1, 2 (against each seed's own init): +3.9 / +1.9 points at 600 steps, +2.5 / +2.6 at 1000;
     at 400 steps seed 0 gained +7.5 but seeds 1 and 2 had not yet recovered from the early dip (0.0, -0.9).
     So the margin is 1 point: small, because Fashion-MNIST's random-init features are already strong (61-66%)."""
