@@ -41,7 +41,8 @@ P.add_argument("--baseline", default="none", choices=["none", "random", "pixels"
                help="random = the checkpoint's network at random init; pixels = raw pixels (no network)")
 P.add_argument("--dataset", default=None, choices=list(T.DATASETS), help="default: the checkpoint's")
 P.add_argument("--data-dir", default=None, help="default: the checkpoint's")
-P.add_argument("--img-size", type=int, default=0, help="streamed sets: crop size (0 = the checkpoint's, else 224)")
+P.add_argument("--img-size", type=int, default=0, help="image size the backbone sees (0 = the checkpoint's "
+               "--img-size; if that is 0 too: in-memory sets as stored, streamed sets 224)")
 P.add_argument("--augment", action="store_true", help="standard augmented protocol instead of cached features")
 P.add_argument("--epochs", type=int, default=None)
 P.add_argument("--batch-size", type=int, default=None, help="global batch")
@@ -101,7 +102,7 @@ if __name__ == "__main__":
     splits = [T.load_dataset(dataset, data_dir, s, fake_size) for s in ("train", "test")]
     if dataset not in T.STREAMED:
         splits = [(x.to(device), y.to(device)) for x, y in splits]
-        size = splits[0][0].shape[-1]
+        size = args.img_size or (cfg["img_size"] if cfg else 0) or splits[0][0].shape[-1]  # train.py's crop size
     in_chans = splits[0][0].shape[1] if dataset not in T.STREAMED else 3
     n_cls = len(splits[0].classes) if dataset in T.STREAMED else int(splits[0][1].max()) + 1
 

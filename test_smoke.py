@@ -309,6 +309,21 @@ def test_fashion_mnist_from_debian_package(tmp_path):
     assert x.shape == (10000, 1, 28, 28) and y.bincount().tolist() == [1000] * 10
 
 
+def test_features_are_taken_at_the_training_crop_size():
+    """--img-size on an in-memory set: the views are resized to it, so extract_features (the probe, the kNN
+    monitor) must resize too. Reference: torchvision's bilinear resize of the same images, then the backbone."""
+    backbone = tiny_model(tiny_cfg()).backbone.eval()
+    x, y = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8), torch.arange(6)
+    mean, std = torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
+    f, _ = T.extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False), size=24)
+    with torch.no_grad():
+        ref = backbone((TF.resize(x.float() / 255, [24, 24], antialias=False) - mean) / std)
+    torch.testing.assert_close(f, ref)
+    f, _ = T.extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False))
+    with torch.no_grad():
+        torch.testing.assert_close(f, backbone((x.float() / 255 - mean) / std))  # no size: as stored
+
+
 # -----------------------------------------------------------------------------
 # ablation flags: each does what it says, against a hand computation
 
@@ -453,7 +468,7 @@ def test_presets_set_what_they_say_and_flags_override():
 @pytest.mark.parametrize("flags", [
     ["--predictor", "linear", "--sym-wp", "1", "--pred-bias", "1"],
     ["--predictor", "mlp", "--sym-wp", "1"],
-    ["--partitions", "3"],
+    ["--partitions", "3", "--jitter", "0.5", "--crop-min", "0.5"],
     ["--predictor", "optimal", "--freq", "2"],
     ["--ema", "0", "--stop-grad", "0", "--loss", "l2", "--symmetric", "0"],
     ["--target-init", "random", "--optimizer", "lars", "--pred-lr-ratio", "5", "--pred-wd", "0"],
@@ -518,6 +533,8 @@ def test_directpred_learns_on_fashion_mnist(tmp_path):
     (["--predictor", "mlp", "--pred-bias", "1"], "--pred-bias"),
     (["--stop-grad", "0"], "--stop-grad 0 needs --ema 0"),
     (["--ema", "0", "--target-init", "random"], "--target-init"),
+    (["--jitter", "-1"], "--jitter"),
+    (["--crop-min", "0"], "--crop-min"),
 ])
 def test_bad_input_gives_one_line(tmp_path, flags, needle):
     r = run(TINY + ["--out-dir", tmp_path] + flags, expect_ok=False)

@@ -53,6 +53,8 @@ def get_parser():
     a("--img-size", type=int, default=0, help="crop size; 0 = the dataset's own size (224 for imagenet/imagefolder)")
     a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (PAPER.md Sec. 3); auto = by dataset")
     a("--crop-min", type=float, default=0.08, help="RandomResizedCrop minimum area fraction")
+    a("--jitter", type=float, default=1.0, help="colour-jitter strength, a multiplier on the preset's brightness/"
+      "contrast/saturation/hue ranges (SimCLR's s, relative); 0 = no jitter")
     a("--workers", type=int, default=8, help="DataLoader workers per rank (imagenet/imagefolder only)")
     a("--fake-size", type=int, default=1024, help="number of images of --dataset fake")
     # model
@@ -178,6 +180,8 @@ def config_error(cfg):
         return "--target-init random needs --ema > 0 (with --ema 0 the target is the online network)"
     if not 0 <= cfg["ema"] < 1:
         return "--ema must be in [0, 1)"
+    if not 0 < cfg["crop_min"] <= 1 or cfg["jitter"] < 0:
+        return "--crop-min must be in (0, 1] and --jitter >= 0"
     return None
 
 
@@ -668,20 +672,25 @@ class EvalCrop:
 
 
 @torch.no_grad()
-def extract_features(backbone, data, mean, std, device, ctx, size=224, batch_size=512, workers=8):
+def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_size=512, workers=8):
     """Frozen features of a labelled split, no augmentation, backbone in eval mode (BN running statistics).
-    data: (x uint8 (N, C, H, W), y (N,)) or an ImageFolder. Returns (features (N, D) float32, labels (N,)) on device."""
+    data: (x uint8 (N, C, H, W), y (N,)) or an ImageFolder. size: the training crop size; in-memory images are
+    resized to it when it differs from theirs (--img-size), None = as stored (224 for an ImageFolder).
+    Returns (features (N, D) float32, labels (N,)) on device."""
     was_training = backbone.training
     backbone.eval()
     if isinstance(data, tuple):
         x, y = data
         batches = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
     else:
-        data.transform = EvalCrop(size)
+        data.transform = EvalCrop(size or 224)
         batches = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers)
     feats, labels = [], []
     for xb, yb in batches:
-        xb = (xb.to(device).float() / 255 - mean) / std
+        xb = xb.to(device).float() / 255
+        if size and xb.shape[-1] != size:  # the views were resized to size in training: the same scale here
+            xb = nnf.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
+        xb = (xb - mean) / std
         if "cuda" in str(device):
             xb = xb.contiguous(memory_format=torch.channels_last)
         with ctx:
@@ -759,6 +768,7 @@ if __name__ == "__main__":
 
     # --- data
     aug = AUG[DATASETS[args.dataset][0] if args.aug == "auto" else args.aug]
+    aug = dict(aug, jitter=tuple(args.jitter * t for t in aug["jitter"]), jitter_p=aug["jitter_p"] * (args.jitter > 0))
     mean, std = (torch.tensor(v, device=device)[:, None, None] for v in DATASETS[args.dataset][2:4])  # (C, 1, 1)
     if args.dataset in STREAMED:
         size = args.img_size or 224
