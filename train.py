@@ -768,6 +768,7 @@ if __name__ == "__main__":
 
     # --- data
     aug = AUG[DATASETS[args.dataset][0] if args.aug == "auto" else args.aug]
+    # --jitter s scales the preset's ranges (SimCLR's colour strength); s = 0 skips the op and its random draws
     aug = dict(aug, jitter=tuple(args.jitter * t for t in aug["jitter"]), jitter_p=aug["jitter_p"] * (args.jitter > 0))
     mean, std = (torch.tensor(v, device=device)[:, None, None] for v in DATASETS[args.dataset][2:4])  # (C, 1, 1)
     if args.dataset in STREAMED:
