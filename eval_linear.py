@@ -97,12 +97,12 @@ if __name__ == "__main__":
     dataset = args.dataset or cfg["dataset"]
     data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
     fake_size = cfg["fake_size"] if cfg else 1024
-    size = args.img_size or (cfg["img_size"] if cfg and cfg["img_size"] else 224)
+    size = args.img_size or (cfg["img_size"] if cfg else 0)  # train.py's crop size; 0 = the dataset's default
     mean, std = (torch.tensor(v, device=device)[:, None, None] for v in T.DATASETS[dataset][2:4])
     splits = [T.load_dataset(dataset, data_dir, s, fake_size) for s in ("train", "test")]
     if dataset not in T.STREAMED:
         splits = [(x.to(device), y.to(device)) for x, y in splits]
-        size = args.img_size or (cfg["img_size"] if cfg else 0) or splits[0][0].shape[-1]  # train.py's crop size
+    size = size or (224 if dataset in T.STREAMED else splits[0][0].shape[-1])  # train.py's rule for --img-size 0
     in_chans = splits[0][0].shape[1] if dataset not in T.STREAMED else 3
     n_cls = len(splits[0].classes) if dataset in T.STREAMED else int(splits[0][1].max()) + 1
 
