@@ -21,8 +21,9 @@ Variants, all in the one class:
 - mode "directcopy" (Wang, Chen, Du, Tian 2021, arXiv 2110.04947): Wp = F_hat / lambda_max(F_hat) + eps I;
 - mode "optimal" (Table 1, "plug in the optimal solution"): with C_hat the EMA of E[z f^T] (z = the target the
   prediction of f is compared with), Wp solves Wp (F_hat + eps lambda_max I) = (C_hat + C_hat^T) / 2;
-- partitions K > 1 (the feature-dependent Wp of Sec. 5): the predictor input space is cut into K regions by K
-  fixed random directions (PartitionedLinear below), each region with its own F_hat and Wp.
+- feature-dependent Wp (Sec. 5, "6 partitions -> 78.20"), as the authors' code ran it (luckmatters,
+  ssl/real-dataset/byol_trainer.py, predictor_reg=partition): PartitionedPredictor below, n random projections,
+  each splitting the batch in two at its mean, one F_hat per side, a sample's Wp the mean over the projections.
 
 Usage (copy this file; it imports only torch and has no side effects):
     dp = DirectPred(dim=128, rho=0.3, eps=0.1, freq=1).to(device)
@@ -46,6 +47,7 @@ class DirectPred(nn.Module):
 
     def __init__(self, dim, rho=0.3, eps=0.1, freq=1, exponent=0.5, offset=0.0, center=False, mode="direct",
                  partitions=1):
+        """partitions: K sets of statistics (regions), each with its own F_hat and Wp (PartitionedPredictor)."""
         super().__init__()
         assert mode in ("direct", "directcopy", "optimal"), mode
         self.rho, self.eps, self.freq = rho, eps, freq
@@ -66,13 +68,13 @@ class DirectPred(nn.Module):
     @torch.no_grad()
     def update(self, f, z=None, region=None):
         """f: (N, d) raw predictor inputs of the local batch (both views); z: (N, d) the targets f's predictions
-        are compared with (mode "optimal" only); region: (N,) region index per row (partitions > 1 only)."""
+        are compared with (mode "optimal" only); region: (N, K) 0/1, row n counts towards region k's statistics
+        (partitions > 1 only; a row may belong to several regions). Returns F_batch (K, d, d)."""
         f = f.detach().float()
         N, d = f.shape
-        onehot = torch.ones(N, 1, device=f.device) if region is None else \
-            torch.nn.functional.one_hot(region, self.K).float()  # (N, K)
-        fk = onehot[:, :, None] * f[:, None]  # (N, K, d): f where the row is in region k, else 0
-        stats = [onehot.sum(0), torch.einsum("nki,nj->kij", fk, f)]  # counts (K,), sums of f f^T (K, d, d)
+        member = torch.ones(N, 1, device=f.device) if region is None else region.float()  # (N, K)
+        fk = member[:, :, None] * f[:, None]  # (N, K, d): f where the row is in region k, else 0
+        stats = [member.sum(0), torch.einsum("nki,nj->kij", fk, f)]  # counts (K,), sums of f f^T (K, d, d)
         if self.center:
             stats.append(fk.sum(0))  # (K, d) sums of f
         if self.mode == "optimal":
@@ -130,20 +132,37 @@ class DirectPred(nn.Module):
         return True
 
 
-class PartitionedLinear(nn.Module):
-    """Feature-dependent linear predictor: K fixed random unit directions r_k cut the input space into K regions
-    (f belongs to region argmax_k <r_k, f>), and each region has its own d x d matrix Wp_k. K = 1 is nn.Linear."""
+class PartitionedPredictor(nn.Module):
+    """Feature-dependent Wp (Sec. 5), as the authors' code ran it: n fixed random projections r_i (d,) of the
+    predictor input f. In each view's batch, f is on the positive side of projection i when r_i . f >= the batch
+    mean of r_i . f. Each projection keeps two EMA correlations, one per side (2n regions of one DirectPred), updated
+    with both views' samples BEFORE predicting; then every side's Wp is set by the DirectPred rule, and a sample's
+    prediction is the mean over the projections of the Wp of its side: p = (1/n) sum_i Wp_{i, side_i(f)} f.
+    The Wp are constants of the step (no parameters, nothing trained): the gradient flows through them into f.
+    Under DDP the thresholds are global-batch means and the statistics are summed over the ranks (DirectPred.update).
+    """
 
-    def __init__(self, dim, partitions, bias=False):
+    def __init__(self, dim, partitions, rho=0.3, eps=0.1, exponent=0.5, offset=0.0, center=False):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([nn.Linear(dim, dim, bias=False).weight.data for _ in range(partitions)]))
-        self.bias = nn.Parameter(torch.zeros(partitions, dim)) if bias else None
-        self.register_buffer("directions", nn.functional.normalize(torch.randn(partitions, dim), dim=1))  # (K, d)
+        self.n = partitions
+        self.dp = DirectPred(dim, rho, eps, 1, exponent, offset, center, partitions=2 * partitions)  # regions: (i, side)
+        self.register_buffer("directions", torch.randn(dim, partitions))  # (d, n), fixed: the r_i, Gaussian
 
-    def region(self, f):
-        return (f.detach().float() @ self.directions.T).argmax(1)  # (N,)
+    @torch.no_grad()
+    def sides(self, f):
+        """(N, d) one view's batch -> (N, 2n) 0/1: columns 2i and 2i+1 = positive / negative side of projection i."""
+        dtype = torch.promote_types(f.dtype, torch.float32)  # fp32 at least (bf16 under autocast)
+        proj = f.detach().to(dtype) @ self.directions.to(dtype)  # (N, n)
+        total = torch.stack([proj.sum(0), torch.full_like(proj[0], len(proj))])  # (2, n): sums and counts
+        if dist.is_available() and dist.is_initialized():  # the threshold is the mean over the global batch
+            dist.all_reduce(total)
+        pos = proj >= total[0] / total[1]  # (N, n)
+        return torch.stack([pos, ~pos], 2).flatten(1).float()  # (N, 2n)
 
-    def forward(self, f):  # (N, d) -> (N, d): every region's Wp applied, the row's own one kept
-        k = self.region(f)
-        out = torch.einsum("kij,nj->nki", self.weight.to(f.dtype), f)[torch.arange(len(f), device=f.device), k]
-        return out if self.bias is None else out + self.bias[k].to(out.dtype)
+    def forward(self, *views):
+        """views: each (N, d), the views of one step (train.py passes both). Returns one prediction (N, d) per view."""
+        member = [self.sides(f) for f in views]
+        if self.training:  # statistics first, with every view's samples: the current batch shapes its own Wp
+            self.dp.update(torch.cat(views), region=torch.cat(member))
+        Wp = self.dp.compute_Wp().to(views[0].dtype)  # (2n, d, d), every side's Wp by the DirectPred rule
+        return tuple(torch.einsum("nk,kij,nj->ni", m.to(f.dtype), Wp, f) / self.n for m, f in zip(member, views))

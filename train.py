@@ -36,7 +36,7 @@ import torchvision
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from directpred import DirectPred, PartitionedLinear
+from directpred import DirectPred, PartitionedPredictor
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
@@ -82,7 +82,9 @@ def get_parser():
     a("--offset", type=float, default=0.0, help="DirectPred: offset c inside the root, p_j = (s_j - c)_+^a (Table 7; "
       "use with --eps 0)")
     a("--center", type=int, default=0, choices=[0, 1], help="DirectPred: center F (subtract mean outer product)")
-    a("--partitions", type=int, default=1, help="DirectPred: feature-dependent Wp, K random regions, one F_hat each")
+    a("--partitions", type=int, default=1, help="DirectPred: feature-dependent Wp (Sec. 5) with n random projections, "
+      "each splitting the batch at its mean, one F_hat per side; a sample's Wp is the mean over projections of its "
+      "side's (the authors' code); 1 = one Wp for all")
     # target and loss
     a("--ema", type=float, default=0.996, help="target EMA momentum tau; 0 = SimSiam (target = online, stop-grad)")
     a("--ema-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine to 1 (BYOL)")
@@ -168,6 +170,8 @@ def config_error(cfg):
             return f"--{k} is a DirectPred option; it needs --predictor {' or '.join(predictors)}"
     if cfg["freq"] < 1 or cfg["partitions"] < 1:
         return "--freq and --partitions must be >= 1"
+    if cfg["partitions"] > 1 and (cfg["freq"] != 1 or cfg["pred_bias"]):
+        return "--partitions > 1 sets every side's Wp at every step (no --freq, no --pred-bias), as the authors' code"
     if cfg["predictor"] == "none":
         for k in ("pred_bias", "sym_wp", "pred_lr_ratio"):
             if cfg[k] != defaults.get_default(k):
@@ -519,6 +523,8 @@ class SiameseNet(nn.Module):
 
     def forward(self, x1, x2):
         z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))  # (B, d) each
+        if isinstance(self.predictor, PartitionedPredictor):  # it updates its statistics with both views first
+            return z1, z2, *self.predictor(z1, z2)
         return z1, z2, self.predictor(z1), self.predictor(z2)
 
 
@@ -532,8 +538,9 @@ def build_model(cfg, in_chans):
         predictor = nn.Identity()
     elif cfg["predictor"] == "mlp":  # the 2-layer baseline, trained
         predictor = mlp(d, cfg["pred_hidden"], d, cfg["bn_affine"])
-    elif cfg["partitions"] > 1:  # feature-dependent Wp: one matrix per region of the input space
-        predictor = PartitionedLinear(d, cfg["partitions"], bias)
+    elif cfg["partitions"] > 1:  # feature-dependent Wp, set in closed form inside the forward pass
+        predictor = PartitionedPredictor(d, cfg["partitions"], cfg["rho"], cfg["eps"], cfg["exponent"], cfg["offset"],
+                                         bool(cfg["center"]))
     else:  # linear (trained), or Wp set in closed form by DirectPred / DirectCopy / the optimal plug-in
         predictor = nn.Linear(d, d, bias=bias)
     return SiameseNet(backbone, projector, predictor)
@@ -809,13 +816,13 @@ if __name__ == "__main__":
         online = online.to(memory_format=torch.channels_last)
         target = target.to(memory_format=torch.channels_last) if target is not None else None
     dp = None
-    if args.predictor in ("direct", "directcopy", "optimal"):
+    if args.predictor in ("direct", "directcopy", "optimal") and args.partitions == 1:  # (partitions: in the predictor)
         dp = DirectPred(args.proj_dim, args.rho, args.eps, args.freq, args.exponent, args.offset, bool(args.center),
-                        mode=args.predictor, partitions=args.partitions).to(device)
+                        mode=args.predictor).to(device)
     optimizer = build_optimizer(online, cfg)
 
     # --- resume
-    step = 0
+    step, knn_init = 0, None  # knn_init: kNN top-1 at random init (--eval-every), kept in the checkpoint
     if args.resume:
         if not os.path.exists(ckpt_path):
             sys.exit(f"error: --resume: no checkpoint at {ckpt_path}")
@@ -830,7 +837,7 @@ if __name__ == "__main__":
         if dp is not None:
             dp.load_state_dict(ckpt["directpred"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
+        step, knn_init = ckpt["step"], ckpt.get("knn_init")
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if device_type == "cuda" and ckpt["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
@@ -848,9 +855,17 @@ if __name__ == "__main__":
         save_checkpoint({
             "online": raw_model.state_dict(), "target": target.state_dict() if target is not None else None,
             "directpred": dp.state_dict() if dp is not None else None, "optimizer": optimizer.state_dict(),
-            "step": step, "config": cfg,
+            "step": step, "config": cfg, "knn_init": knn_init,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
         }, path)
+
+    def knn_monitor():
+        """kNN top-1 of the online backbone (rank 0), the same evaluation as eval_linear.py's kNN."""
+        pbar.set_description("kNN monitor")  # feature extraction takes a while on a CPU: say so
+        feats = [extract_features(raw_model.backbone, d, mean, std, device, ctx, size, workers=args.workers)
+                 for d in knn_sets]
+        pbar.set_description(None)
+        return knn_eval(*feats[0], *feats[1])
 
     # --- training loop
     gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
@@ -859,7 +874,10 @@ if __name__ == "__main__":
         print(f"{args.dataset}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} -> {max_steps}, "
               f"{ddp_world_size} rank(s) x batch {B}, device {device}")
     pbar = tqdm(total=max_steps, initial=step, disable=not master_process, dynamic_ncols=True)
-    t0, step0, t_eval = time.time(), step, 0.0
+    if knn_sets is not None and step == 0:  # the same network at random init: the baseline the run must beat
+        knn_init = knn_monitor()
+        log.write(json.dumps({"step": 0, "epoch": 0.0, "knn_top1": knn_init}) + "\n")
+    t0, step0, t_eval, rec = time.time(), step, 0.0, {}
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
         for x, _ in epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size, device,
@@ -877,8 +895,7 @@ if __name__ == "__main__":
                 loss, z1, z2, t1, t2 = ssl_loss(model, target, x1, x2, cfg)
             if dp is not None:  # statistics of both views' raw predictor inputs, over all ranks (before backward)
                 f = torch.cat([z1, z2])  # (2B, d)
-                dp.update(f, torch.cat([t2, t1]) if args.predictor == "optimal" else None,  # f1 predicts t2, f2 t1
-                          raw_model.predictor.region(f) if args.partitions > 1 else None)
+                dp.update(f, torch.cat([t2, t1]) if args.predictor == "optimal" else None)  # f1 predicts t2, f2 t1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -890,13 +907,13 @@ if __name__ == "__main__":
                 torch._foreach_lerp_(ema_target, ema_online, 1 - tau)
             step += 1
             pbar.update(1)
+            if master_process and step < args.log_every and step & (step - 1) == 0:  # steps 1, 2, 4, 8, ...: the
+                pbar.set_postfix(loss=f"{loss.item():.4f}")  # loss before the first log line, at few host syncs
 
             rec = {"step": step, "epoch": step / steps_per_epoch}
             if knn_sets is not None and (step % args.eval_every == 0 or step == max_steps):
                 te = time.time()
-                feats = [extract_features(raw_model.backbone, d, mean, std, device, ctx, size, workers=args.workers)
-                         for d in knn_sets]
-                rec["knn_top1"] = knn_eval(*feats[0], *feats[1])
+                rec["knn_top1"] = knn_monitor()
                 t_eval += time.time() - te  # left out of img/s
                 pbar.set_postfix(knn=f"{rec['knn_top1']:.4f}")
             if master_process and (step % args.log_every == 0 or step == max_steps):
@@ -907,8 +924,7 @@ if __name__ == "__main__":
                 step0 = step
                 f = torch.cat([z1, z2]).float()  # (2B, d)
                 F = dp.F_hat[0] if dp is not None else f.T @ f / len(f)  # other predictors: this batch's E[f f^T]
-                Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors (region 0 of a partitioned one)
-                Wp = Wp[0] if Wp is not None and Wp.dim() == 3 else Wp
+                Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors (not mlp, not partitioned)
                 rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=imgs, **diagnostics(F, Wp, z1))
                 if device_type == "cuda":
                     rec["mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
@@ -927,5 +943,8 @@ if __name__ == "__main__":
     pbar.close()
     if master_process:
         print(f"done: step {step}, checkpoint {ckpt_path}")
+        if knn_init is not None and "knn_top1" in rec:  # the gain over the same network at random init, in one line
+            print(f"kNN top-1: random init {100 * knn_init:.2f} -> trained {100 * rec['knn_top1']:.2f} "
+                  f"({100 * (rec['knn_top1'] - knn_init):+.2f}) after {step} steps")
     if ddp:
         dist.destroy_process_group()
