@@ -2,7 +2,9 @@
 CPU tests against independent references: hand-computed predictors, a second DDP rank's weights, torchvision.
 Run: python -m pytest -q test_smoke.py
 """
+import importlib.util
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -15,8 +17,9 @@ import torch
 import torchvision
 import torchvision.transforms.functional as TF
 
+import theory as TH
 import train as T
-from directpred import DirectPred, PartitionedLinear
+from directpred import DirectPred, PartitionedPredictor
 
 ROOT = Path(__file__).resolve().parent
 TINY = ["--dataset", "fake", "--fake-size", "128", "--width", "4", "--proj-hidden", "32", "--proj-dim", "16",
@@ -106,7 +109,7 @@ def test_directpred_ema_and_freq_with_sgd_in_between():
 DP_DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
-from directpred import DirectPred, PartitionedLinear
+from directpred import DirectPred, PartitionedPredictor
 dist.init_process_group("gloo")
 r = dist.get_rank()
 out = {}
@@ -430,21 +433,46 @@ def test_centering_optimal_and_partitions_by_hand():
     W = torch.zeros(2, 2)
     dp.set_predictor(W)
     torch.testing.assert_close(W, torch.tensor([[2 / 4.4, 0.5 / 1.4], [0.5 / 4.4, 1 / 1.4]]))
-    # partitions: one F_hat per region, a region's first batch initialises it, unseen regions stay as they were
+    # regions: one F_hat each, a row may count in several, a region's first batch initialises it, unseen ones stay
     dp = DirectPred(2, rho=0.5, partitions=3)
-    dp.update(f, region=torch.tensor([0, 0, 2, 2]))
-    torch.testing.assert_close(dp.F_hat[0], torch.tensor([[0.5, 0.0], [0.0, 0.5]]))
+    dp.update(f, region=torch.tensor([[1, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]]))
+    torch.testing.assert_close(dp.F_hat[0], torch.tensor([[5 / 3, 4 / 3], [4 / 3, 5 / 3]]))
     torch.testing.assert_close(dp.F_hat[2], torch.tensor([[2.5, 1.5], [1.5, 2.5]]))
     assert not dp.F_hat[1].any()
-    dp.update(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), region=torch.tensor([1, 0]))
-    torch.testing.assert_close(dp.F_hat[0], 0.5 * torch.tensor([[0.5, 0.0], [0.0, 0.5]]) + 0.5 * torch.tensor([[0.0, 0.0], [0.0, 9.0]]))
+    dp.update(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), region=torch.tensor([[0, 1, 0], [1, 0, 0]]))
+    torch.testing.assert_close(dp.F_hat[0], 0.5 * torch.tensor([[5 / 3, 4 / 3], [4 / 3, 5 / 3]]) + 0.5 * torch.diag(torch.tensor([0.0, 9.0])))
     torch.testing.assert_close(dp.F_hat[1], torch.tensor([[4.0, 0.0], [0.0, 0.0]]))
     torch.testing.assert_close(dp.F_hat[2], torch.tensor([[2.5, 1.5], [1.5, 2.5]]))
-    pl = PartitionedLinear(2, 3)
-    pl.directions.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
-    assert pl.region(torch.tensor([[2.0, 1.0], [0.5, 3.0], [-4.0, 1.0]])).tolist() == [0, 1, 2]
-    x = torch.tensor([[2.0, 1.0], [-4.0, 1.0]])
-    torch.testing.assert_close(pl(x), torch.stack([pl.weight[0] @ x[0], pl.weight[2] @ x[1]]))
+
+
+def test_partitioned_predictor_matches_the_authors_rule_by_hand():
+    """--partitions n (the feature-dependent Wp of Sec. 5, as the authors' code ran it), recomputed here by hand:
+    each view's batch split per projection at the batch mean of r_i . f, per side the EMA of E[f f^T] over both views'
+    samples on that side (updated before predicting), Wp_side by the DirectPred rule, p = mean_i Wp_{i, side} f."""
+    g = torch.Generator().manual_seed(0)
+    pp = PartitionedPredictor(3, 2, rho=0.3, eps=0.1).double()
+    R = pp.directions.double()
+
+    def wp(F):  # DirectPred's rule by hand: sqrt of the max-normalised clamped eigenvalues, + eps
+        s, U = torch.linalg.eigh(F)
+        p = ((s.clamp(min=0) / s.max()).sqrt() + 0.1).clamp(min=1e-4)
+        return U @ torch.diag(p) @ U.T
+
+    F_hat = {}
+    for step in range(3):
+        views = [torch.randn(6, 3, generator=g, dtype=torch.float64) for _ in range(2)]
+        sides = [(v @ R >= (v @ R).mean(0)) for v in views]  # (6, n) True = positive side, per view
+        for i in range(2):
+            for side in (True, False):
+                rows = torch.cat([v[s[:, i] == side] for v, s in zip(views, sides)])
+                F = rows.T @ rows / len(rows)
+                F_hat[i, side] = F if step == 0 else 0.3 * F_hat[i, side] + 0.7 * F
+        preds = pp(*views)
+        for v, s, p in zip(views, sides, preds):
+            for n in range(6):
+                expect = sum(wp(F_hat[i, bool(s[n, i])]) @ v[n] for i in range(2)) / 2
+                torch.testing.assert_close(p[n], expect, rtol=1e-6, atol=1e-8)
+    assert not list(pp.parameters())  # nothing trained: the Wp are set in closed form every step
 
 
 def test_presets_set_what_they_say_and_flags_override():
@@ -483,9 +511,9 @@ def test_flag_combinations_train(tmp_path, flags):
         torch.testing.assert_close(pred["weight"], pred["weight"].T, atol=1e-6, rtol=0)
     if "mlp" in flags:
         assert torch.equal(pred["3.weight"], pred["0.weight"].T)
-    if "--partitions" in flags:  # one Wp per region, each set in closed form: symmetric
-        W = pred["weight"]
-        assert W.shape == (3, 16, 16) and torch.allclose(W, W.mT, atol=1e-6)
+    if "--partitions" in flags:  # 3 projections x 2 sides, each side's F_hat seen and symmetric
+        F = pred["dp.F_hat"]
+        assert F.shape == (6, 16, 16) and pred["dp.seen"].all() and torch.allclose(F, F.mT, atol=1e-6)
 
 
 # -----------------------------------------------------------------------------
@@ -542,3 +570,168 @@ def test_bad_input_gives_one_line(tmp_path, flags, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
     assert not (tmp_path / "ckpt.pt").exists()
+
+
+# -----------------------------------------------------------------------------
+# theory.py: the linear-network theory against its closed forms (Tian et al. 2021, Sec. 3-4; Bao 2023)
+
+
+def test_eigenmode_ode_reaches_the_fixed_points_of_the_formula():
+    """sigma2 = 0.5, eta = 0.05, tau = 1, alpha_p = 1: starts on the parabola s = p^2 above p- end at p+, below p- at 0
+    (to 1e-3); starts above the parabola (c > 0) end at p+ too; above eta_c every start collapses."""
+    p_minus, p_plus = TH.fixed_points(1.0, 0.5, 0.05)
+    assert (p_minus, p_plus) == pytest.approx(((1 - 0.7 ** 0.5) / 3, (1 + 0.7 ** 0.5) / 3))
+    p0 = np.array([0.02, 0.05, 0.06, 0.3, 1.0, 2.0, 0.1, 0.5])
+    s0 = np.concatenate([p0[:6] ** 2, p0[6:] ** 2 + 0.5])  # the last two start off the parabola
+    _, p, s, _ = TH.integrate_modes(p0, s0, 200, dt=0.02, sigma2=0.5, eta=0.05, record_every=10_000)
+    expect = np.array([0, 0, p_plus, p_plus, p_plus, p_plus, p_plus, p_plus])
+    assert np.abs(p[-1] - expect).max() < 1e-3, p[-1]
+    assert np.abs(s[-1] - expect ** 2).max() < 1e-3, s[-1]
+    eta = 1.2 * TH.eta_critical(1.0, 0.5)
+    _, p, s, _ = TH.integrate_modes(p0, s0, 400, dt=0.02, sigma2=0.5, eta=eta, record_every=10_000)
+    assert np.abs(p[-1]).max() < 1e-3 and np.abs(s[-1]).max() < 1e-3, (p[-1], s[-1])
+
+
+def test_eigenmode_invariant_and_byol_tau():
+    """s - p^2/alpha_p = c e^{-2 eta t} (to 1e-6 relative), with tau fixed and with BYOL's tau dynamics (Eq. 13);
+    BYOL from tau(0) = 0.1 ends at tau = 1 and p = p+(tau = 1)."""
+    p0, s0, eta, ap = np.array([0.3, 0.8, 1.5]), np.array([0.4, 2.0, 0.5]), 0.03, 2.0
+    for beta in (None, 0.5):
+        t, p, s, tau = TH.integrate_modes(p0, s0, 30, dt=0.002, tau0=1.0 if beta is None else 0.1, beta=beta,
+                                          sigma2=0.3, eta=eta, alpha_p=ap, record_every=100)
+        c = TH.invariant(p0, s0, ap)
+        np.testing.assert_allclose(TH.invariant(p, s, ap), c * np.exp(-2 * eta * t)[:, None], rtol=1e-6)
+    _, p, _, tau = TH.integrate_modes(p0, s0, 300, dt=0.01, tau0=0.1, beta=0.5, sigma2=0.3, eta=eta, alpha_p=ap,
+                                      record_every=10_000)
+    assert np.abs(tau[-1] - 1).max() < 1e-3 and np.abs(p[-1] - TH.fixed_points(1.0, 0.3, eta)[1]).max() < 1e-3
+
+
+def test_matrix_model_expected_gradient_is_lemma_1():
+    """Autograd of the closed-form expected L2 loss (what --mode flow steps on) equals Lemma 1's right-hand side,
+    non-isotropic X and X' included, stop-gradient on Wa."""
+    g = torch.Generator().manual_seed(0)
+    W, Wp, Wa = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((4, 6), (4, 4), (4, 6)))
+    X = torch.diag(torch.rand(6, generator=g, dtype=torch.float64) + 0.5)
+    Xp = torch.diag(torch.rand(6, generator=g, dtype=torch.float64))
+    W.requires_grad_(), Wp.requires_grad_()
+    gW, gWp = torch.autograd.grad(TH.expected_l2(Wp @ W, Wa, X, X + Xp), [W, Wp])
+    dW, dWp = TH.lemma1_rhs(W.detach(), Wp.detach(), Wa, X, Xp, eta=0.0, alpha_p=1.0)
+    torch.testing.assert_close(-gW, dW, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(-gWp, dWp, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["l2", "cosine"])
+def test_expected_flow_and_sampled_sgd_agree(loss):
+    """200 steps at lr 0.01 from the same init: the expected-gradient flow and SGD on fresh batches of 20k agree on
+    W and Wp, relative to their norm and to how far they moved (W by ~20%, Wp by ~115%). L2: the flow is exact, the
+    gap is SGD noise (measured 0.12% of the norm, 0.6% of the move). Cosine: the flow averages over a fixed 20k
+    sample, whose error ~ 1/sqrt(20k) persists step after step (measured 1.9% of the norm, 8% of W's move)."""
+    cfg = TH.config(loss=loss, steps=200, log_every=200, lr=0.01, n1=8, n2=4, wd=0.02, wp_init=0.5, mc_samples=20_000)
+    _, flow = TH.simulate(cfg)
+    _, sgd = TH.simulate(dict(cfg, mode="sgd", batch_size=20_000))
+    _, start = TH.simulate(dict(cfg, steps=1))
+    tol_norm, tol_move = {"l2": (0.005, 0.02), "cosine": (0.03, 0.15)}[loss]
+    norm = torch.linalg.matrix_norm
+    for k in ("W", "Wp"):
+        gap = norm(flow[k] - sgd[k]).item()
+        assert gap < tol_norm * norm(flow[k]) and gap < tol_move * norm(flow[k] - start[k]), (k, gap)
+
+
+def test_theorem_2_collapse_without_stop_grad_or_predictor():
+    """No predictor (Wp = I) with stop-gradient: W_k = (1 - lr (sigma2 + eta))^k W_0 exactly (Theorem 2's
+    dW/dt = -(X' + eta I) W, in Euler steps). No stop-gradient: ||W|| -> 0. The same model with stop-gradient and a
+    trained predictor does not collapse."""
+    cfg = TH.config(predictor="none", wd=0.01, steps=500, log_every=500)
+    recs, none = TH.simulate(cfg)
+    assert recs[-1]["W_norm2"] == pytest.approx(recs[0]["W_norm2"] * (1 - 0.01 * 0.51) ** 1000, rel=1e-10)
+    recs, _ = TH.simulate(TH.config(stop_grad=0, wd=0.01, steps=3000, log_every=3000))
+    assert recs[-1]["W_norm2"] < 1e-3 * recs[0]["W_norm2"]
+    recs, _ = TH.simulate(TH.config(wd=0.01, steps=3000, log_every=3000))
+    assert recs[-1]["W_norm2"] > 0.3 * recs[0]["W_norm2"]
+
+
+def test_theorem_3_commutator_decays_at_least_as_fast_as_the_bound():
+    """Symmetric Wp, SimSiam, L2: with lambda_min(K) >= l0 > 0 along the run, ||[F, Wp]||_F <= e^{-2 l0 t} ||[F0, Wp0]||_F."""
+    recs, _ = TH.simulate(TH.thm3_config())
+    l0 = min(r["lambda_min_K"] for r in recs)
+    assert l0 > 0.1
+    for r in recs[1:]:
+        assert r["comm"] <= recs[0]["comm"] * math.exp(-2 * l0 * r["t"]) * 1.001, r
+
+
+def test_cosine_loss_norm_decays_exactly_and_survives_weight_decay_above_eta_c():
+    """Cosine loss: scale-blind, so in gradient flow ||W||_F^2 = ||W(0)||_F^2 e^{-2 eta t} (1e-3, small lr).
+    At eta = 0.3 > eta_c = 1/6, same init and knobs: the L2 model collapses (||W||_F^2 falls by > 1e5, every mode ->
+    0, as Tian et al. predict); the cosine model keeps all n2 modes (eigenvalues of F >= 1% of the top one) with an
+    equalised spectrum (effective rank of F / tr F > 0.95 n2), its norm settling where the lr-squared term of the
+    Euler step balances weight decay."""
+    recs, _ = TH.simulate(TH.config(loss="cosine", lr=0.002, wd=0.2, steps=2000, log_every=500, mc_samples=1024))
+    for r in recs:
+        assert r["W_norm2"] == pytest.approx(recs[0]["W_norm2"] * math.exp(-0.4 * r["t"]), rel=1e-3)
+    l2, _ = TH.simulate(TH.l2_vs_cosine_config("l2", 0.3, log_every=3000))
+    cos, _ = TH.simulate(TH.l2_vs_cosine_config("cosine", 0.3, log_every=3000, mc_samples=1024))
+    assert l2[-1]["W_norm2"] < 1e-5 * l2[0]["W_norm2"]
+    assert TH.surviving_modes(cos[-1]["F_eig"]) == 10 and TH.effective_rank(cos[-1]["F_eig"]) > 9.5
+
+
+def test_directpred_in_the_toy_keeps_every_mode_where_trained_symmetric_wp_loses_some():
+    """The paper's Table 3 logic in the toy, as the toy shows it (cosine loss, eta 0.04, small init W(0) ~ 0.2):
+    a trained symmetric Wp without EMA loses the modes whose p started below p- (dimensional collapse); DirectPred
+    keeps all 10. In the toy the EMA does not rescue the symmetric Wp (it does on STL-10). Under the L2 loss
+    DirectPred collapses outright: its max-normalised p_max = 1 + eps exceeds tau / (1 + sigma2), where every mode
+    shrinks; DirectPred needs the normalised loss."""
+    base = dict(loss="cosine", wd=0.04, w_init=0.2, wp_init=0.5, steps=2000, log_every=2000, mc_samples=1024)
+    sym = [TH.simulate(TH.config(predictor="linear", sym_wp=1, ema=e, **base))[0][-1] for e in (0.0, 0.996)]
+    direct = TH.simulate(TH.config(predictor="direct", **base))[0][-1]
+    assert all(TH.surviving_modes(r["F_eig"]) <= 7 for r in sym), [r["F_eig"] for r in sym]
+    assert TH.surviving_modes(direct["F_eig"]) == 10, direct["F_eig"]
+    l2, _ = TH.simulate(TH.config(predictor="direct", **dict(base, loss="l2")))
+    assert l2[-1]["W_norm2"] < 1e-6 * l2[0]["W_norm2"]
+
+
+@pytest.mark.parametrize("knobs, needle", [
+    (dict(sigma2=-1.0), "--sigma2"), (dict(wd=-0.1), "--wd"), (dict(pred_lr_ratio=0.0), "--pred-lr-ratio"),
+    (dict(n1=0), "--n1"), (dict(n2=0), "--n2"), (dict(data_cov="1,1"), "--data-cov"),
+    (dict(aug_cov=",".join(["-1"] * 20)), "--aug-cov"), (dict(lr=float("nan")), "--lr"),
+])
+def test_theory_out_of_range_knobs_name_the_flag(knobs, needle):
+    err = TH.config_error(TH.config(**knobs))
+    assert err and err.startswith(needle), err
+    with pytest.raises(ValueError, match=needle):
+        TH.simulate(TH.config(**knobs))
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--aug-cov=-1," + ",".join(["1"] * 19)], "--aug-cov"),  # a non-PSD covariance
+    (["--n1", "x"], "--n1"),  # argparse's own error, in one line too
+    (["--lr", "50", "--steps", "200"], "--lr"),  # diverges: names the step and the knob, draws nothing
+])
+def test_theory_bad_input_gives_one_line(tmp_path, flags, needle):
+    r = subprocess.run([sys.executable, str(ROOT / "theory.py"), "simulate", "--out-dir", str(tmp_path / "o"), *flags],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+    assert not list(tmp_path.rglob("*.png"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="pip install matplotlib")
+def test_theory_figures_and_the_fig2_plot_of_a_train_log(tmp_path):
+    """fig4 is drawn; `theory.py plot` draws the Fig. 2 panels from a train.py log.jsonl and from a theory.py one."""
+    for args in (["fig4", "--out-dir", tmp_path], ["simulate", "--predictor", "direct", "--loss", "cosine", "--steps", "100",
+                                                  "--mc-samples", "256", "--out-dir", tmp_path / "toy"]):
+        r = subprocess.run([sys.executable, str(ROOT / "theory.py"), *map(str, args)], capture_output=True, text=True,
+                           cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "fig4_pdot.png").stat().st_size > 10_000
+    assert (tmp_path / "toy" / "fig2_diagnostics.png").stat().st_size > 10_000
+    run(TINY + ["--max-steps", "3", "--out-dir", tmp_path / "run"])
+    r = subprocess.run([sys.executable, str(ROOT / "theory.py"), "plot", str(tmp_path / "run" / "log.jsonl")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and (tmp_path / "run" / "fig2_diagnostics.png").stat().st_size > 10_000, r.stderr
+
+
+def test_theory_without_matplotlib_says_how_to_get_it(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; sys.argv = ['theory.py', 'fig4', '--out-dir', %r]; "
+            "import runpy; runpy.run_path('theory.py', run_name='__main__')" % str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode != 0 and r.stderr.strip() == "error: figures need matplotlib: pip install matplotlib", r.stderr
