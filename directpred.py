@@ -108,6 +108,9 @@ class DirectPred(nn.Module):
         with torch.autocast(self.F_hat.device.type, enabled=False):
             F = self.F_hat.double()
             eye = torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
+            # a diverged run's nan/inf F_hat would make eigh raise; its Wp is then eps I, and train.py stops the run
+            # (with one line) at its next check, without a host sync here
+            F = torch.where(torch.isfinite(F).flatten(1).all(1)[:, None, None], F, eye)
             if self.mode in ("directcopy", "optimal"):
                 lam_max = torch.linalg.eigvalsh(F)[:, -1].clamp(min=1e-12)[:, None, None]  # (K, 1, 1)
                 if self.mode == "directcopy":  # Wp = F / lambda_max + eps I

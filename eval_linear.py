@@ -30,12 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 import torchvision.transforms as TV
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 import train as T
 
 # -----------------------------------------------------------------------------
 # config (None = the protocol's default: FAST / AUGMENTED below)
-P = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+P = T.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 P.add_argument("--ckpt", default="", help="train.py checkpoint (out_dir/ckpt.pt)")
 P.add_argument("--baseline", default="none", choices=["none", "random", "pixels"],
                help="random = the checkpoint's network at random init; pixels = raw pixels (no network)")
@@ -44,19 +45,25 @@ P.add_argument("--data-dir", default=None, help="default: the checkpoint's")
 P.add_argument("--img-size", type=int, default=0, help="image size the backbone sees (0 = the checkpoint's "
                "--img-size; if that is 0 too: in-memory sets as stored, streamed sets 224)")
 P.add_argument("--augment", action="store_true", help="standard augmented protocol instead of cached features")
-P.add_argument("--epochs", type=int, default=None)
-P.add_argument("--batch-size", type=int, default=None, help="global batch")
-P.add_argument("--lr", type=float, default=None)
-P.add_argument("--wd", type=float, default=None)
-P.add_argument("--optimizer", default=None, choices=["adam", "sgd", "lars"])
-P.add_argument("--knn-k", type=int, default=200)
-P.add_argument("--knn-t", type=float, default=0.1)
-P.add_argument("--workers", type=int, default=8)
-P.add_argument("--seed", type=int, default=0)
-P.add_argument("--device", default="auto")
-P.add_argument("--out", default="", help="JSON result file (default: next to the checkpoint, or ./)")
+P.add_argument("--epochs", type=int, default=None, help="epochs of the linear head (fast: 50, --augment: 90)")
+P.add_argument("--batch-size", type=int, default=None, help="global batch (fast: 256, --augment: 4096)")
+P.add_argument("--lr", type=float, default=None, help="head lr (fast: 3e-4, --augment: 0.1 x batch / 256)")
+P.add_argument("--wd", type=float, default=None, help="head weight decay (fast: 1e-3, --augment: 0)")
+P.add_argument("--optimizer", default=None, choices=["adam", "sgd", "lars"], help="fast: adam, --augment: lars")
+P.add_argument("--knn-k", type=int, default=200, help="kNN: neighbours that vote")
+P.add_argument("--knn-t", type=float, default=0.1, help="kNN: temperature of the votes' weights exp(sim / t)")
+P.add_argument("--workers", type=int, default=8, help="DataLoader workers (streamed sets only)")
+P.add_argument("--seed", type=int, default=0, help="seeds the head's init and batch order (and --baseline random's network)")
+P.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
+P.add_argument("--out", default="", help="JSON result file (default: next to the checkpoint; --baseline pixels: out/)")
 FAST = dict(optimizer="adam", lr=3e-4, wd=1e-3, epochs=50, batch_size=256)
 AUGMENTED = dict(optimizer="lars", lr=None, wd=0.0, epochs=90, batch_size=4096)  # lr None: 0.1 * batch / 256
+RANGES = {  # checked (one line naming the flag) after the protocol's defaults are filled in
+    "epochs": (lambda v: v >= 1, ">= 1"), "batch_size": (lambda v: v >= 1, ">= 1"), "lr": (lambda v: v > 0, "> 0"),
+    "wd": (lambda v: v >= 0, ">= 0"), "knn_k": (lambda v: v >= 1, ">= 1"), "knn_t": (lambda v: v > 0, "> 0"),
+    "workers": (lambda v: v >= 0, ">= 0"), "seed": (lambda v: v >= 0, ">= 0"),
+    "img_size": (lambda v: v == 0 or v >= 8, "0 (the checkpoint's size) or >= 8 pixels"),
+}
 NO_COLOR = dict(jitter=(0, 0, 0, 0), jitter_p=0.0, gray_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0))
 
 
@@ -71,6 +78,11 @@ if __name__ == "__main__":
             setattr(args, k, v)
     if args.lr is None:
         args.lr = 0.1 * args.batch_size / 256
+    err = T.range_error(vars(args), RANGES)
+    if err:
+        sys.exit(f"error: {err}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda: no CUDA device is available here (use --device cpu or auto)")
 
     # --- DDP / device
     if "RANK" in os.environ and not args.augment:
@@ -86,15 +98,24 @@ if __name__ == "__main__":
     # --- checkpoint and data
     cfg = None
     if args.ckpt:
-        if not os.path.isfile(args.ckpt):
-            sys.exit(f"error: --ckpt: no file {args.ckpt}")
-        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+        ckpt = T.load_checkpoint(args.ckpt, "--ckpt")
         cfg = ckpt["config"]
+        bad = T.nonfinite(ckpt["online"])
+        if bad and args.baseline == "none":
+            sys.exit(f"error: --ckpt {args.ckpt} holds nan/inf weights ({bad}): a diverged run, nothing to evaluate")
     elif args.baseline != "pixels":
         sys.exit("error: --ckpt is needed (only --baseline pixels runs without one)")
     elif args.dataset is None:
         sys.exit("error: --baseline pixels needs --dataset")
     dataset = args.dataset or cfg["dataset"]
+    out = args.out or os.path.join(os.path.dirname(args.ckpt) if args.ckpt else "out",
+                                   f"eval_{'augmented' if args.augment else 'fast'}_{args.baseline}_{dataset}.json")
+    if master_process:  # the result file must be writable before minutes of work, not after
+        try:
+            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+            open(out, "a").close()
+        except OSError as e:
+            sys.exit(f"error: --out {out} cannot be written ({e.strerror or e})")
     data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
     fake_size = cfg["fake_size"] if cfg else 1024
     size = args.img_size or (cfg["img_size"] if cfg else 0)  # train.py's crop size; 0 = the dataset's default
@@ -112,7 +133,11 @@ if __name__ == "__main__":
     else:
         model = T.build_model(cfg, in_chans)  # random init from --seed
         if args.baseline == "none":
-            model.load_state_dict(ckpt["online"])
+            try:
+                model.load_state_dict(ckpt["online"])
+            except RuntimeError:  # e.g. --dataset with another number of channels than the checkpoint was trained on
+                sys.exit(f"error: --ckpt {args.ckpt} was trained on --dataset {cfg['dataset']} and does not fit "
+                         f"--dataset {dataset} ({in_chans}-channel images)")
         backbone = model.backbone
     backbone = backbone.to(device).eval().requires_grad_(False)
     if device_type == "cuda":
@@ -124,7 +149,8 @@ if __name__ == "__main__":
     res = {}
     if master_process:
         (train_f, train_y), (test_f, test_y) = [T.extract_features(backbone, d, mean, std, device, ctx, size,
-                                                                   workers=args.workers) for d in splits]
+                                                                   workers=args.workers, desc=f"features ({s})")
+                                                for d, s in zip(splits, ("train", "test"))]
         res["knn_top1"] = T.knn_eval(train_f, train_y, test_f, test_y, args.knn_k, args.knn_t)
 
     # --- the linear head
@@ -144,14 +170,20 @@ if __name__ == "__main__":
         mu, sd = train_f.mean(0), train_f.std(0).clamp(min=1e-6)
         train_f, test_f = (train_f - mu) / sd, (test_f - mu) / sd
         gen.manual_seed(args.seed)
-        for epoch in range(args.epochs):
+        pbar = tqdm(range(args.epochs), "linear probe", dynamic_ncols=True, file=sys.stdout)
+        for epoch in pbar:
             perm = torch.randperm(len(train_f), device=device, generator=gen)
+            loss_sum, hits = torch.zeros((), device=device), torch.zeros((), device=device)  # summed on the device
             for i in range(0, len(perm), args.batch_size):
                 idx = perm[i:i + args.batch_size]
-                loss = nnf.cross_entropy(head(train_f[idx]), train_y[idx])
+                logits = head(train_f[idx])
+                loss = nnf.cross_entropy(logits, train_y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                loss_sum += loss.detach() * len(idx)
+                hits += (logits.argmax(1) == train_y[idx]).sum()
+            pbar.set_postfix(loss=f"{loss_sum.item() / len(perm):.4f}", train_acc=f"{hits.item() / len(perm):.4f}")
         with torch.no_grad():
             logits = head(test_f)
     else:  # augmented: crop + flip per sample on the device, features of the frozen backbone, cosine lr
@@ -163,6 +195,7 @@ if __name__ == "__main__":
         if steps_per_epoch == 0:
             sys.exit(f"error: --batch-size {args.batch_size} is larger than the {n} training images")
         step, total = 0, args.epochs * steps_per_epoch
+        pbar = tqdm(total=total, desc="linear probe (augmented)", disable=not master_process, dynamic_ncols=True, file=sys.stdout)
         for epoch in range(args.epochs):
             for x, y in T.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size,
                                         device, workers=args.workers):
@@ -177,6 +210,10 @@ if __name__ == "__main__":
                 loss.backward()
                 optimizer.step()
                 step += 1
+                pbar.update(1)
+                if master_process and step % 50 == 0:  # a host sync, so not every step
+                    pbar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+        pbar.close()
         with torch.no_grad():
             logits = head(test_f) if master_process else None
 
@@ -193,13 +230,11 @@ if __name__ == "__main__":
                    protocol="augmented" if args.augment else "fast", epochs=args.epochs, optimizer=args.optimizer,
                    lr=args.lr, wd=args.wd, batch_size=args.batch_size, knn_k=args.knn_k, knn_t=args.knn_t,
                    backbone_unchanged=unchanged, seconds=round(time.time() - t_start, 1), feature_dim=dim)
-        out = args.out or os.path.join(os.path.dirname(args.ckpt) if args.ckpt else ".",
-                                       f"eval_{res['protocol']}_{args.baseline}_{dataset}.json")
-        with open(out, "w") as fh:
-            json.dump(res, fh, indent=1)
         top5 = f" top5={100 * res['top5']:.2f}" if "top5" in res else ""
         print(f"RESULT dataset={dataset} baseline={args.baseline} protocol={res['protocol']} "
               f"top1={100 * res['top1']:.2f}{top5} knn_top1={100 * res['knn_top1']:.2f} "
-              f"epochs={args.epochs} seconds={res['seconds']} ckpt={args.ckpt or '-'} json={out}")
+              f"epochs={args.epochs} seconds={res['seconds']} ckpt={args.ckpt or '-'} json={out}", flush=True)
+        with open(out, "w") as fh:  # after the RESULT line: a failure here cannot lose the numbers
+            json.dump(res, fh, indent=1)
     if ddp:
         dist.destroy_process_group()

@@ -7,11 +7,15 @@ import json
 import math
 import os
 import pickle
+import resource
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 import torchvision
@@ -735,3 +739,230 @@ def test_theory_without_matplotlib_says_how_to_get_it(tmp_path):
             "import runpy; runpy.run_path('theory.py', run_name='__main__')" % str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode != 0 and r.stderr.strip() == "error: figures need matplotlib: pip install matplotlib", r.stderr
+
+
+# -----------------------------------------------------------------------------
+# reliability: never train on or save nan, never overwrite or mix a run, every bad input is one line
+
+
+def one_line_error(r, needle):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0, r.stdout[-500:] + r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--batch-size", 0), ("--batch-size", -1), ("--batch-size", 1), ("--epochs", 0), ("--epochs", -1),
+    ("--max-steps", -5), ("--width", 0), ("--proj-dim", 0), ("--proj-hidden", 0), ("--pred-hidden", 0),
+    ("--img-size", 4), ("--rho", 1.0), ("--rho", -0.1), ("--eps", -1.0), ("--exponent", 0.0), ("--exponent", -1.0),
+    ("--pred-lr-ratio", 0.0), ("--wd", -1.0), ("--pred-wd", -1.0), ("--momentum", 1.0), ("--ckpt-every", 0),
+    ("--log-every", 0), ("--seed", -1), ("--workers", -1), ("--lr", "nan"), ("--lr", "inf"), ("--lr", 0.0),
+    ("--ema", 1.0), ("--warmup-epochs", -1.0), ("--eval-every", -1), ("--ddp-timeout", 0.0), ("--fake-size", 1),
+])
+def test_every_numeric_flag_is_range_checked(flag, value):
+    err = T.config_error(T.parse_config([flag, str(value)]))
+    assert err and err.startswith(flag + " must be"), err
+
+
+def make_cifar(root, n, labels=None):
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(base / f, "wb") as fh:
+            pickle.dump({"data": np.zeros((n, 3072), np.uint8), "labels": labels or [0] * n}, fh)
+
+
+@pytest.mark.parametrize("case", ["batch-1", "lr-nan", "argparse", "device", "cuda", "corrupt-ckpt", "empty-ckpt",
+                                  "truncated-ckpt", "not-a-ckpt", "out-dir-file", "out-dir-under-file",
+                                  "existing-run", "cifar-labels", "stl-counts", "fmnist-gz", "resume-data-size"])
+def test_bad_input_stops_with_one_line_before_any_work(tmp_path, case):
+    """Each: non-zero exit, one stderr line naming the flag or path, no traceback, nothing written to --out-dir."""
+    out = tmp_path / "out"
+    flags, needle = {
+        "batch-1": (["--batch-size", "1"], "--batch-size"), "lr-nan": (["--lr", "nan"], "--lr"),
+        "argparse": (["--epochs", "x"], "--epochs"), "device": (["--device", "nonsense"], "--device"),
+        "cuda": (["--device", "cuda"], "--device cuda"),
+        "out-dir-file": ([], "--out-dir"), "out-dir-under-file": ([], "--out-dir"), "existing-run": ([], "--resume"),
+    }.get(case, ([], None))
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    ckpt = out / "ckpt.pt"
+    if case.endswith("ckpt") or case == "existing-run":
+        out.mkdir()
+        good = tmp_path / "good"
+        run(TINY + ["--max-steps", "1", "--out-dir", good])
+        raw = (good / "ckpt.pt").read_bytes()
+        ckpt.write_bytes({"corrupt-ckpt": b"not a checkpoint" * 100, "empty-ckpt": b"", "truncated-ckpt": raw[:5000],
+                          "existing-run": raw}.get(case, b""))
+        if case == "not-a-ckpt":
+            torch.save({"weights": torch.zeros(3)}, ckpt)
+        if case != "existing-run":
+            flags, needle = ["--resume"], str(ckpt)
+    if case == "out-dir-file":
+        out.write_text("a file")
+    if case == "out-dir-under-file":
+        (tmp_path / "f").write_text("a file")
+        out = tmp_path / "f" / "out"
+    if case == "cifar-labels":
+        make_cifar(tmp_path / "d", 64, labels=[0] * 63)
+        flags, needle = ["--dataset", "cifar10", "--data-dir", tmp_path / "d"], str(tmp_path / "d")
+    if case == "stl-counts":
+        base = tmp_path / "d" / "stl10_binary"
+        base.mkdir(parents=True)
+        for p, n in (("train", 40), ("test", 40), ("unlabeled", 8)):
+            np.zeros((n, 3, 96, 96), np.uint8).tofile(base / f"{p}_X.bin")
+        for p, n in (("train", 39), ("test", 40)):
+            np.ones(n, np.uint8).tofile(base / f"{p}_y.bin")
+        flags, needle = ["--dataset", "stl10", "--data-dir", tmp_path / "d"], str(base)
+    if case == "fmnist-gz":
+        raw = tmp_path / "d" / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(__import__("gzip").compress(os.urandom(20000))[:5000])
+        flags, needle = ["--dataset", "fashion-mnist", "--data-dir", tmp_path / "d"], str(raw / "train-images-idx3-ubyte.gz")
+        assert not (raw / "train-images-idx3-ubyte").exists()
+    if case == "resume-data-size":
+        make_cifar(tmp_path / "d1", 64)
+        make_cifar(tmp_path / "d2", 96)
+        data = TINY[2:] + ["--dataset", "cifar10", "--max-steps", "2"]
+        run(data + ["--data-dir", tmp_path / "d1", "--out-dir", out])
+        flags, needle = data + ["--data-dir", tmp_path / "d2", "--resume"], "--data-dir"
+    before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+    one_line_error(run(TINY + ["--out-dir", out] + flags, expect_ok=False), needle)
+    after = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+    assert after == before  # nothing created, nothing replaced
+    if case == "fmnist-gz":
+        assert not list((tmp_path / "d").rglob("*-ubyte")) and not list((tmp_path / "d").rglob("*.tmp"))
+
+
+def test_corrupt_image_in_an_imagefolder_is_named(tmp_path):
+    root = tmp_path / "d"
+    for split in ("train", "val"):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(4):
+                PIL.Image.new("RGB", (40, 40), (60 * i, 30, 90 * c)).save(root / split / f"c{c}" / f"{i}.jpg")
+    bad = root / "train" / "c1" / "2.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    r = run(["--dataset", "imagefolder", "--data-dir", root, "--img-size", "32", "--width", "4", "--proj-hidden", "32",
+             "--proj-dim", "16", "--batch-size", "8", "--workers", "1", "--max-steps", "2", "--out-dir", tmp_path / "o"],
+            expect_ok=False)
+    one_line_error(r, f"error: --data-dir: cannot decode image {bad}")
+    assert not (tmp_path / "o" / "ckpt.pt").exists()
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_last_finite_checkpoint(tmp_path):
+    """L2 loss at lr 5 blows up after a few steps: the run stops at its next check with one line naming the step,
+    and ckpt.pt is the last finite one (written before the divergence), never a nan one."""
+    r = run(TINY + ["--loss", "l2", "--lr", "5", "--ckpt-every", "2", "--max-steps", "60", "--out-dir", tmp_path],
+            expect_ok=False)
+    one_line_error(r, "error: training diverged")  # the loss, F_hat or (checked before saving) a weight went nan/inf
+    msg = r.stderr.strip()
+    bad, good = int(msg.split(" step ")[1].split()[0]), int(msg.split("last good checkpoint: step ")[1].split()[0])
+    ckpt = load(tmp_path / "ckpt.pt")
+    assert 2 <= good < bad and ckpt["step"] == good, msg
+    assert T.nonfinite(ckpt["online"]) is None and T.nonfinite(ckpt["target"]) is None
+    nan = {**ckpt, "online": {k: v.float() * float("nan") if v.is_floating_point() else v for k, v in ckpt["online"].items()}}
+    torch.save(nan, tmp_path / "nan.pt")
+    r = subprocess.run([sys.executable, str(ROOT / "eval_linear.py"), "--ckpt", str(tmp_path / "nan.pt")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    one_line_error(r, "holds nan/inf weights")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_resume_is_exact(tmp_path, sig):
+    flags = TINY + ["--predictor", "direct", "--ckpt-every", "1000", "--epochs", "20"]  # 80 steps, ckpt at the end
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, flags + ["--out-dir", tmp_path / "a"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    while not (tmp_path / "a" / "log.jsonl").exists() or len(log_lines(tmp_path / "a")) < 5:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), f"error: stopped by {sig.name} at step ")
+    msg = err.strip()
+    k = int(msg.split("at step ")[1].split(";")[0])
+    assert 5 <= k < 80 and load(tmp_path / "a" / "ckpt.pt")["step"] == k
+    run(flags + ["--out-dir", tmp_path / "a", "--resume"])
+    run(flags + ["--out-dir", tmp_path / "b"])
+    a, b = load(tmp_path / "a" / "ckpt.pt"), load(tmp_path / "b" / "ckpt.pt")
+    assert a["step"] == b["step"] == 80
+    for key in ("online", "target"):
+        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+    assert [r["step"] for r in log_lines(tmp_path / "a")] == list(range(1, 81))  # no duplicate after the resume
+
+
+def test_resume_after_a_kill_drops_log_lines_past_the_checkpoint_and_a_second_run_is_locked_out(tmp_path):
+    flags = TINY + ["--ckpt-every", "10", "--epochs", "100"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, flags + ["--out-dir", tmp_path])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    while not (tmp_path / "ckpt.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    # a second run in the same out-dir while the first one writes it: refused (the lock), nothing touched
+    one_line_error(run(flags + ["--out-dir", tmp_path, "--resume"], expect_ok=False), "another run is writing")
+    while log_lines(tmp_path)[-1]["step"] % 10 != 5:  # kill it half-way between two checkpoints
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate()
+    k = load(tmp_path / "ckpt.pt")["step"]
+    assert max(r["step"] for r in log_lines(tmp_path)) > k  # the log ran past the checkpoint
+    run(flags + ["--out-dir", tmp_path, "--resume", "--max-steps", k + 3])
+    assert [r["step"] for r in log_lines(tmp_path)] == list(range(1, k + 4))
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one_and_leaves_no_tmp(tmp_path):
+    """A write that fails (here: over a file-size limit, EFBIG; disk full, ENOSPC, takes the same path) stops the
+    run with one line naming the path; the previous checkpoint is intact and no .tmp is left behind."""
+    run(TINY + ["--max-steps", "2", "--out-dir", tmp_path])
+    before = (tmp_path / "ckpt.pt").read_bytes()
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, len(before) // 2))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails instead of killing
+
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, TINY + ["--max-steps", "4", "--resume",
+                        "--out-dir", tmp_path])], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       preexec_fn=small_files)
+    one_line_error(r, f"error: cannot write the checkpoint {tmp_path / 'ckpt.pt'}")
+    assert (tmp_path / "ckpt.pt").read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("flags, needle", [(["--knn-k", "0"], "--knn-k"), (["--knn-t", "0"], "--knn-t"),
+                                           (["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
+                                           (["--lr", "-1"], "--lr"), (["--out", "/proc/no/such.json"], "--out")])
+def test_eval_linear_bad_input_gives_one_line(tmp_path, flags, needle):
+    r = subprocess.run([sys.executable, str(ROOT / "eval_linear.py"), "--dataset", "fake", "--baseline", "pixels", *flags],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    one_line_error(r, needle)
+
+
+def test_ddp_stalled_rank_ends_the_job_with_one_line(tmp_path):
+    """Rank 1 is frozen (SIGSTOP) mid-run: rank 0's next collective times out after --ddp-timeout and the job ends
+    with rank 0's one-line error instead of hanging."""
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
+            *map(str, TINY + ["--fake-size", "256", "--epochs", "1000", "--ddp-timeout", "5", "--out-dir", tmp_path])]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    while not (tmp_path / "log.jsonl").exists() or len(log_lines(tmp_path)) < 3:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    def is_rank1(p):  # a train.py process whose environment has RANK=1 (not LOCAL_RANK=1 alone)
+        try:
+            return b"train.py" in (p / "cmdline").read_bytes() and b"\0RANK=1\0" in b"\0" + (p / "environ").read_bytes()
+        except OSError:  # a process that ended meanwhile
+            return False
+
+    rank1 = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and is_rank1(p)]
+    assert len(rank1) == 1
+    os.kill(rank1[0], signal.SIGSTOP)
+    t0 = time.time()
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.kill(rank1[0], signal.SIGKILL)
+        except ProcessLookupError:  # torchrun already ended it
+            pass
+    assert proc.returncode != 0 and time.time() - t0 < 90
+    assert "error: rank 0: a DDP collective failed after waiting up to 5 s (--ddp-timeout)" in err, err[-3000:]

@@ -40,21 +40,14 @@ import numpy as np
 import torch
 
 from directpred import DirectPred
-from train import cosine_loss, diagnostics, l2_loss
+from train import ArgumentParser, cosine_loss, diagnostics, l2_loss, range_error
 
 # -----------------------------------------------------------------------------
 # config: knobs named as train.py's where the idea is the same
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, with a malformed flag reported in one line (no usage block) like every other bad input."""
-
-    def error(self, message):
-        sys.exit(f"error: {message}")
-
-
 def get_parser():
-    P = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    P = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = P.add_argument
     a("what", choices=["simulate", "plot", "fig3", "fig4", "fig5", "thm2", "thm3", "l2-vs-cosine", "all"],
       help="a run of the matrix model, a plot of a log.jsonl, or one of the figures")
@@ -103,20 +96,22 @@ def config(**overrides):
     return {**cfg, **overrides}
 
 
+RANGES = {  # flag: (valid?, what it must be), checked by train.py's range_error (floats must also be finite)
+    "n1": (lambda v: v >= 1, ">= 1"), "n2": (lambda v: v >= 1, ">= 1"), "sigma2": (lambda v: v >= 0, ">= 0"),
+    "wd": (lambda v: v >= 0, ">= 0 (eta)"), "pred_lr_ratio": (lambda v: v > 0, "> 0 (alpha_p)"),
+    "lr": (lambda v: v > 0, "> 0"), "steps": (lambda v: v >= 1, ">= 1"), "batch_size": (lambda v: v >= 2, ">= 2"),
+    "mc_samples": (lambda v: v >= 2, ">= 2"), "log_every": (lambda v: v >= 1, ">= 1"),
+    "freq": (lambda v: v >= 1, ">= 1"), "rho": (lambda v: 0 <= v < 1, "in [0, 1)"), "eps": (lambda v: v >= 0, ">= 0"),
+    "ema": (lambda v: 0 <= v < 1, "in [0, 1)"), "w_init": (lambda v: v > 0, "> 0"), "wp_init": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+}
+
+
 def config_error(cfg):
-    """The first out-of-range knob, as one line naming the flag, or None."""
-    checks = [("n1", cfg["n1"] >= 1, ">= 1"), ("n2", cfg["n2"] >= 1, ">= 1"), ("sigma2", cfg["sigma2"] >= 0, ">= 0"),
-              ("wd", cfg["wd"] >= 0, ">= 0 (eta)"), ("pred-lr-ratio", cfg["pred_lr_ratio"] > 0, "> 0 (alpha_p)"),
-              ("lr", cfg["lr"] > 0, "> 0"), ("steps", cfg["steps"] >= 1, ">= 1"),
-              ("batch-size", cfg["batch_size"] >= 2, ">= 2"), ("mc-samples", cfg["mc_samples"] >= 2, ">= 2"),
-              ("log-every", cfg["log_every"] >= 1, ">= 1"), ("freq", cfg["freq"] >= 1, ">= 1"),
-              ("rho", 0 <= cfg["rho"] < 1, "in [0, 1)"), ("eps", cfg["eps"] >= 0, ">= 0"),
-              ("ema", 0 <= cfg["ema"] < 1, "in [0, 1)"), ("w-init", cfg["w_init"] > 0, "> 0"),
-              ("wp-init", cfg["wp_init"] >= 0, ">= 0")]
-    for flag, ok, rule in checks:
-        value = cfg[flag.replace("-", "_")]
-        if not (ok and math.isfinite(value)):
-            return f"--{flag} must be {rule} and finite, got {value}"
+    """The first out-of-range knob or meaningless combination, as one line naming the flag, or None."""
+    err = range_error(cfg, RANGES)
+    if err:
+        return err
     for flag in ("data-cov", "aug-cov"):
         text = cfg[flag.replace("-", "_")]
         if text:

@@ -15,6 +15,8 @@ eval_linear.py imports the data and model pieces from here, so importing this fi
 """
 import argparse
 import copy
+import datetime
+import fcntl
 import gzip
 import hashlib
 import json
@@ -23,11 +25,14 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import sys
 import time
+import zlib
 from contextlib import nullcontext
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -42,8 +47,15 @@ from directpred import DirectPred, PartitionedPredictor
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a malformed flag reported in one line (no usage block) like every other bad input."""
+
+    def error(self, message):
+        sys.exit(f"error: {message}")
+
+
 def get_parser():
-    P = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    P = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = P.add_argument
     a("--preset", default="none", choices=["none", *PRESETS], help="the paper's setups (see PRESETS); "
       "explicit flags override")
@@ -51,14 +63,14 @@ def get_parser():
     a("--dataset", default="cifar10", choices=list(DATASETS), help="fake = random images made in memory (tests)")
     a("--data-dir", default="data", help="dataset root; see README for the layout each dataset expects")
     a("--img-size", type=int, default=0, help="crop size; 0 = the dataset's own size (224 for imagenet/imagefolder)")
-    a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (PAPER.md Sec. 3); auto = by dataset")
+    a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (AUG below: the paper's CIFAR / STL-10 recipes, BYOL's for ImageNet); auto = by dataset")
     a("--crop-min", type=float, default=0.08, help="RandomResizedCrop minimum area fraction")
     a("--jitter", type=float, default=1.0, help="colour-jitter strength, a multiplier on the preset's brightness/"
       "contrast/saturation/hue ranges (SimCLR's s, relative); 0 = no jitter")
     a("--workers", type=int, default=8, help="DataLoader workers per rank (imagenet/imagefolder only)")
     a("--fake-size", type=int, default=1024, help="number of images of --dataset fake")
     # model
-    a("--arch", default="resnet18", choices=list(ARCHS))
+    a("--arch", default="resnet18", choices=list(ARCHS), help="backbone (the paper: resnet18; Table 9: resnet50)")
     a("--width", type=int, default=64, help="channels of the first ResNet stage (64 = standard; small for CPU tests)")
     a("--stem", default="auto", choices=["auto", "cifar", "imagenet"], help="cifar = 3x3 stride-1 conv1, no maxpool")
     a("--proj-hidden", type=int, default=512, help="projector hidden size")
@@ -96,38 +108,43 @@ def get_parser():
       help="cosine: 2 - 2cos(p, z) (normalised); l2: 1/2 ||p - z||^2 (the theory's, Bao et al.)")
     a("--symmetric", type=int, default=1, choices=[0, 1], help="loss over both view pairings, summed (0: p1 vs z2 only)")
     # optimisation
-    a("--optimizer", default="sgd", choices=["sgd", "lars"])
+    a("--optimizer", default="sgd", choices=["sgd", "lars"], help="sgd (the paper's STL-10/CIFAR runs) or lars "
+      "(large-batch ImageNet, BYOL)")
     a("--lr", type=float, default=0.03, help="used as given; linear scaling rule: lr = base_lr * batch_size / 256")
     a("--lr-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine decay")
     a("--warmup-epochs", type=float, default=0.0, help="linear lr warmup")
-    a("--momentum", type=float, default=0.9)
+    a("--momentum", type=float, default=0.9, help="SGD / LARS momentum")
     a("--wd", type=float, default=4e-4, help="weight decay eta_s of the trunk (paper: 4e-4 on every parameter)")
     a("--batch-size", type=int, default=128, help="global batch size, split evenly over DDP ranks")
-    a("--epochs", type=int, default=100)
+    a("--epochs", type=int, default=100, help="passes over the pretraining set (the paper: 100; Table 8: 300, 500)")
     a("--max-steps", type=int, default=0, help="stop after this many optimizer steps in all (0 = epochs); "
       "the schedules still span --epochs")
     # system
-    a("--out-dir", default="out")
+    a("--out-dir", default="out", help="where ckpt.pt and log.jsonl go")
     a("--resume", action="store_true", help="continue from out_dir/ckpt.pt")
     a("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also written at the end)")
     a("--save-every-rank", action="store_true", help="every DDP rank writes ckpt_rank{r}.pt too (to check ranks agree)")
     a("--log-every", type=int, default=50, help="steps between log lines (out_dir/log.jsonl)")
     a("--eval-every", type=int, default=0, help="steps between kNN monitors (k=200, t=0.1, labelled train -> test "
       "split) on rank 0; 0 = off")
-    a("--seed", type=int, default=0)
-    a("--device", default="auto", help="auto | cpu | cuda")
+    a("--seed", type=int, default=0, help="seeds the init, the batch order and the augmentations")
+    a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
+    a("--ddp-timeout", type=float, default=600, help="seconds a DDP collective may wait for a stalled or dead rank "
+      "before the job stops")
     a("--bf16", type=int, default=1, choices=[0, 1], help="bf16 autocast on CUDA (CPU always runs fp32)")
     a("--compile", type=int, default=0, choices=[0, 1], help="torch.compile the online network")
     return P
 
 
-PRESETS = {  # PAPER.md Sec. 3 and Table 9. Where PAPER.md gives no number, the source recipe is named.
+PRESETS = {  # Tian et al. 2021 (arXiv 2102.06810): the STL-10/CIFAR-10 setup and Table 9; where that paper gives no
+    # number, the recipe it was taken from is named
     # STL-10 / CIFAR-10 tables: ResNet-18, proj 512-128 (BN without affine), SGD 0.03 constant, wd 4e-4 everywhere,
     # batch 128, EMA 0.996 constant, random target init (the released code), 100 epochs
     "paper-stl10": dict(dataset="stl10", predictor="direct", target_init="random"),
     "paper-cifar10": dict(dataset="cifar10", predictor="direct", target_init="random"),
     # Table 9, 60 epochs: ResNet-50, SGD, batch 256, asymmetric loss; DirectPred 256 x 256. lr / wd / EMA as in
-    # SimSiam's SGD recipe (lr 0.05 * 256/256, wd 1e-4, cosine) and BYOL's tau 0.996 (not in PAPER.md)
+    # SimSiam's SGD recipe (arXiv 2011.10566: lr 0.05 * 256/256, wd 1e-4, cosine) and BYOL's tau 0.996 (arXiv 2006.07733);
+    # Tian et al. do not state these
     "byol-imagenet-60": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
                              bn_affine=1, optimizer="sgd", lr=0.05, wd=1e-4, lr_schedule="cosine", batch_size=256,
                              symmetric=0, epochs=60, ema=0.996, ema_schedule="cosine"),
@@ -162,14 +179,43 @@ DIRECT_ONLY = {  # DirectPred options and the predictors they apply to
     "center": ("direct", "directcopy"), "partitions": ("direct",)}
 
 
+RANGES = {  # flag: (valid?, what it must be). Every float flag must also be finite.
+    "batch_size": (lambda v: v >= 2, ">= 2 (BatchNorm needs two samples)"), "epochs": (lambda v: v >= 1, ">= 1"),
+    "max_steps": (lambda v: v >= 0, ">= 0 (0 = run --epochs)"), "width": (lambda v: v >= 1, ">= 1"),
+    "proj_hidden": (lambda v: v >= 1, ">= 1"), "proj_dim": (lambda v: v >= 1, ">= 1"),
+    "pred_hidden": (lambda v: v >= 1, ">= 1"), "fake_size": (lambda v: v >= 2, ">= 2"),
+    "img_size": (lambda v: v == 0 or v >= 8, "0 (the dataset's own size) or >= 8 pixels"),
+    "crop_min": (lambda v: 0 < v <= 1, "in (0, 1]"), "jitter": (lambda v: v >= 0, ">= 0"),
+    "rho": (lambda v: 0 <= v < 1, "in [0, 1)"), "eps": (lambda v: v >= 0, ">= 0"),
+    "exponent": (lambda v: v > 0, "> 0"), "offset": (lambda v: v < 1, "< 1 (the eigenvalues are max-normalised to 1)"),
+    "freq": (lambda v: v >= 1, ">= 1"), "partitions": (lambda v: v >= 1, ">= 1"),
+    "pred_lr_ratio": (lambda v: v > 0, "> 0"), "wd": (lambda v: v >= 0, ">= 0"), "pred_wd": (lambda v: v >= 0, ">= 0"),
+    "ema": (lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (lambda v: v > 0, "> 0"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ckpt_every": (lambda v: v >= 1, ">= 1"), "log_every": (lambda v: v >= 1, ">= 1"),
+    "eval_every": (lambda v: v >= 0, ">= 0 (0 = off)"), "seed": (lambda v: v >= 0, ">= 0"),
+    "workers": (lambda v: v >= 0, ">= 0"), "ddp_timeout": (lambda v: v > 0, "> 0 seconds"),
+}
+
+
+def range_error(cfg, ranges):
+    """The first flag outside its range (or a non-finite float), as one line naming it, or None."""
+    for k, (ok, rule) in ranges.items():
+        v = cfg[k]
+        if isinstance(v, float) and not math.isfinite(v) or not ok(v):
+            return f"--{k.replace('_', '-')} must be {rule}{' and finite' if isinstance(v, float) else ''}, got {v}"
+    return None
+
+
 def config_error(cfg):
-    """The first problem with a combination of flags, as one line, or None."""
+    """The first out-of-range flag or meaningless combination of flags, as one line, or None."""
+    err = range_error(cfg, RANGES)
+    if err:
+        return err
     defaults = get_parser()
     for k, predictors in DIRECT_ONLY.items():
         if cfg["predictor"] not in predictors and cfg[k] != defaults.get_default(k):
             return f"--{k} is a DirectPred option; it needs --predictor {' or '.join(predictors)}"
-    if cfg["freq"] < 1 or cfg["partitions"] < 1:
-        return "--freq and --partitions must be >= 1"
     if cfg["partitions"] > 1 and (cfg["freq"] != 1 or cfg["pred_bias"]):
         return "--partitions > 1 sets every side's Wp at every step (no --freq, no --pred-bias), as the authors' code"
     if cfg["predictor"] == "none":
@@ -182,10 +228,6 @@ def config_error(cfg):
         return "--stop-grad 0 needs --ema 0 (an EMA target has no gradient to stop)"
     if cfg["target_init"] == "random" and cfg["ema"] == 0:
         return "--target-init random needs --ema > 0 (with --ema 0 the target is the online network)"
-    if not 0 <= cfg["ema"] < 1:
-        return "--ema must be in [0, 1)"
-    if not 0 < cfg["crop_min"] <= 1 or cfg["jitter"] < 0:
-        return "--crop-min must be in (0, 1] and --jitter >= 0"
     return None
 
 
@@ -228,7 +270,7 @@ def load_dataset(name, data_dir, split, fake_size=1024):
             return torch.randint(0, 256, (fake_size, 3, 32, 32), dtype=torch.uint8, generator=g), \
                 torch.randint(0, 10, (fake_size,), generator=g)
         if name in STREAMED:
-            return tv.ImageFolder(os.path.join(data_dir, "train" if train else "val"))
+            return tv.ImageFolder(os.path.join(data_dir, "train" if train else "val"), loader=load_image)
         if name in ("cifar10", "cifar100"):  # the python pickle batches, read as torchvision reads them
             base = os.path.join(data_dir, "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
             if not os.path.isdir(base):  # not on disk: let torchvision download it (where it can)
@@ -238,8 +280,10 @@ def load_dataset(name, data_dir, split, fake_size=1024):
             batches = [pickle.load(open(os.path.join(base, f), "rb"), encoding="latin1") for f in files]
             x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
             y = np.concatenate([b["labels" if name == "cifar10" else "fine_labels"] for b in batches])
+            if len(x) != len(y):
+                raise ValueError(f"{len(x)} images but {len(y)} labels in {base}")
             return torch.from_numpy(x), torch.from_numpy(y).long()
-        if name == "stl10":  # binary files; pretraining uses train + unlabeled (105k images, PAPER.md Sec. 3), y = -1
+        if name == "stl10":  # binary files; pretraining uses train + unlabeled (105k images, as Tian et al.), y = -1
             base = os.path.join(data_dir, "stl10_binary")
             if not os.path.isdir(base):
                 tv.STL10(data_dir, download=True)
@@ -252,6 +296,8 @@ def load_dataset(name, data_dir, split, fake_size=1024):
                 xs.append(x)
                 ys.append(y)
             x, y = np.concatenate(xs), np.concatenate(ys)
+            if len(x) != len(y):
+                raise ValueError(f"{len(x)} images but {len(y)} labels in {base}")
             return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
         if name == "fashion-mnist":
             raw = os.path.join(data_dir, "FashionMNIST", "raw")
@@ -260,14 +306,42 @@ def load_dataset(name, data_dir, split, fake_size=1024):
                            if os.path.exists(p)), None)
                 if not os.path.exists(os.path.join(raw, f)) and gz:  # unpack .gz (ours or the Debian package's)
                     os.makedirs(raw, exist_ok=True)
-                    with gzip.open(gz) as src, open(os.path.join(raw, f), "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+                    tmp = os.path.join(raw, f + ".tmp")  # then renamed: a kill never leaves a partial file behind
+                    try:
+                        with gzip.open(gz) as src, open(tmp, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+                    except (OSError, EOFError, zlib.error) as e:
+                        os.remove(tmp)
+                        sys.exit(f"error: --dataset fashion-mnist: {gz} is not a complete gzip file ({e})")
+                    os.replace(tmp, os.path.join(raw, f))
             ds = tv.FashionMNIST(data_dir, train=train, download=not os.path.isdir(raw))
             return ds.data[:, None].contiguous(), ds.targets.long()
-    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, AssertionError) as e:  # (torchvision
+        # checks the MNIST file format with assert)
         layout = DATASETS[name][4].format(d=data_dir)
         sys.exit(f"error: --dataset {name}: no usable data under --data-dir {data_dir!r} ({e}). Expected: {layout}")
     raise ValueError(name)
+
+
+class BadImage(ValueError):
+    """An image file that does not decode. Raised in a DataLoader worker, re-raised in the main process."""
+
+
+def load_image(path):
+    """ImageFolder's loader, decoding in full here so that a corrupt or truncated file is named."""
+    try:
+        with open(path, "rb") as fh:
+            return PIL.Image.open(fh).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage(f"cannot decode image {path} ({e})") from None
+
+
+def image_batches(loader):
+    """Iterate a DataLoader over an ImageFolder; a file that does not decode stops the run with one line naming it."""
+    try:
+        yield from loader
+    except BadImage as e:  # from a worker it comes wrapped in the worker's traceback, whose last line is ours
+        sys.exit(f"error: --data-dir: {str(e).strip().splitlines()[-1].split('BadImage: ', 1)[-1]}")
 
 
 class TwoCrops:
@@ -302,12 +376,13 @@ def epoch_batches(data, batch_size, epoch, seed, rank, world_size, device, start
     else:
         loader = torch.utils.data.DataLoader(data, batch_size=idx.shape[1], sampler=idx.flatten().tolist(),
                                              num_workers=workers, pin_memory="cuda" in str(device))
-        for x, y in loader:
+        for x, y in image_batches(loader):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 # -----------------------------------------------------------------------------
-# augmentation: per-sample random parameters, batched on the device (PAPER.md Sec. 3)
+# augmentation: per-sample random parameters, batched on the device (the recipes of Tian et al.'s released code for
+# CIFAR / STL-10; BYOL's, arXiv 2006.07733 App. B, for ImageNet)
 
 AUG = {  # blur_p / solarize_p: (view 1, view 2), BYOL's asymmetric recipe; blur kernel = 10% of the crop
     "cifar": dict(jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0)),
@@ -508,7 +583,7 @@ class ResNet(nn.Module):
 
 
 def mlp(d_in, d_hidden, d_out, bn_affine):
-    """Linear-BN-ReLU-Linear: the projector, and the 2-layer predictor baseline (PAPER.md Sec. 3)."""
+    """Linear-BN-ReLU-Linear: the projector, and the 2-layer predictor baseline (Tian et al. 2021, Table 3)."""
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.BatchNorm1d(d_hidden, affine=bool(bn_affine)),
                          nn.ReLU(inplace=True), nn.Linear(d_hidden, d_out))
 
@@ -578,7 +653,7 @@ def cosine_loss(p, z):
 
 
 def l2_loss(p, z):
-    """1/2 ||p - z||^2, averaged over the batch, in fp32 (the un-normalised loss of the theory, PAPER.md Sec. 5)."""
+    """1/2 ||p - z||^2, averaged over the batch, in fp32 (the un-normalised loss of Tian et al.'s theory, Sec. 3)."""
     return 0.5 * (p.float() - z.float()).pow(2).sum(-1).mean()
 
 
@@ -679,11 +754,11 @@ class EvalCrop:
 
 
 @torch.no_grad()
-def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_size=512, workers=8):
+def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_size=512, workers=8, desc=None):
     """Frozen features of a labelled split, no augmentation, backbone in eval mode (BN running statistics).
     data: (x uint8 (N, C, H, W), y (N,)) or an ImageFolder. size: the training crop size; in-memory images are
     resized to it when it differs from theirs (--img-size), None = as stored (224 for an ImageFolder).
-    Returns (features (N, D) float32, labels (N,)) on device."""
+    desc: show a progress bar with this title. Returns (features (N, D) float32, labels (N,)) on device."""
     was_training = backbone.training
     backbone.eval()
     if isinstance(data, tuple):
@@ -691,9 +766,11 @@ def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_si
         batches = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
     else:
         data.transform = EvalCrop(size or 224)
-        batches = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers)
+        batches = image_batches(torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers))
     feats, labels = [], []
-    for xb, yb in batches:
+    n_batches = math.ceil((len(data[0]) if isinstance(data, tuple) else len(data)) / batch_size)
+    for xb, yb in tqdm(batches, desc, total=n_batches, disable=desc is None, leave=False, dynamic_ncols=True,
+                       file=sys.stdout):
         xb = xb.to(device).float() / 255
         if size and xb.shape[-1] != size:  # the views were resized to size in training: the same scale here
             xb = nnf.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
@@ -721,15 +798,27 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
     return correct / len(test_f)
 
 
-def init_distributed(device):
+def init_distributed(device, timeout=600):
     """torchrun sets RANK / LOCAL_RANK / WORLD_SIZE: join the process group (nccl on CUDA, gloo on CPU) and pick
-    this rank's device. device: auto | cpu | cuda. Returns (ddp, rank, local_rank, world_size, device)."""
+    this rank's device. device: auto | cpu | cuda. timeout: seconds a collective waits for a stalled rank; past it
+    the collective fails and the job stops with one line naming this rank (not a traceback, never a hang).
+    Returns (ddp, rank, local_rank, world_size, device)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if int(os.environ.get("RANK", -1)) == -1:  # a plain `python` launch
         return False, 0, 0, 1, device
     rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    dist.init_process_group(backend="nccl" if device == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
+
+    def one_line(kind, exc, tb):  # a failed collective: the other ranks stalled or died
+        text = str(exc)  # gloo's timeouts reach Python as a plain RuntimeError from the DDP reducer
+        if not (isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and (
+                "gloo" in text or "NCCL" in text or "timed out" in text.lower())):
+            return sys.__excepthook__(kind, exc, tb)
+        print(f"error: rank {rank}: a DDP collective failed after waiting up to {timeout:g} s (--ddp-timeout): another "
+              f"rank stalled or died ({str(exc).strip().splitlines()[0][:160]})", file=sys.stderr, flush=True)
+        os._exit(1)  # no atexit handlers: tearing down a broken process group can hang
+    sys.excepthook = one_line
     if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
@@ -737,10 +826,54 @@ def init_distributed(device):
 
 
 def save_checkpoint(obj, path):
-    """Atomic: a crash mid-write leaves the previous checkpoint intact, never a half-written one."""
+    """Atomic: written to path.tmp, flushed to disk (fsync), then renamed over path, so a crash, a kill or a host
+    failure leaves the previous checkpoint intact, never a half-written or empty one. A failed write (disk full)
+    removes the .tmp and stops with one line."""
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed: disk full?"
+        sys.exit(f"error: cannot write the checkpoint {path} ({why}); the previous one is intact")
+
+
+def load_checkpoint(path, flag):
+    """A train.py checkpoint, or one line naming the flag and the path when it is missing, unreadable (truncated,
+    corrupt, empty) or not one of ours."""
+    if not os.path.isfile(path):
+        sys.exit(f"error: {flag}: no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types for a damaged file (zip, pickle, EOF, unicode, ...)
+        sys.exit(f"error: {flag}: {path} is not a readable checkpoint: truncated, corrupt or not a torch.save file "
+                 f"({type(e).__name__})")
+    if not isinstance(ckpt, dict) or not {"online", "config", "step"} <= set(ckpt):
+        sys.exit(f"error: {flag}: {path} is not a train.py checkpoint (no online / config / step)")
+    return ckpt
+
+
+def nonfinite(state_dict):
+    """Name of the first floating tensor holding nan/inf in a state dict, or None."""
+    return next((k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()
+                 and not torch.isfinite(v).all()), None)
+
+
+def out_dir_error(out_dir):
+    """Why --out-dir cannot hold a run (a file, or not writable), as one line, or None. Creates nothing."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        return f"--out-dir {out_dir} is a file, not a directory"
+    p = os.path.abspath(out_dir)
+    while not os.path.exists(p):  # the nearest existing ancestor is where the directory would be made
+        p = os.path.dirname(p)
+    if not os.path.isdir(p) or not os.access(p, os.W_OK):
+        return f"--out-dir {out_dir} cannot be written ({p} is {'not a directory' if not os.path.isdir(p) else 'read-only'})"
+    return None
 
 
 def step_seed(seed, step, rank):
@@ -752,9 +885,19 @@ def step_seed(seed, step, rank):
 if __name__ == "__main__":
     cfg = parse_config()  # the config dict: key == flag name with '_' for '-'
     args = argparse.Namespace(**cfg)  # the same values, as attributes
+    if config_error(cfg):  # every bad flag: one line, before any work
+        sys.exit(f"error: {config_error(cfg)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if out_dir_error(args.out_dir):
+        sys.exit(f"error: {out_dir_error(args.out_dir)}")
+    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    if os.path.exists(ckpt_path) and not args.resume:  # never replace someone's run silently
+        sys.exit(f"error: --out-dir {args.out_dir} already holds a run ({ckpt_path}): add --resume to continue it, "
+                 f"or choose another --out-dir")
 
     # --- DDP / device
-    ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(args.device)
+    ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(args.device, args.ddp_timeout)
     master_process = ddp_rank == 0
     device_type = "cuda" if "cuda" in device else "cpu"
     torch.manual_seed(args.seed)
@@ -765,13 +908,12 @@ if __name__ == "__main__":
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device_type == "cuda" and args.bf16 else nullcontext()
-    if args.batch_size % ddp_world_size:
-        sys.exit(f"error: --batch-size {args.batch_size} must divide evenly over {ddp_world_size} DDP ranks")
+    if args.batch_size % ddp_world_size or args.batch_size // ddp_world_size < 2:
+        sys.exit(f"error: --batch-size {args.batch_size} must split evenly over {ddp_world_size} DDP ranks, >= 2 each")
     B = args.batch_size // ddp_world_size  # local batch
-    if config_error(cfg):
-        sys.exit(f"error: {config_error(cfg)}")
-    os.makedirs(args.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    if ddp and args.eval_every and args.dataset in STREAMED:  # rank 0 alone would extract 1.28M images' features
+        sys.exit(f"error: --eval-every runs on rank 0 only; on --dataset {args.dataset} under DDP the other ranks would "
+                 f"wait past --ddp-timeout. Evaluate the checkpoint with eval_linear.py instead")
 
     # --- data
     aug = AUG[DATASETS[args.dataset][0] if args.aug == "auto" else args.aug]
@@ -824,13 +966,14 @@ if __name__ == "__main__":
     # --- resume
     step, knn_init = 0, None  # knn_init: kNN top-1 at random init (--eval-every), kept in the checkpoint
     if args.resume:
-        if not os.path.exists(ckpt_path):
-            sys.exit(f"error: --resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, "--resume")
         diff = [k for k in cfg if k not in RESUME_FREE and ckpt["config"].get(k) != cfg[k]]
         if diff:
             sys.exit(f"error: --resume: --{diff[0].replace('_', '-')} is {cfg[diff[0]]!r} here but "
                      f"{ckpt['config'].get(diff[0])!r} in {ckpt_path}")
+        if ckpt.get("n_train", n_train) != n_train:  # e.g. --data-dir now points at another copy of the data
+            sys.exit(f"error: --resume: --data-dir {args.data_dir} holds {n_train} training images, but {ckpt_path} "
+                     f"was trained on {ckpt['n_train']}")
         online.load_state_dict(ckpt["online"])
         if target is not None:
             target.load_state_dict(ckpt["target"])
@@ -851,11 +994,33 @@ if __name__ == "__main__":
     ema_online = [p for n, p in raw_model.named_parameters() if not n.startswith("predictor.")]
     ema_target = list(target.parameters()) if target is not None else []
 
+    F_stats = dp if dp is not None else getattr(raw_model.predictor, "dp", None)  # DirectPred state, if any
+    bad_step = torch.zeros((), dtype=torch.long, device=device)  # first step whose loss or F_hat was nan/inf (0: none)
+    last_ckpt = f"step {step} in {ckpt_path}" if args.resume else "none written"
+
+    def stop_if_diverged(sync_ranks):
+        """Never train on, or save, a diverged run: one host sync, at logging / checkpoint steps only. sync_ranks:
+        take the worst over the DDP ranks (a collective, so every rank must call it at the same steps)."""
+        bad = bad_step.clone()
+        if sync_ranks:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            pbar.close()
+            sys.exit(f"error: training diverged: the loss (or F_hat) became nan/inf at step {bad.item()} (--lr {args.lr}); "
+                     f"last good checkpoint: {last_ckpt}")
+
     def checkpoint(path):
+        stop_if_diverged(sync_ranks=False)
+        state = [raw_model.state_dict(), target.state_dict() if target is not None else {}]
+        bad = nonfinite(state[0]) or nonfinite(state[1])  # e.g. BatchNorm running statistics gone to inf
+        if bad:
+            pbar.close()
+            sys.exit(f"error: training diverged: {bad} became nan/inf by step {step} (--lr {args.lr}); "
+                     f"last good checkpoint: {last_ckpt}")
         save_checkpoint({
-            "online": raw_model.state_dict(), "target": target.state_dict() if target is not None else None,
+            "online": state[0], "target": state[1] if target is not None else None,
             "directpred": dp.state_dict() if dp is not None else None, "optimizer": optimizer.state_dict(),
-            "step": step, "config": cfg, "knn_init": knn_init,
+            "step": step, "config": cfg, "knn_init": knn_init, "n_train": n_train,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
         }, path)
 
@@ -868,12 +1033,29 @@ if __name__ == "__main__":
         return knn_eval(*feats[0], *feats[1])
 
     # --- training loop
+    os.makedirs(args.out_dir, exist_ok=True)
+    log = None
+    if master_process:  # one run at a time per out_dir: the lock is held until this process ends, however it ends
+        lock = open(os.path.join(args.out_dir, "lock"), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            sys.exit(f"error: another run is writing --out-dir {args.out_dir} (it holds {lock.name})")
+        log_path = os.path.join(args.out_dir, "log.jsonl")
+        old = open(log_path).readlines() if args.resume and os.path.exists(log_path) else []
+        with open(log_path + ".tmp", "w") as fh:  # resumed: the lines up to the checkpoint's step (no duplicates)
+            fh.writelines(line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step)
+        os.replace(log_path + ".tmp", log_path)
+        log = open(log_path, "a")
+    stop = []  # SIGINT (Ctrl-C) / SIGTERM received: save a checkpoint after the current step and stop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
     gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
-    log = open(os.path.join(args.out_dir, "log.jsonl"), "a") if master_process else None
     if master_process:
         print(f"{args.dataset}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} -> {max_steps}, "
               f"{ddp_world_size} rank(s) x batch {B}, device {device}")
-    pbar = tqdm(total=max_steps, initial=step, disable=not master_process, dynamic_ncols=True)
+    # progress on stdout: stderr carries errors alone, so a failure is exactly one line there
+    pbar = tqdm(total=max_steps, initial=step, disable=not master_process, dynamic_ncols=True, file=sys.stdout)
     if knn_sets is not None and step == 0:  # the same network at random init: the baseline the run must beat
         knn_init = knn_monitor()
         log.write(json.dumps({"step": 0, "epoch": 0.0, "knn_top1": knn_init}) + "\n")
@@ -896,6 +1078,8 @@ if __name__ == "__main__":
             if dp is not None:  # statistics of both views' raw predictor inputs, over all ranks (before backward)
                 f = torch.cat([z1, z2])  # (2B, d)
                 dp.update(f, torch.cat([t2, t1]) if args.predictor == "optimal" else None)  # f1 predicts t2, f2 t1
+            finite = torch.isfinite(loss.detach()) & (torch.isfinite(F_stats.F_hat).all() if F_stats is not None else True)
+            bad_step = torch.where((bad_step == 0) & ~finite, step + 1, bad_step)  # on the device: no sync
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -910,6 +1094,8 @@ if __name__ == "__main__":
             if master_process and step < args.log_every and step & (step - 1) == 0:  # steps 1, 2, 4, 8, ...: the
                 pbar.set_postfix(loss=f"{loss.item():.4f}")  # loss before the first log line, at few host syncs
 
+            if step % args.log_every == 0 or step % args.ckpt_every == 0 or step == max_steps:
+                stop_if_diverged(sync_ranks=ddp)
             rec = {"step": step, "epoch": step / steps_per_epoch}
             if knn_sets is not None and (step % args.eval_every == 0 or step == max_steps):
                 te = time.time()
@@ -933,11 +1119,16 @@ if __name__ == "__main__":
             if master_process and len(rec) > 2:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-            if step % args.ckpt_every == 0 or step == max_steps:
+            if step % args.ckpt_every == 0 or step == max_steps or stop:
                 if master_process:
                     checkpoint(ckpt_path)
+                    last_ckpt = f"step {step} in {ckpt_path}"
                 if args.save_every_rank:
                     checkpoint(os.path.join(args.out_dir, f"ckpt_rank{ddp_rank}.pt"))
+            if stop:  # each rank stops at its own next step; torchrun ends any rank still waiting on the others
+                pbar.close()
+                sys.exit(f"error: stopped by {signal.Signals(stop[0]).name} at step {step}"
+                         + (f"; checkpoint {ckpt_path}: continue with the same flags plus --resume" if master_process else ""))
             if step >= max_steps:
                 break
     pbar.close()
