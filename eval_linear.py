@@ -195,7 +195,8 @@ if __name__ == "__main__":
         if steps_per_epoch == 0:
             sys.exit(f"error: --batch-size {args.batch_size} is larger than the {n} training images")
         step, total = 0, args.epochs * steps_per_epoch
-        pbar = tqdm(total=total, desc="linear probe (augmented)", disable=not master_process, dynamic_ncols=True, file=sys.stdout)
+        pbar = tqdm(total=total, desc="linear probe (augmented)", disable=not master_process, dynamic_ncols=True,
+                    file=sys.stdout)
         for epoch in range(args.epochs):
             for x, y in T.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size,
                                         device, workers=args.workers):

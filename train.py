@@ -63,7 +63,8 @@ def get_parser():
     a("--dataset", default="cifar10", choices=list(DATASETS), help="fake = random images made in memory (tests)")
     a("--data-dir", default="data", help="dataset root; see README for the layout each dataset expects")
     a("--img-size", type=int, default=0, help="crop size; 0 = the dataset's own size (224 for imagenet/imagefolder)")
-    a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (AUG below: the paper's CIFAR / STL-10 recipes, BYOL's for ImageNet); auto = by dataset")
+    a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (AUG below: the paper's CIFAR / "
+      "STL-10 recipes, BYOL's for ImageNet); auto = by dataset")
     a("--crop-min", type=float, default=0.08, help="RandomResizedCrop minimum area fraction")
     a("--jitter", type=float, default=1.0, help="colour-jitter strength, a multiplier on the preset's brightness/"
       "contrast/saturation/hue ranges (SimCLR's s, relative); 0 = no jitter")
