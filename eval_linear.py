@@ -53,7 +53,8 @@ P.add_argument("--optimizer", default=None, choices=["adam", "sgd", "lars"], hel
 P.add_argument("--knn-k", type=int, default=200, help="kNN: neighbours that vote")
 P.add_argument("--knn-t", type=float, default=0.1, help="kNN: temperature of the votes' weights exp(sim / t)")
 P.add_argument("--workers", type=int, default=8, help="DataLoader workers (streamed sets only)")
-P.add_argument("--seed", type=int, default=0, help="seeds the head's init and batch order (and --baseline random's network)")
+P.add_argument("--seed", type=int, default=0, help="seeds the head's init and batch order (and --baseline random's "
+               "network: the seed of the train.py run gives its very init)")
 P.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
 P.add_argument("--out", default="", help="JSON result file (default: next to the checkpoint; --baseline pixels: out/)")
 FAST = dict(optimizer="adam", lr=3e-4, wd=1e-3, epochs=50, batch_size=256)
@@ -113,7 +114,10 @@ if __name__ == "__main__":
     if master_process:  # the result file must be writable before minutes of work, not after
         try:
             os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+            existed = os.path.exists(out)
             open(out, "a").close()
+            if not existed:  # a real write test, leaving nothing behind if the evaluation fails later
+                os.remove(out)
         except OSError as e:
             sys.exit(f"error: --out {out} cannot be written ({e.strerror or e})")
     data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
