@@ -233,8 +233,8 @@ def config_error(cfg):
 
 
 # keys that may differ between a run and its --resume (they do not change what is computed)
-RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "eval_every", "workers", "compile",
-               "device", "data_dir", "out_dir"}
+RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "eval_every", "workers",
+               "compile", "device", "ddp_timeout", "data_dir", "out_dir"}
 
 # -----------------------------------------------------------------------------
 # data: small sets live on the device as one uint8 tensor; ImageNet-size sets stream through a DataLoader
