@@ -74,6 +74,7 @@ def topk(logits, y, k):
 
 if __name__ == "__main__":
     args = P.parse_args()
+    protocol = "augmented" if args.augment else "fast"
     for k, v in (AUGMENTED if args.augment else FAST).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -82,8 +83,6 @@ if __name__ == "__main__":
     err = T.range_error(vars(args), RANGES)
     if err:
         sys.exit(f"error: {err}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda: no CUDA device is available here (use --device cpu or auto)")
 
     # --- DDP / device
     if "RANK" in os.environ and not args.augment:
@@ -110,7 +109,7 @@ if __name__ == "__main__":
         sys.exit("error: --baseline pixels needs --dataset")
     dataset = args.dataset or cfg["dataset"]
     out = args.out or os.path.join(os.path.dirname(args.ckpt) if args.ckpt else "out",
-                                   f"eval_{'augmented' if args.augment else 'fast'}_{args.baseline}_{dataset}.json")
+                                   f"eval_{protocol}_{args.baseline}_{dataset}.json")
     if master_process:  # the result file must be writable before minutes of work, not after
         try:
             os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -232,7 +231,7 @@ if __name__ == "__main__":
         if n_cls > 10:
             res["top5"] = topk(logits, test_y, 5)
         res.update(dataset=dataset, ckpt=args.ckpt, baseline=args.baseline,
-                   protocol="augmented" if args.augment else "fast", epochs=args.epochs, optimizer=args.optimizer,
+                   protocol=protocol, epochs=args.epochs, optimizer=args.optimizer,
                    lr=args.lr, wd=args.wd, batch_size=args.batch_size, knn_k=args.knn_k, knn_t=args.knn_t,
                    backbone_unchanged=unchanged, seconds=round(time.time() - t_start, 1), feature_dim=dim)
         top5 = f" top5={100 * res['top5']:.2f}" if "top5" in res else ""

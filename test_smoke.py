@@ -728,8 +728,7 @@ def test_theory_out_of_range_knobs_name_the_flag(knobs, needle):
 def test_theory_bad_input_gives_one_line(tmp_path, flags, needle):
     r = subprocess.run([sys.executable, str(ROOT / "theory.py"), "simulate", "--out-dir", str(tmp_path / "o"), *flags],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+    one_line_error(r, needle)
     assert not list(tmp_path.rglob("*.png"))
 
 

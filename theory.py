@@ -238,10 +238,6 @@ def sampled_loss(A, B, x1, x2, loss):
     return (cosine_loss if loss == "cosine" else l2_loss)(x1 @ A.T, x2 @ B.T)
 
 
-def commutator_norm(F, Wp):
-    return torch.linalg.matrix_norm(F @ Wp - Wp @ F).item()
-
-
 def lambda_min_K(F, Wp, tau, sigma2, eta, alpha_p):
     """Theorem 3's K = (1 + sigma2) [(alpha_p/2) F + Wp^2 - tau/(1 + sigma2) Wp] + (3/2) eta I, symmetric part of Wp."""
     Wp = 0.5 * (Wp + Wp.T)
@@ -298,7 +294,8 @@ def simulate(cfg, log=None):
             F_in = W @ S @ W.T  # E[f f^T] over both views: DirectPred's F
             tau_hat = 1.0 if Wa is None else (torch.sum(Wa * W) / torch.sum(W * W).clamp(min=1e-300)).item()
             rec = {"step": step, "t": step * lr, "loss": loss, "W_norm2": torch.sum(W * W).item(),
-                   "Wp_norm2": torch.sum(Wp * Wp).item(), "tau_hat": tau_hat, "comm": commutator_norm(F, Wp),
+                   "Wp_norm2": torch.sum(Wp * Wp).item(), "tau_hat": tau_hat,
+                   "comm": torch.linalg.matrix_norm(F @ Wp - Wp @ F).item(),  # ||[F, Wp]||_F (Theorem 3)
                    "lambda_min_K": lambda_min_K(F, Wp, tau_hat, cfg["sigma2"], eta, ap),
                    **diagnostics(F_in, Wp if cfg["predictor"] != "none" else None, f)}
         if log is not None:
@@ -419,7 +416,8 @@ def fig5(out_dir):
     """The matrix model with symmetric Wp (L2, EMA, lr 0.01, beta 0.4, eta 0.04 = the paper's Fig. 5 setting),
     sweeping eta (beta 0.4) and beta (eta 0.04): lambda_min(K), eigenvalues of Wp and of F over time."""
     plt = pyplot()
-    lr, base = 0.01, dict(predictor="linear", sym_wp=1, steps=4000, log_every=40, lr=0.01)
+    lr = 0.01
+    base = dict(predictor="linear", sym_wp=1, steps=4000, log_every=40, lr=lr)
     sweeps = {"eta (beta = 0.4)": [dict(wd=w, ema=1 - lr * 0.4) for w in (0.0, 0.04, 0.1, 0.2)],
               "beta (eta = 0.04)": [dict(wd=0.04, ema=1 - lr * b) for b in (0.04, 0.4, 4.0)]}
     fig, axes = plt.subplots(3, 2, figsize=(12, 10), sharex=True)

@@ -806,6 +806,8 @@ def init_distributed(device, timeout=600):
     Returns (ddp, rank, local_rank, world_size, device)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda: no CUDA device is available here (use --device cpu or auto)")
     if int(os.environ.get("RANK", -1)) == -1:  # a plain `python` launch
         return False, 0, 0, 1, device
     rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -888,8 +890,6 @@ if __name__ == "__main__":
     args = argparse.Namespace(**cfg)  # the same values, as attributes
     if config_error(cfg):  # every bad flag: one line, before any work
         sys.exit(f"error: {config_error(cfg)}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda: no CUDA device is available here (use --device cpu or auto)")
     if out_dir_error(args.out_dir):
         sys.exit(f"error: {out_dir_error(args.out_dir)}")
     ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
