@@ -70,7 +70,19 @@ class DirectPred(nn.Module):
         """f: (N, d) raw predictor inputs of the local batch (both views); z: (N, d) the targets f's predictions
         are compared with (mode "optimal" only); region: (N, K) 0/1, row n counts towards region k's statistics
         (partitions > 1 only; a row may belong to several regions). Returns F_batch (K, d, d)."""
-        f = f.detach().float()
+        F_batch = self.accumulate(f, z, region)
+        self.n_updates += 1
+        return F_batch
+
+    @torch.no_grad()
+    def accumulate(self, f, z=None, region=None):
+        """update() without the batch counter: tensor work only, so a compiled forward that calls it every step
+        (PartitionedPredictor) keeps one graph instead of recompiling on a changed Python int.
+        In fp32 whatever the autocast context (under bf16 autocast the sums of f f^T would be rounded to bf16)."""
+        with torch.autocast(f.device.type, enabled=False):
+            return self._accumulate(f.detach().float(), z, region)
+
+    def _accumulate(self, f, z, region):
         N, d = f.shape
         member = torch.ones(N, 1, device=f.device) if region is None else region.float()  # (N, K)
         fk = member[:, :, None] * f[:, None]  # (N, K, d): f where the row is in region k, else 0
@@ -94,7 +106,6 @@ class DirectPred(nn.Module):
         if self.mode == "optimal":
             self._ema(self.C_hat, rest.view(self.K, d, d) / n.clamp(min=1)[:, None, None], seen)
         self.seen |= seen
-        self.n_updates += 1
         return F_batch
 
     def _ema(self, hat, batch, seen):
@@ -153,9 +164,11 @@ class PartitionedPredictor(nn.Module):
 
     @torch.no_grad()
     def sides(self, f):
-        """(N, d) one view's batch -> (N, 2n) 0/1: columns 2i and 2i+1 = positive / negative side of projection i."""
-        dtype = torch.promote_types(f.dtype, torch.float32)  # fp32 at least (bf16 under autocast)
-        proj = f.detach().to(dtype) @ self.directions.to(dtype)  # (N, n)
+        """(N, d) one view's batch -> (N, 2n) 0/1: columns 2i and 2i+1 = positive / negative side of projection i.
+        In fp32 (at least) whatever the autocast context: a bf16 threshold would move samples across it."""
+        dtype = torch.promote_types(f.dtype, torch.float32)
+        with torch.autocast(f.device.type, enabled=False):
+            proj = f.detach().to(dtype) @ self.directions.to(dtype)  # (N, n)
         total = torch.stack([proj.sum(0), torch.full_like(proj[0], len(proj))])  # (2, n): sums and counts
         if dist.is_available() and dist.is_initialized():  # the threshold is the mean over the global batch
             dist.all_reduce(total)
@@ -166,6 +179,6 @@ class PartitionedPredictor(nn.Module):
         """views: each (N, d), the views of one step (train.py passes both). Returns one prediction (N, d) per view."""
         member = [self.sides(f) for f in views]
         if self.training:  # statistics first, with every view's samples: the current batch shapes its own Wp
-            self.dp.update(torch.cat(views), region=torch.cat(member))
+            self.dp.accumulate(torch.cat(views), region=torch.cat(member))  # (no Python counter: compile-friendly)
         Wp = self.dp.compute_Wp().to(views[0].dtype)  # (2n, d, d), every side's Wp by the DirectPred rule
         return tuple(torch.einsum("nk,kij,nj->ni", m.to(f.dtype), Wp, f) / self.n for m, f in zip(member, views))

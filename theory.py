@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from directpred import DirectPred
-from train import ArgumentParser, cosine_loss, diagnostics, l2_loss, range_error
+from train import ArgumentParser, cosine_loss, diagnostics, effective_rank, l2_loss, range_error
 
 # -----------------------------------------------------------------------------
 # config: knobs named as train.py's where the idea is the same
@@ -337,16 +337,6 @@ def surviving_modes(F_eig, rel=1e-2):
     return int((s >= rel * s.max()).sum()) if s.max() > 0 else 0
 
 
-def effective_rank(F_eig):
-    """exp(entropy) of the spectrum normalised by its trace: n for a flat spectrum, 1 for a single mode."""
-    s = np.clip(np.asarray(F_eig, dtype=float), 0, None)
-    if s.sum() <= 0:
-        return 0.0
-    q = s / s.sum()
-    q = q[q > 0]
-    return float(np.exp(-(q * np.log(q)).sum()))
-
-
 # -----------------------------------------------------------------------------
 # figures: matplotlib is imported only here, where a figure is drawn
 
@@ -515,7 +505,8 @@ def l2_vs_cosine(out_dir):
 
 def plot_log(path, out=None):
     """The paper's Fig. 2 panels from a log.jsonl of train.py or theory.py: eigenvalues of F_hat and of Wp over
-    steps (log scale), alignment cos(u_j, Wp u_j), asymmetry ||Wp - Wp^T|| / ||Wp||, and z_std."""
+    steps (log scale), alignment cos(u_j, Wp u_j), asymmetry ||Wp - Wp^T|| / ||Wp||, the effective rank of F_hat
+    and z_std (the two collapse signals)."""
     plt = pyplot()
     try:
         recs = [r for r in (json.loads(line) for line in open(path)) if "F_eig" in r]
@@ -524,7 +515,7 @@ def plot_log(path, out=None):
     if not recs:
         sys.exit(f"error: plot: {path} has no record with the Fig. 2 diagnostics (F_eig)")
     step = [r["step"] for r in recs]
-    fig, axes = plt.subplots(1, 5, figsize=(22, 3.8))
+    fig, axes = plt.subplots(1, 6, figsize=(26, 3.8))
     axes[0].plot(step, np.clip(np.array([r["F_eig"] for r in recs]), 1e-12, None), lw=0.7)
     axes[0].set(yscale="log", title="eigenvalues of F_hat")
     with_wp = [r for r in recs if "Wp_eig" in r]
@@ -540,8 +531,10 @@ def plot_log(path, out=None):
     axes[1].set(title="eigenvalues of Wp (real part)")
     axes[2].set(title="alignment cos(u_j, Wp u_j), top eigenvectors", ylim=(-1.05, 1.05))
     axes[3].set(title="asymmetry ||Wp - Wp^T|| / ||Wp||")
-    axes[4].plot(step, [r["z_std"] for r in recs])
-    axes[4].set(title="z_std (1: spread, 0: collapsed)", ylim=(0, 1.1))
+    axes[4].plot(step, [effective_rank(r["F_eig"]) for r in recs])
+    axes[4].set(title=f"effective rank of F_hat (of {len(recs[0]['F_eig'])}; 1: collapsed)", yscale="log")
+    axes[5].plot(step, [r["z_std"] for r in recs])
+    axes[5].set(title="z_std (1: spread, 0: collapsed)", ylim=(0, 1.1))
     for ax in axes:
         ax.set_xlabel("step")
     fig.suptitle(path)

@@ -132,26 +132,38 @@ def get_parser():
     a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
     a("--ddp-timeout", type=float, default=600, help="seconds a DDP collective may wait for a stalled or dead rank "
       "before the job stops")
-    a("--bf16", type=int, default=1, choices=[0, 1], help="bf16 autocast on CUDA (CPU always runs fp32)")
+    a("--bf16", default="auto", choices=["auto", "0", "1"], help="bf16 autocast of the networks (the loss, F_hat, "
+      "eigh and the projector's last layer stay fp32); auto = on where it is faster: CUDA GPUs with bf16, CPUs with "
+      "bf16 instructions (AVX512-BF16 / AMX)")
+    a("--channels-last", default="auto", choices=["auto", "0", "1"], help="channels_last memory format for the "
+      "convolutions; auto = on CUDA, and on CPUs for --width >= 16 (faster; narrower nets hit a oneDNN bug)")
+    a("--deterministic", type=int, default=0, choices=[0, 1], help="CUDA: deterministic cuDNN / cuBLAS kernels, no "
+      "autotuning, no TF32, so that two runs (and a resume) give the same bits, at a speed cost; the CPU is already")
     a("--compile", type=int, default=0, choices=[0, 1], help="torch.compile the online network")
+    a("--wandb-project", default="", help="also log to Weights & Biases under this project (rank 0; the keys of "
+      "log.jsonl and the config; needs pip install wandb); empty = off")
+    a("--wandb-run-name", default="", help="the W&B run's name (empty: W&B picks one)")
     return P
 
 
-PRESETS = {  # Tian et al. 2021 (arXiv 2102.06810): the STL-10/CIFAR-10 setup and Table 9; where that paper gives no
-    # number, the recipe it was taken from is named
-    # STL-10 / CIFAR-10 tables: ResNet-18, proj 512-128 (BN without affine), SGD 0.03 constant, wd 4e-4 everywhere,
-    # batch 128, EMA 0.996 constant, random target init (the released code), 100 epochs
+PRESETS = {  # each knob's source in the comment above it. T = Tian, Chen, Ganguli 2021 (arXiv 2102.06810);
+    # code = their released code (github.com/facebookresearch/luckmatters, ssl/real-dataset); SS = SimSiam (Chen & He,
+    # arXiv 2011.10566); BYOL = Grill et al. (arXiv 2006.07733). The flag defaults are T's STL-10 / CIFAR-10 setup
+    # (T Sec. 6 and code: ResNet-18, projector 512-128 with BN without affine, SGD lr 0.03 constant, momentum 0.9,
+    # wd 4e-4 on every parameter, batch 128, EMA 0.996 constant, 100 epochs, DirectPred rho 0.3, eps 0.1, freq 1)
+    # paper-*: T's setup; random target init: code (BYOL copies the online network)
     "paper-stl10": dict(dataset="stl10", predictor="direct", target_init="random"),
     "paper-cifar10": dict(dataset="cifar10", predictor="direct", target_init="random"),
-    # Table 9, 60 epochs: ResNet-50, SGD, batch 256, asymmetric loss; DirectPred 256 x 256. lr / wd / EMA as in
-    # SimSiam's SGD recipe (arXiv 2011.10566: lr 0.05 * 256/256, wd 1e-4, cosine) and BYOL's tau 0.996 (arXiv 2006.07733);
-    # Tian et al. do not state these
-    "byol-imagenet-60": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
-                             bn_affine=1, optimizer="sgd", lr=0.05, wd=1e-4, lr_schedule="cosine", batch_size=256,
-                             symmetric=0, epochs=60, ema=0.996, ema_schedule="cosine"),
-    # Table 9, 300 epochs: LARS, batch 4096, symmetric loss (BYOL's recipe: lr 0.2 * 4096/256, wd 1.5e-6,
-    # 10 warmup epochs, cosine; tau 0.99 with the cosine schedule)
-    "byol-imagenet-300": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
+    # imagenet-*: T Table 9 gives ResNet-50, the optimizer, the batch, the loss symmetry, the epochs and DirectPred at
+    # 256 x 256 (projector 4096-256), and nothing else; T released no ImageNet code. The rest are guesses, named:
+    # imagenet-sgd-60 (T: SGD, batch 256, asymmetric loss, 60 epochs): lr 0.05 x 256/256, wd 1e-4, cosine lr (SS's SGD
+    # recipe); EMA 0.996 with BYOL's cosine schedule to 1 (BYOL); affine BN in the MLPs (SS, BYOL)
+    "imagenet-sgd-60": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
+                            bn_affine=1, optimizer="sgd", lr=0.05, wd=1e-4, lr_schedule="cosine", batch_size=256,
+                            symmetric=0, epochs=60, ema=0.996, ema_schedule="cosine"),
+    # imagenet-lars-300 (T: LARS, batch 4096, symmetric loss, 300 epochs): lr 0.2 x 4096/256 = 3.2, wd 1.5e-6,
+    # 10 warmup epochs, cosine lr, EMA 0.99 with the cosine schedule (all BYOL's); affine BN in the MLPs (BYOL)
+    "imagenet-lars-300": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
                               bn_affine=1, optimizer="lars", lr=3.2, wd=1.5e-6, lr_schedule="cosine", warmup_epochs=10,
                               batch_size=4096, symmetric=1, epochs=300, ema=0.99, ema_schedule="cosine"),
     # SimSiam's CIFAR-10 recipe (Chen & He 2021, Sec. A): no EMA, 2-layer predictor 2048-512-2048, SGD
@@ -232,9 +244,15 @@ def config_error(cfg):
     return None
 
 
+# collapse warning: printed when, for COLLAPSE_INTERVALS log lines in a row, the effective rank of F (the predictor
+# input's correlation) is below COLLAPSE_ERANK or z_std below COLLAPSE_Z_STD. Measured on Fashion-MNIST (README, "Has my
+# run collapsed?"): it warns, it does not stop the run
+COLLAPSE_ERANK, COLLAPSE_Z_STD, COLLAPSE_INTERVALS = 2.0, 0.1, 3
+
 # keys that may differ between a run and its --resume (they do not change what is computed)
 RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "eval_every", "workers",
-               "compile", "device", "ddp_timeout", "data_dir", "out_dir"}
+               "compile", "device", "ddp_timeout", "data_dir", "out_dir", "bf16", "channels_last", "deterministic",
+               "wandb_project", "wandb_run_name"}
 
 # -----------------------------------------------------------------------------
 # data: small sets live on the device as one uint8 tensor; ImageNet-size sets stream through a DataLoader
@@ -397,10 +415,10 @@ def rand(gen, *shape, lo=0.0, hi=1.0):
     return torch.rand(*shape, generator=gen, device=gen.device) * (hi - lo) + lo
 
 
-def random_resized_crop(x, size, scale, gen, ratio=(3 / 4, 4 / 3)):
-    """torchvision's RandomResizedCrop + horizontal flip, one box per image. x: (B, C, H, W) float -> (B, C, size, size).
-    Boxes are drawn like torchvision (10 tries of area/log-ratio, else a centre crop); bilinear resampling."""
-    B, _, H, W = x.shape
+def crop_params(B, H, W, scale, gen, ratio=(3 / 4, 4 / 3)):
+    """One RandomResizedCrop box and flip per image, drawn like torchvision's RandomResizedCrop.get_params: 10 tries of
+    (area fraction ~ U(scale), log aspect ratio ~ U(log ratio)), the first that fits, else the centre crop clamped to
+    the ratio range. Returns (i, j, h, w, flip), each (B,): top, left, height, width in pixels; flip in {-1, 1}."""
     area = rand(gen, B, 10, lo=scale[0], hi=scale[1]) * H * W
     logr = rand(gen, B, 10, lo=math.log(ratio[0]), hi=math.log(ratio[1]))
     w = torch.sqrt(area * torch.exp(logr)).round()
@@ -415,6 +433,16 @@ def random_resized_crop(x, size, scale, gen, ratio=(3 / 4, 4 / 3)):
     j = torch.floor(rand(gen, B) * (W - w + 1))  # left
     i, j = torch.where(ok, i, ((H - h) / 2).floor()), torch.where(ok, j, ((W - w) / 2).floor())
     flip = torch.where(rand(gen, B) < 0.5, -1.0, 1.0)
+    return i, j, h, w, flip
+
+
+def resized_crop(x, i, j, h, w, flip, size):
+    """Each image's box (i, j, h, w), resized to (size, size) by bilinear sampling (align_corners=False, as
+    torchvision's resize of the cropped box), mirrored where flip = -1. x: (B, C, H, W) float -> (B, C, size, size).
+    One grid_sample for the batch; it differs from cropping then resizing only at the box's outer half pixel when
+    upsampling (it reads the neighbouring pixels there, the crop clamps to its edge) and by skipping antialiasing when
+    downsampling (README, Augmentation)."""
+    B, _, H, W = x.shape
     # affine map from output coords in [-1, 1] to input coords in [-1, 1] (align_corners=False)
     theta = torch.zeros(B, 2, 3, device=x.device)
     theta[:, 0, 0], theta[:, 0, 2] = flip * w / W, (2 * j + w) / W - 1
@@ -425,7 +453,7 @@ def random_resized_crop(x, size, scale, gen, ratio=(3 / 4, 4 / 3)):
 
 def gray(x):
     """(B, 3, H, W) -> (B, 1, H, W), ITU-R 601-2 luma as torchvision's rgb_to_grayscale."""
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
 
 
 def adjust_hue(x, shift):
@@ -442,18 +470,26 @@ def adjust_hue(x, shift):
     return v[:, None] - v[:, None] * s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
-def color_jitter(x, strength, p, gen):
-    """torchvision ColorJitter(b, c, s, h) applied with probability p, each image with its own factors and its
-    own random order of the four ops. x: (B, C, H, W) in [0, 1]; saturation and hue need C == 3."""
-    B, C = x.shape[:2]
+def jitter_params(B, strength, p, gen):
+    """torchvision ColorJitter(b, c, s, h)'s random draws, one set per image, applied with probability p. Returns
+    (on (B,) bool, factors: brightness, contrast, saturation (B,) each in [max(0, 1 - t), 1 + t] and hue shift (B,) in
+    [-h, h], order (B, 4): each image's own random permutation of the four ops)."""
     bs, cs, ss, hs = strength
     on = rand(gen, B) < p
-    factor = [rand(gen, B, lo=max(0, 1 - t), hi=1 + t) for t in (bs, cs, ss)] + [rand(gen, B, lo=-hs, hi=hs)]
+    factors = [rand(gen, B, lo=max(0, 1 - t), hi=1 + t) for t in (bs, cs, ss)] + [rand(gen, B, lo=-hs, hi=hs)]
     order = rand(gen, B, 4).argsort(1)  # (B, 4) a random permutation of the ops per image
+    return on, factors, order
+
+
+def apply_jitter(x, on, factors, order):
+    """ColorJitter with given per-image parameters (jitter_params), batched: at each of the 4 slots every image does
+    its own op, as torchvision's functional adjust_brightness / contrast / saturation / hue would on it alone.
+    x: (B, C, H, W) in [0, 1]; saturation and hue need C == 3 (torchvision leaves 1-channel images unchanged)."""
+    C = x.shape[1]
     for slot in range(4):
         for op in range(4 if C == 3 else 2):
             m = (on & (order[:, slot] == op))[:, None, None, None]  # (B, 1, 1, 1) images doing op now
-            f = factor[op][:, None, None, None]
+            f = factors[op][:, None, None, None]
             if op == 0:  # brightness
                 y = x * f
             elif op == 1:  # contrast: blend with the mean grey level of the image
@@ -461,9 +497,14 @@ def color_jitter(x, strength, p, gen):
             elif op == 2:  # saturation: blend with the grey image
                 y = f * x + (1 - f) * gray(x)
             else:
-                y = adjust_hue(x, factor[3])
+                y = adjust_hue(x, factors[3])
             x = torch.where(m, y.clamp(0, 1), x)
     return x
+
+
+def solarize(x):
+    """Invert the pixels at or above 0.5 (torchvision's solarize with threshold 0.5, on [0, 1] images)."""
+    return torch.where(x < 0.5, x, 1 - x)
 
 
 def gaussian_blur(x, sigma, ksize):
@@ -485,11 +526,11 @@ def augment(x, aug, view, gen, size, scale, mean, std, crop=True):
     x = x.float() / 255
     B, C = x.shape[:2]
     if crop:  # in-memory sets: crop + flip here; streamed sets arrive cropped and only flip here
-        x = random_resized_crop(x, size, scale, gen)
+        x = resized_crop(x, *crop_params(B, *x.shape[2:], scale, gen), size)
     else:
         x = torch.where((rand(gen, B) < 0.5)[:, None, None, None], x.flip(3), x)
     if aug["jitter_p"] > 0:  # an op with probability 0 is skipped, with no draws from gen (as blur/solarize below)
-        x = color_jitter(x, aug["jitter"], aug["jitter_p"], gen)
+        x = apply_jitter(x, *jitter_params(B, aug["jitter"], aug["jitter_p"], gen))
     if C == 3 and aug["gray_p"] > 0:
         x = torch.where((rand(gen, B) < aug["gray_p"])[:, None, None, None], gray(x).expand_as(x), x)
     if aug["blur_p"][view] > 0:
@@ -497,8 +538,7 @@ def augment(x, aug, view, gen, size, scale, mean, std, crop=True):
         y = gaussian_blur(x, rand(gen, B, lo=0.1, hi=2.0), ksize)
         x = torch.where((rand(gen, B) < aug["blur_p"][view])[:, None, None, None], y, x)
     if aug["solarize_p"][view] > 0:
-        y = torch.where(x < 0.5, x, 1 - x)
-        x = torch.where((rand(gen, B) < aug["solarize_p"][view])[:, None, None, None], y, x)
+        x = torch.where((rand(gen, B) < aug["solarize_p"][view])[:, None, None, None], solarize(x), x)
     return (x - mean) / std
 
 
@@ -705,7 +745,9 @@ class LARS(torch.optim.Optimizer):
                     d = d.add(p, alpha=g["weight_decay"])
                     pn, dn = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
                     d = d * torch.where((pn > 0) & (dn > 0), g["eta"] * pn / dn, torch.ones_like(pn))
-                mu = self.state[p].setdefault("mu", torch.zeros_like(p))
+                if "mu" not in self.state[p]:  # allocated once, not every step
+                    self.state[p]["mu"] = torch.zeros_like(p)
+                mu = self.state[p]["mu"]
                 mu.mul_(g["momentum"]).add_(d)
                 p.add_(mu, alpha=-g["lr"])
 
@@ -727,14 +769,28 @@ def tau_at(step, cfg, total_steps):
     return 1 - (1 - cfg["ema"]) * (math.cos(math.pi * step / total_steps) + 1) / 2
 
 
+def effective_rank(eig):
+    """exp of the entropy of a spectrum normalised by its sum (negative values clamped to 0), as RankMe (Garrido et
+    al. 2023, arXiv 2210.02885, which takes the singular values of the embeddings): d for d equal modes, 1 for a
+    single mode, 0 for an all-zero spectrum. eig: a list or tensor of eigenvalues."""
+    q = torch.as_tensor(eig, dtype=torch.float64).clamp(min=0)
+    if q.sum() <= 0:
+        return 0.0
+    q = q / q.sum()
+    q = q[q > 0]
+    return float(torch.exp(-(q * q.log()).sum()))
+
+
 @torch.no_grad()
 def diagnostics(F, Wp, z):
     """The paper's Fig. 2 quantities. F: (d, d) correlation of f; Wp: (d, d) linear predictor or None; z: (B, d).
-    Eigenvalues descending; alignment cos(u_j, Wp u_j) per eigenvector u_j of F; asymmetry ||Wp - Wp^T|| / ||Wp||;
+    Eigenvalues descending; erank: effective rank of F (1: one direction left, i.e. dimensional collapse);
+    alignment cos(u_j, Wp u_j) per eigenvector u_j of F; asymmetry ||Wp - Wp^T|| / ||Wp||;
     z_std: per-dimension std of l2-normalised z, times sqrt(d) (about 1 when spread out, 0 when collapsed)."""
     s, U = torch.linalg.eigh(F.double())
     s, U = s.flip(0), U.flip(1)
-    out = {"F_eig": s.tolist(), "z_std": (nnf.normalize(z.float(), dim=1).std(0).mean() * z.shape[1] ** 0.5).item()}
+    out = {"F_eig": s.tolist(), "erank": effective_rank(s),
+           "z_std": (nnf.normalize(z.float(), dim=1).std(0).mean() * z.shape[1] ** 0.5).item()}
     if Wp is not None:
         Wp = Wp.double()
         out["Wp_eig"] = torch.linalg.eigvals(Wp).real.sort(descending=True).values.tolist()
@@ -755,32 +811,33 @@ class EvalCrop:
 
 
 @torch.no_grad()
-def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_size=512, workers=8, desc=None):
+def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_size=512, workers=8, desc=None,
+                     fmt=torch.contiguous_format):
     """Frozen features of a labelled split, no augmentation, backbone in eval mode (BN running statistics).
-    data: (x uint8 (N, C, H, W), y (N,)) or an ImageFolder. size: the training crop size; in-memory images are
+    data: (x uint8 (N, C, H, W), y (N,)) or an ImageFolder (or a Subset of one). size: the training crop size; in-memory images are
     resized to it when it differs from theirs (--img-size), None = as stored (224 for an ImageFolder).
-    desc: show a progress bar with this title. Returns (features (N, D) float32, labels (N,)) on device."""
+    desc: show a progress bar with this title. fmt: the memory format the backbone runs in.
+    Returns (features (N, D) float32, labels (N,)) on device."""
     was_training = backbone.training
     backbone.eval()
     if isinstance(data, tuple):
         x, y = data
         batches = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
-    else:
-        data.transform = EvalCrop(size or 224)
-        batches = image_batches(torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers))
+    else:  # an ImageFolder, or a Subset of one (eval_linear's shard of it)
+        (data.dataset if isinstance(data, torch.utils.data.Subset) else data).transform = EvalCrop(size or 224)
+        batches = image_batches(torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers,
+                                                            pin_memory="cuda" in str(device)))
     feats, labels = [], []
     n_batches = math.ceil((len(data[0]) if isinstance(data, tuple) else len(data)) / batch_size)
     for xb, yb in tqdm(batches, desc, total=n_batches, disable=desc is None, leave=False, dynamic_ncols=True,
                        file=sys.stdout):
-        xb = xb.to(device).float() / 255
+        xb = xb.to(device, non_blocking=True).float() / 255  # (pinned when streamed to a GPU)
         if size and xb.shape[-1] != size:  # the views were resized to size in training: the same scale here
             xb = nnf.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
-        xb = (xb - mean) / std
-        if "cuda" in str(device):
-            xb = xb.contiguous(memory_format=torch.channels_last)
+        xb = ((xb - mean) / std).contiguous(memory_format=fmt)
         with ctx:
             feats.append(backbone(xb).float())
-        labels.append(yb.to(device))
+        labels.append(yb.to(device, non_blocking=True))
     backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 
@@ -788,14 +845,17 @@ def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_si
 @torch.no_grad()
 def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
     """Weighted kNN top-1 (Wu et al. 2018; the usual SSL monitor): cosine similarity to the k nearest training
-    features, each neighbour votes for its class with weight exp(sim / t)."""
+    features, each neighbour votes for its class with weight exp(sim / t). The similarities are full fp32 (no TF32,
+    whatever the caller set), so the monitor in train.py and eval_linear.py give the same number."""
     n_cls = int(train_y.max()) + 1
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     train_f, test_f = nnf.normalize(train_f, dim=1), nnf.normalize(test_f, dim=1)
     correct = 0
     for i in range(0, len(test_f), chunk):
         sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(min(k, len(train_f)), dim=1)  # (b, k)
         votes = torch.zeros(len(sim), n_cls, device=sim.device).scatter_add_(1, train_y[idx], (sim / t).exp())
         correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     return correct / len(test_f)
 
 
@@ -826,6 +886,38 @@ def init_distributed(device, timeout=600):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     return True, rank, local_rank, world_size, device
+
+
+def cpu_has_bf16():
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX; read from Linux's /proc/cpuinfo). With them bf16
+    autocast is faster than fp32; without them oneDNN emulates bf16 and it is slower."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0, width=64):
+    """--bf16 / --channels-last ('auto': on where measured faster, see README Speed) and --deterministic for this
+    device. width: the network's --width. Returns (ctx: bf16 autocast or a null context, fmt: the memory format of the
+    networks and their inputs)."""
+    if device_type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic  # autotuning picks kernels by timing: not repeatable
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not deterministic
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable GEMMs
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
+    if bf16 == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if device_type == "cuda" else cpu_has_bf16()
+    if channels_last == "auto":  # CPU: 1.6x faster for the main job, but oneDNN's 1x1 stride-2 weight gradient in
+        # channels_last hangs or errs when the conv has fewer input channels than its kernel's block (8 on AVX2;
+        # github.com/uxlfoundation/oneDNN/issues/6035): our downsample convs see --width channels and more
+        channels_last = device_type == "cuda" or width >= 16
+    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if int(bf16) else nullcontext()
+    return ctx, torch.channels_last if int(channels_last) else torch.contiguous_format
 
 
 def save_checkpoint(obj, path):
@@ -904,11 +996,7 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device_type == "cuda" and args.bf16 else nullcontext()
+    ctx, fmt = speed_paths(device_type, args.bf16, args.channels_last, args.deterministic, args.width)
     if args.batch_size % ddp_world_size or args.batch_size // ddp_world_size < 2:
         sys.exit(f"error: --batch-size {args.batch_size} must split evenly over {ddp_world_size} DDP ranks, >= 2 each")
     B = args.batch_size // ddp_world_size  # local batch
@@ -955,9 +1043,8 @@ if __name__ == "__main__":
         target = nn.SyncBatchNorm.convert_sync_batchnorm(target) if target is not None else None
     elif ddp and args.sync_bn and master_process:
         print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch statistics")
-    if device_type == "cuda":
-        online = online.to(memory_format=torch.channels_last)
-        target = target.to(memory_format=torch.channels_last) if target is not None else None
+    online = online.to(memory_format=fmt)
+    target = target.to(memory_format=fmt) if target is not None else None
     dp = None
     if args.predictor in ("direct", "directcopy", "optimal") and args.partitions == 1:  # (partitions: in the predictor)
         dp = DirectPred(args.proj_dim, args.rho, args.eps, args.freq, args.exponent, args.offset, bool(args.center),
@@ -1025,10 +1112,17 @@ if __name__ == "__main__":
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
         }, path)
 
+    def write_log(rec):
+        """One record to log.jsonl (and to W&B with --wandb-project), rank 0."""
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        if args.wandb_project:
+            wandb.log(rec, step=rec["step"])
+
     def knn_monitor():
         """kNN top-1 of the online backbone (rank 0), the same evaluation as eval_linear.py's kNN."""
         pbar.set_description("kNN monitor")  # feature extraction takes a while on a CPU: say so
-        feats = [extract_features(raw_model.backbone, d, mean, std, device, ctx, size, workers=args.workers)
+        feats = [extract_features(raw_model.backbone, d, mean, std, device, ctx, size, workers=args.workers, fmt=fmt)
                  for d in knn_sets]
         pbar.set_description(None)
         return knn_eval(*feats[0], *feats[1])
@@ -1042,6 +1136,12 @@ if __name__ == "__main__":
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             sys.exit(f"error: another run is writing --out-dir {args.out_dir} (it holds {lock.name})")
+        if args.wandb_project:  # imported only when asked for (not in requirements.txt)
+            try:
+                import wandb
+            except ImportError:
+                sys.exit("error: --wandb-project needs the wandb package: pip install wandb")
+            wandb.init(project=args.wandb_project, name=args.wandb_run_name or None, config=cfg)
         log_path = os.path.join(args.out_dir, "log.jsonl")
         old = open(log_path).readlines() if args.resume and os.path.exists(log_path) else []
         with open(log_path + ".tmp", "w") as fh:  # resumed: the lines up to the checkpoint's step (no duplicates)
@@ -1059,8 +1159,9 @@ if __name__ == "__main__":
     pbar = tqdm(total=max_steps, initial=step, disable=not master_process, dynamic_ncols=True, file=sys.stdout)
     if knn_sets is not None and step == 0:  # the same network at random init: the baseline the run must beat
         knn_init = knn_monitor()
-        log.write(json.dumps({"step": 0, "epoch": 0.0, "knn_top1": knn_init}) + "\n")
+        write_log({"step": 0, "epoch": 0.0, "knn_top1": knn_init})
     t0, step0, t_eval, rec = time.time(), step, 0.0, {}
+    collapsed = 0  # log lines in a row that looked collapsed
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
         for x, _ in epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size, device,
@@ -1069,8 +1170,7 @@ if __name__ == "__main__":
             crop = x.dim() == 4  # (B, C, H, W): crop here; (B, 2, C, H, W): two crops made by the DataLoader
             x1 = augment(x if crop else x[:, 0], aug, 0, gen, size, (args.crop_min, 1.0), mean, std, crop)
             x2 = augment(x if crop else x[:, 1], aug, 1, gen, size, (args.crop_min, 1.0), mean, std, crop)
-            if device_type == "cuda":
-                x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+            x1, x2 = x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt)
             lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_mult"]
@@ -1088,8 +1188,9 @@ if __name__ == "__main__":
                 symmetrize_predictor(raw_model.predictor)
             if dp is not None:  # every freq steps: Wp <- U diag(p) U^T, used from the next step on
                 dp.set_predictor(raw_model.predictor.weight)
-            if target is not None:  # EMA keyed to optimizer steps: target <- tau target + (1 - tau) online
-                torch._foreach_lerp_(ema_target, ema_online, 1 - tau)
+            if target is not None:  # EMA keyed to optimizer steps: target <- tau target + (1 - tau) online; under
+                with torch.no_grad():  # no_grad, else each step chains one more autograd node per weight (a leak)
+                    torch._foreach_lerp_(ema_target, ema_online, 1 - tau)
             step += 1
             pbar.update(1)
             if master_process and step < args.log_every and step & (step - 1) == 0:  # steps 1, 2, 4, 8, ...: the
@@ -1106,8 +1207,7 @@ if __name__ == "__main__":
             if master_process and (step % args.log_every == 0 or step == max_steps):
                 if device_type == "cuda":
                     torch.cuda.synchronize()
-                dt, t0, t_eval = time.time() - t0 - t_eval, time.time(), 0.0
-                imgs = (step - step0) * args.batch_size / dt
+                imgs = (step - step0) * args.batch_size / (time.time() - t0 - t_eval)
                 step0 = step
                 f = torch.cat([z1, z2]).float()  # (2B, d)
                 F = dp.F_hat[0] if dp is not None else f.T @ f / len(f)  # other predictors: this batch's E[f f^T]
@@ -1116,10 +1216,15 @@ if __name__ == "__main__":
                 if device_type == "cuda":
                     rec["mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{imgs:.0f}", z_std=f"{rec['z_std']:.2f}",
-                                 **({"knn": f"{rec['knn_top1']:.4f}"} if "knn_top1" in rec else {}))
+                                 rank=f"{rec['erank']:.1f}", **({"knn": f"{rec['knn_top1']:.4f}"} if "knn_top1" in rec else {}))
+                collapsed = collapsed + 1 if rec["erank"] < COLLAPSE_ERANK or rec["z_std"] < COLLAPSE_Z_STD else 0
+                if collapsed == COLLAPSE_INTERVALS:  # once per streak, on stdout (stderr is for errors)
+                    pbar.write(f"warning: step {step}: the run looks collapsed: effective rank {rec['erank']:.2f} of "
+                               f"{len(rec['F_eig'])}, z_std {rec['z_std']:.3f} for {collapsed} log lines in a row (README: "
+                               f"'Has my run collapsed?' lists what to try)")
+                t0, t_eval = time.time(), 0.0  # the next interval's clock starts after this one's diagnostics
             if master_process and len(rec) > 2:
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
+                write_log(rec)
             if step % args.ckpt_every == 0 or step == max_steps or stop:
                 if master_process:
                     checkpoint(ckpt_path)
@@ -1133,6 +1238,8 @@ if __name__ == "__main__":
             if step >= max_steps:
                 break
     pbar.close()
+    if master_process and args.wandb_project:
+        wandb.finish()
     if master_process:
         print(f"done: step {step}, checkpoint {ckpt_path}")
         if knn_init is not None and "knn_top1" in rec:  # the gain over the same network at random init, in one line

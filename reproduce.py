@@ -1,0 +1,573 @@
+"""
+The paper's experiments with this code: every row of Tian, Chen, Ganguli (ICML 2021, arXiv 2102.06810) as data,
+run at the paper's scale (GPUs, STL-10 / CIFAR-10 / ImageNet) or at laptop scale (Fashion-MNIST on a CPU), with
+baselines, per-run result files, a markdown table and figures.
+
+    python reproduce.py --scale laptop --dry-run                # the exact commands, the row count, a time estimate
+    python reproduce.py --scale laptop                          # every row; finished runs skipped, unfinished resumed
+    python reproduce.py --scale laptop --rows predictors,table3 --seeds 0,1,2
+    python reproduce.py --scale paper --data-dir /data --rows table6 --dry-run      # with GPU-hours per row
+    python reproduce.py --scale paper --data-dir /data --rows table9 --launcher "torchrun --standalone --nproc_per_node=8"
+    python reproduce.py --scale laptop --report                 # only the table and figures, from the result files
+
+Each (row, seed) is `python train.py <scale's base flags> <row's flags> --seed S --out-dir WORK/<row>/s<S>`, then
+`python eval_linear.py --ckpt WORK/<row>/s<S>/ckpt.pt`, exactly what a user would type (--dry-run prints them). Its
+result (linear and kNN top-1, wall time, final z_std and effective rank, the kNN curve) goes to a small JSON file
+under --results (default results/<scale>/), meant to be committed: a run with a result file is never recomputed,
+so a suite stopped half way is continued, here or on another machine, by running the same command again (an
+unfinished run continues from its last checkpoint in WORK with --resume, where WORK survived).
+Baselines, once per scale and seed, with the same probe: the same network at random init, raw pixels, and the same
+network trained with labels for the same number of steps (eval_linear.py --baseline supervised).
+"""
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# -----------------------------------------------------------------------------
+# the rows: Tian et al. 2021, STL-10 top-1 of the linear probe (100 epochs, 5 seeds) unless the table says otherwise.
+# paper: [(mean, std or None), ...] (None: the std is not in our notes), or a sentence for a figure or a theorem.
+# flags: train.py flags on top of the scale's base. laptop: run | same as <row id> (no run of its own) |
+# "paper scale only: <why>". seeds: laptop seeds by default (the paper scale runs 5, as the paper).
+
+ROWS = [
+    # the predictors (Table 8 / Table 9's comparison; Table 3's 2-layer regular EMA row for mlp)
+    dict(id="pred-none", table="Thm 2", label="no predictor (Wp = I)", paper="collapses (Theorem 2)",
+         flags="--predictor none", seeds=3),
+    dict(id="pred-linear", table="Table 8", label="linear predictor, trained by SGD", paper=[(75.06, None)],
+         flags="--predictor linear", seeds=3),
+    dict(id="pred-mlp", table="Table 3", label="2-layer predictor, trained (EMA, regular)", paper=[(78.85, None)],
+         flags="--predictor mlp", seeds=3),
+    dict(id="pred-direct", table="Table 8", label="DirectPred, freq 1 (rho 0.3, eps 0.1)", paper=[(77.86, None)],
+         flags="", seeds=3),
+    dict(id="pred-direct-f5", table="Table 8", label="DirectPred, freq 5", paper=[(77.54, None)],
+         flags="--freq 5", seeds=3),
+    dict(id="pred-directcopy", table="DirectCopy", label="DirectCopy (Wang et al. 2021, arXiv 2110.04947)",
+         paper="not in this paper", flags="--predictor directcopy", seeds=3),
+    # Table 3: symmetric vs regular Wp, 1- and 2-layer, with and without EMA
+    dict(id="t3-1l-ema-sym", table="Table 3", label="1-layer, EMA, symmetric", paper=[(75.09, None)],
+         flags="--predictor linear --sym-wp 1", seeds=3),
+    dict(id="t3-1l-ema-reg", table="Table 3", label="1-layer, EMA, regular", paper=[(74.51, None)],
+         flags="--predictor linear", laptop="same as pred-linear", same_as="pred-linear"),
+    dict(id="t3-1l-noema-sym", table="Table 3", label="1-layer, no EMA, symmetric", paper=[(36.62, None)],
+         flags="--predictor linear --sym-wp 1 --ema 0 --target-init copy", seeds=3),
+    dict(id="t3-1l-noema-reg", table="Table 3", label="1-layer, no EMA, regular", paper=[(72.85, None)],
+         flags="--predictor linear --ema 0 --target-init copy", seeds=3),
+    dict(id="t3-2l-ema-sym", table="Table 3", label="2-layer, EMA, symmetric", paper=[(71.58, 6.46)],
+         flags="--predictor mlp --sym-wp 1", seeds=3),
+    dict(id="t3-2l-ema-reg", table="Table 3", label="2-layer, EMA, regular", paper=[(78.85, None)],
+         flags="--predictor mlp", same_as="pred-mlp"),
+    dict(id="t3-2l-noema-sym", table="Table 3", label="2-layer, no EMA, symmetric", paper=[(35.59, None)],
+         flags="--predictor mlp --sym-wp 1 --ema 0 --target-init copy", seeds=3),
+    dict(id="t3-2l-noema-reg", table="Table 3", label="2-layer, no EMA, regular", paper=[(65.98, None)],
+         flags="--predictor mlp --ema 0 --target-init copy", seeds=3),
+    # Table 2: no weight decay, linear predictor, with / without EMA and bias (baseline with wd 4e-4: pred-linear)
+    dict(id="t2-ema-nobias", table="Table 2", label="wd 0, EMA, no bias", paper=[(70.62, None)],
+         flags="--predictor linear --wd 0"),
+    dict(id="t2-ema-bias", table="Table 2", label="wd 0, EMA, bias", paper=[(70.99, None)],
+         flags="--predictor linear --wd 0 --pred-bias 1"),
+    dict(id="t2-noema-nobias", table="Table 2", label="wd 0, no EMA, no bias", paper=[(71.36, None)],
+         flags="--predictor linear --wd 0 --ema 0 --target-init copy"),
+    dict(id="t2-noema-bias", table="Table 2", label="wd 0, no EMA, bias", paper=[(71.37, None)],
+         flags="--predictor linear --wd 0 --ema 0 --target-init copy --pred-bias 1"),
+    # Table 5: weight decay on the predictor (eta_p) and the trunk (eta_s) separately
+    dict(id="t5-etap-ema-sym", table="Table 5", label="eta_p 4e-4, eta_s 0, EMA, symmetric", paper=[(71.91, None)],
+         flags="--predictor linear --wd 0 --pred-wd 4e-4 --sym-wp 1"),
+    dict(id="t5-etap-ema-reg", table="Table 5", label="eta_p 4e-4, eta_s 0, EMA, regular", paper=[(70.54, None)],
+         flags="--predictor linear --wd 0 --pred-wd 4e-4"),
+    dict(id="t5-noeta-noema-sym", table="Table 5", label="eta 0 everywhere, no EMA, symmetric", paper=[(43.04, None)],
+         flags="--predictor linear --wd 0 --pred-wd 0 --ema 0 --target-init copy --sym-wp 1"),
+    # Figure 6: a larger relative predictor lr alpha_p makes symmetric Wp work without EMA
+    dict(id="f6-ap1", table="Fig. 6", label="alpha_p 1, symmetric, no EMA", paper="fails (alpha_p = 1)",
+         flags="--predictor linear --sym-wp 1 --ema 0 --target-init copy", same_as="t3-1l-noema-sym"),
+    *[dict(id=f"f6-ap{a}", table="Fig. 6", label=f"alpha_p {a}, symmetric, no EMA", paper="alpha_p > 1 works",
+           flags=f"--predictor linear --sym-wp 1 --ema 0 --target-init copy --pred-lr-ratio {a}") for a in (2, 5, 10)],
+    # Table 6: DirectPred's eps (and rho)
+    *[dict(id=f"t6-rho0.3-eps{e}", table="Table 6", label=f"DirectPred rho 0.3, eps {e}", paper=[(p, None)],
+           flags=f"--rho 0.3 --eps {e}", **({"same_as": "pred-direct"} if e == 0.1 else {}))
+      for e, p in ((0, 76.77), (0.01, 77.11), (0.1, 77.86), (0.5, 75.06))],
+    *[dict(id=f"t6-rho0.5-eps{e}", table="Table 6", label=f"DirectPred rho 0.5, eps {e}", paper=[(p, None)],
+           flags=f"--rho 0.5 --eps {e}", laptop="paper scale only: the laptop suite runs Table 6 at one rho (budget)")
+      for e, p in ((0, 76.65), (0.01, 76.76), (0.1, 77.56), (0.5, 75.22))],
+    # Table 7: an offset c inside the root, at freq 1 and 2
+    *[dict(id=f"t7-f{f}-c{c}", table="Table 7", label=f"offset c {c}, freq {f}", paper=[(p, s)],
+           flags=f"--eps 0 --offset {c}" + (" --freq 2" if f == 2 else ""))
+      for f, row in ((1, ((0.1, 46.57, 18.43), (0.05, 65.31, None), (-0.05, 77.11, None), (-0.1, 76.46, None))),
+                     (2, ((0.1, 75.01, None), (0.05, 75.10, None), (-0.05, 76.83, None), (-0.1, 76.31, None))))
+      for c, p, s in row],
+    # Sec. 5 and Table 1
+    dict(id="sec5-partitions6", table="Sec. 5", label="feature-dependent Wp, 6 partitions", paper=[(78.20, None)],
+         flags="--partitions 6"),
+    dict(id="t1-optimal", table="Table 1", label="optimal plug-in predictor (N = 1, EMA)", paper=[(40.67, None)],
+         flags="--predictor optimal"),
+    # Theorem 2's other half: no stop-gradient
+    dict(id="thm2-no-stop-grad", table="Thm 2", label="no stop-gradient (SimSiam, linear predictor)",
+         paper="collapses (Theorem 2)", flags="--predictor linear --ema 0 --target-init copy --stop-grad 0"),
+    # Figure 2: the eigenvalues of F and Wp, alignment and symmetry over training, from the linear predictor's log
+    dict(id="fig2-linear", table="Fig. 2", label="eigenspace alignment of a trained linear Wp",
+         paper="alignment rises toward 1", flags="--predictor linear", same_as="pred-linear"),
+    # Table 8: longer training, and CIFAR-10 (paper scale only)
+    *[dict(id=f"t8-stl-{k}-{ep}", table="Table 8", label=f"STL-10 {name}, {ep} epochs", paper=[(p, None)],
+           flags=f"{fl} --epochs {ep}".strip(), laptop="paper scale only: 300/500 epochs (laptop analog: " + same + ")")
+      for k, name, fl, same, nums in (("direct", "DirectPred freq 1", "", "pred-direct", (78.77, 78.86)),
+                                      ("direct-f5", "DirectPred freq 5", "--freq 5", "pred-direct-f5", (79.90, 80.28)),
+                                      ("linear", "SGD linear", "--predictor linear", "pred-linear", (75.25,)))
+      for ep, p in zip((300, 500), nums)],
+    *[dict(id=f"t8-cifar-{k}-{ep}", table="Table 8", label=f"CIFAR-10 {name}, {ep} epochs", paper=[(p, None)],
+           flags=f"--preset paper-cifar10 {fl} --epochs {ep}".replace("  ", " "),
+           laptop=f"paper scale only: CIFAR-10 (laptop analog: {same})")
+      for k, name, fl, same, nums in (("direct", "DirectPred freq 1", "", "pred-direct", (85.21, 88.88, 89.52)),
+                                      ("direct-f5", "DirectPred freq 5", "--freq 5", "pred-direct-f5",
+                                       (84.93, 88.83, 89.56)),
+                                      ("linear", "SGD linear", "--predictor linear", "pred-linear",
+                                       (84.49, 88.57, 89.33)))
+      for ep, p in zip((100, 300, 500), nums)],
+    # Table 9: ImageNet, ResNet-50 (paper scale only, under --launcher)
+    *[dict(id=f"t9-{ep}-{pred}", table="Table 9", label=f"ImageNet R50 {ep} ep, {name}", paper=[(p, None)],
+           flags=f"--preset {preset} --predictor {pred}", imagenet=True,
+           laptop=f"paper scale only: ImageNet ResNet-50 (laptop analog: pred-{pred})")
+      for ep, preset, nums in ((60, "imagenet-sgd-60", (64.7, 59.4, 64.4)), (300, "imagenet-lars-300", (72.5, 69.9, 72.4)))
+      for pred, name, p in zip(("mlp", "linear", "direct"), ("2-layer", "linear", "DirectPred"), nums)],
+]
+ROW_IDS = [r["id"] for r in ROWS]
+GROUPS = {  # --rows names a table or a group as well as row ids
+    "predictors": [r["id"] for r in ROWS if r["id"].startswith("pred-")],
+    "table1": ["t1-optimal"], "table2": [r["id"] for r in ROWS if r["id"].startswith("t2-")],
+    "table3": [r["id"] for r in ROWS if r["id"].startswith("t3-")],
+    "table5": [r["id"] for r in ROWS if r["id"].startswith("t5-")],
+    "table6": [r["id"] for r in ROWS if r["id"].startswith("t6-")],
+    "table7": [r["id"] for r in ROWS if r["id"].startswith("t7-")],
+    "table8": [r["id"] for r in ROWS if r["id"].startswith("t8-")] + ["pred-direct", "pred-direct-f5", "pred-linear"],
+    "table9": [r["id"] for r in ROWS if r["id"].startswith("t9-")],
+    "fig6": [r["id"] for r in ROWS if r["id"].startswith("f6-")], "sec5": ["sec5-partitions6"],
+    "thm2": ["pred-none", "thm2-no-stop-grad"], "fig2": ["fig2-linear"],
+}
+
+# the two scales: train.py's base flags, the probe, and seeds. The laptop recipe is the main job's (README) at 1 epoch
+# (468 steps), checkpointed every 100 steps so that a stopped suite resumes
+SCALES = {
+    "laptop": dict(base="--dataset fashion-mnist --width 32 --stem imagenet --crop-min 0.9 --lr 0.015 "
+                        "--lr-schedule cosine --epochs 1 --ckpt-every 100 --log-every 50",
+                   probe="--protocol fast", seeds=None),
+    "paper": dict(base="--preset paper-stl10 --dataset stl10 --ckpt-every 5000 --log-every 500",
+                  probe="--protocol paper", imagenet_probe="--protocol augmented", seeds=5),
+}
+CURVES = ("pred-none", "pred-linear", "pred-mlp", "pred-direct")  # seed 0 of these logs the kNN monitor over steps
+EVAL_EVERY = {"laptop": 117, "paper": 5000}
+# paper scale, for planning only: assumed img/s per GPU for one training image (two views, online + target) on an
+# A100 in bf16; NOT measured with this code (public anchors: a single-file SimCLR ResNet-18 trains a CIFAR-10 epoch in
+# 11.9 s on an A100, ~4200 img/s; ResNet-50 at 224 px costs ~7x ResNet-18 at 32 px with the CIFAR stem)
+ASSUMED_IMG_S = {"stl10": 4000, "cifar10": 4000, "imagenet": 550}
+N_IMAGES = {"stl10": 105_000, "cifar10": 50_000, "imagenet": 1_281_167, "fashion-mnist": 60_000}
+
+
+def row(rid):
+    return ROWS[ROW_IDS.index(rid)]
+
+
+def runs_row(r, scale):
+    """The row whose runs give this row's numbers: itself, or the one it is the same run as (None: not at this scale)."""
+    if "same_as" in r:
+        return r["same_as"]
+    if scale == "laptop" and r.get("laptop", "run").startswith("paper scale only"):
+        return None
+    return r["id"]
+
+
+def script(name):
+    """train.py / eval_linear.py as a user in this directory would name it."""
+    return os.path.relpath(os.path.join(ROOT, name))
+
+
+def train_flags(r, base, data_dir):
+    """train.py flags of one row on top of the scale's base flags (no --seed / --out-dir)."""
+    base = shlex.split(base)
+    if "--preset" in r["flags"]:  # CIFAR-10 / ImageNet rows bring their own preset and dataset
+        base = [t for i, t in enumerate(base) if t not in ("--preset", "--dataset")
+                and (i == 0 or base[i - 1] not in ("--preset", "--dataset"))]
+    return base + shlex.split(r["flags"]) + ["--data-dir", data_dir]
+
+
+def commands(r, args, seed):
+    """(train command, probe command) of one (row, seed): argument lists, exactly what runs ("python" stands for
+    this interpreter)."""
+    out = os.path.join(args.work, r["id"], f"s{seed}")
+    flags = train_flags(r, args.base, args.data_dir) + ["--seed", str(seed), "--out-dir", out]
+    if seed == 0 and r["id"] in CURVES:
+        flags += ["--eval-every", str(EVAL_EVERY[args.scale])]
+    probe = shlex.split(SCALES[args.scale]["imagenet_probe" if r.get("imagenet") else "probe"])
+    start = shlex.split(args.launcher) if r.get("imagenet") else ["python"]
+    return (start + [script("train.py"), *flags],
+            start + [script("eval_linear.py"), "--ckpt", os.path.join(out, "ckpt.pt"), *probe,
+                     "--out", os.path.join(out, "eval.json")])
+
+
+def baseline_commands(args, seeds):
+    """{name: probe command}: the same network at random init (one per seed), raw pixels, and the supervised
+    ceiling (first seed). The network's config comes from pred-direct's checkpoint (the base recipe)."""
+    probe = shlex.split(SCALES[args.scale]["probe"])
+    ev = ["python", script("eval_linear.py")]
+    ckpt = lambda s: os.path.join(args.work, "pred-direct", f"s{s}", "ckpt.pt")
+    base = shlex.split(args.base)
+    dataset = base[base.index("--dataset") + 1]
+    data_dir = ["--data-dir", args.data_dir]
+    out = lambda name: ["--out", os.path.join(args.work, "baselines", f"{name}.json")]
+    cmds = {f"random-s{s}": ev + ["--ckpt", ckpt(s), "--baseline", "random", "--seed", str(s), *probe, *out(f"random-s{s}")]
+            for s in seeds}
+    cmds["pixels"] = ev + ["--dataset", dataset, *data_dir, "--baseline", "pixels", *probe, *out("pixels")]
+    cmds["supervised"] = ev + ["--ckpt", ckpt(seeds[0]), "--baseline", "supervised", *probe, *out("supervised")]
+    return cmds
+
+
+def gpu_hours(r, seeds):
+    """Paper scale: assumed GPU-hours of one row's training runs (ASSUMED_IMG_S; the probe not counted)."""
+    flags = r["flags"].split()
+    epochs = int(flags[flags.index("--epochs") + 1]) if "--epochs" in flags else (
+        60 if "imagenet-sgd-60" in flags else 300 if "imagenet-lars-300" in flags else 100)
+    dataset = "imagenet" if r.get("imagenet") else "cifar10" if "paper-cifar10" in flags else "stl10"
+    return len(seeds) * epochs * N_IMAGES[dataset] / ASSUMED_IMG_S[dataset] / 3600
+
+
+# -----------------------------------------------------------------------------
+# results: one small JSON per (row, seed) and per baseline
+
+
+def read_log(path):
+    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+
+
+def collect(work_run, wall):
+    """The committed summary of one finished (row, seed): probe numbers, wall time, final diagnostics, kNN curve."""
+    ev = json.load(open(os.path.join(work_run, "eval.json")))
+    log = read_log(os.path.join(work_run, "log.jsonl"))
+    last = [r for r in log if "erank" in r][-1]
+    return {"linear_top1": ev["top1"], "knn_top1": ev["knn_top1"], "protocol": ev["protocol"],
+            "train_seconds": round(wall, 1), "probe_seconds": ev["seconds"], "steps": last["step"],
+            "final_loss": last["loss"], "final_z_std": last["z_std"], "final_erank": last["erank"],
+            "curve": [{k: r[k] for k in ("step", "loss", "z_std", "erank", "knn_top1") if k in r} for r in log]}
+
+
+def run_one(rid, seed, args, env):
+    """Train (fresh, or --resume from WORK's checkpoint), probe, write the result file. Returns its path."""
+    res_path = os.path.join(args.results, rid, f"s{seed}.json")
+    if os.path.exists(res_path):
+        return res_path
+    work_run = os.path.join(args.work, rid, f"s{seed}")
+    train, probe = commands(row(rid), args, seed)
+    if os.path.exists(os.path.join(work_run, "ckpt.pt")):
+        train.append("--resume")
+    wall_file = os.path.join(work_run, "wall.json")  # training time of earlier attempts (a resumed run adds up)
+    wall = json.load(open(wall_file))["seconds"] if os.path.exists(wall_file) else 0.0
+    t0 = time.time()
+    diverged = sh(train, env, os.path.join(args.work, rid, f"s{seed}.train.txt"), ok="error: training diverged")
+    wall += time.time() - t0
+    with open(wall_file, "w") as fh:
+        json.dump({"seconds": wall}, fh)
+    if diverged:  # a result too (nan/inf, the run stopped): recorded, never probed, the suite goes on
+        write_json(res_path, dict(row=rid, seed=seed, scale=args.scale, command=shlex.join(train), diverged=diverged,
+                                  train_seconds=round(wall, 1)))
+        return res_path
+    sh(probe, env, os.path.join(args.work, rid, f"s{seed}.probe.txt"))
+    summary = dict(row=rid, seed=seed, scale=args.scale, command=shlex.join(train), **collect(work_run, wall))
+    if rid.startswith(("pred-linear", "t3-1l")) and seed == 0:  # a linear Wp's full log: the Fig. 2 panels
+        summary["log"] = read_log(os.path.join(work_run, "log.jsonl"))
+    write_json(res_path, summary)
+    return res_path
+
+
+def run_baseline(name, cmd, args, env):
+    res_path = os.path.join(args.results, "baselines", f"{name}.json")
+    if not os.path.exists(res_path):
+        sh(cmd, env, os.path.join(args.work, "baselines", f"{name}.txt"))
+        ev = json.load(open(cmd[cmd.index("--out") + 1]))
+        write_json(res_path, dict(baseline=name, linear_top1=ev["top1"], knn_top1=ev["knn_top1"],
+                                  protocol=ev["protocol"], seconds=ev["seconds"], command=shlex.join(cmd)))
+    return res_path
+
+
+def sh(cmd, env, log_path, ok=None):
+    """Run one command, its output into log_path. A failure whose last line starts with `ok` returns that line;
+    any other failure stops the suite with one line naming the log."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w") as fh:
+        r = subprocess.run([sys.executable if c == "python" else c for c in cmd], stdout=fh, stderr=subprocess.STDOUT,
+                           env=env)
+    if r.returncode:
+        tail = (open(log_path).read().strip().splitlines() or [""])[-1]
+        if ok and tail.startswith(ok):
+            return tail
+        raise RuntimeError(f"{shlex.join(cmd[1:3])} ... failed (exit {r.returncode}): {tail[:300]} (log: {log_path})")
+    return None
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+# -----------------------------------------------------------------------------
+# the report: mean +- std over seeds, the gain over the same network at random init, a markdown table, figures
+
+
+def mean_std(xs):
+    """(mean, sample std or None for n < 2, n)."""
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs)
+
+
+def fmt(ms, scale=100):
+    m, s, n = ms
+    return f"{scale * m:.2f} ± {scale * s:.2f} (n={n})" if s is not None else f"{scale * m:.2f} (n={n})"
+
+
+def paper_text(r):
+    if isinstance(r["paper"], str):
+        return r["paper"]
+    return " / ".join(f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f}" for m, s in r["paper"])
+
+
+def load_results(results):
+    """{row id: {seed: result}}, {baseline name: result} from a results directory."""
+    runs, base = {}, {}
+    if os.path.isdir(results):
+        for rid in os.listdir(results):
+            d = os.path.join(results, rid)
+            for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+                obj = json.load(open(os.path.join(d, f)))
+                if rid == "baselines":
+                    base[f[:-5]] = obj
+                else:
+                    runs.setdefault(rid, {})[obj["seed"]] = obj
+    return runs, base
+
+
+def aggregate(scale, results):
+    """One dict per row: the paper's number, ours (linear, kNN) as mean / std / n, and the gain over random init."""
+    runs, base = load_results(results)
+    rand = {int(k[len("random-s"):]): v for k, v in base.items() if k.startswith("random-s")}
+    out = []
+    for r in ROWS:
+        src = runs_row(r, scale)
+        got = runs.get(src, {}) if src else {}
+        rec = dict(id=r["id"], table=r["table"], label=r["label"], flags=r["flags"], paper=paper_text(r),
+                   runs_as=src, n=len(got))
+        if scale == "laptop" and src is None:
+            rec["note"] = r["laptop"]
+        rec["diverged"] = sum("diverged" in v for v in got.values())
+        got = {s: v for s, v in got.items() if "diverged" not in v}
+        if got:
+            seeds = sorted(got)
+            rec["linear"] = mean_std([got[s]["linear_top1"] for s in seeds])
+            rec["knn"] = mean_std([got[s]["knn_top1"] for s in seeds])
+            if all(s in rand for s in seeds):
+                rec["gain_linear"] = mean_std([got[s]["linear_top1"] - rand[s]["linear_top1"] for s in seeds])
+                rec["gain_knn"] = mean_std([got[s]["knn_top1"] - rand[s]["knn_top1"] for s in seeds])
+            rec["erank"] = statistics.mean(got[s]["final_erank"] for s in seeds)
+            rec["z_std"] = statistics.mean(got[s]["final_z_std"] for s in seeds)
+        out.append(rec)
+    return out, base
+
+
+def table_markdown(scale, results):
+    """The markdown table of one scale (the README's paper table is this, at the paper scale)."""
+    rows, base = aggregate(scale, results)
+    if scale == "paper":
+        lines = ["| paper | row | flags (after `python train.py --preset paper-stl10`) | paper | ours (probe: paper's) |",
+                 "| --- | --- | --- | --- | --- |"]
+        for r in rows:
+            ours = fmt(r["linear"]) if "linear" in r else "not run"
+            lines.append(f"| {r['table']} | {r['label']} | `{r['flags'] or '(none)'}` | {r['paper']} | {ours} |")
+        return "\n".join(lines)
+    lines = ["| paper | row | flags | paper (STL-10) | linear top-1 | kNN top-1 | gain over random init (linear / kNN) "
+             "| final rank / z_std |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "note" in r:
+            continue
+        if "linear" not in r:
+            what = f"diverged (n={r['diverged']})" if r["diverged"] else "not run"
+            lines.append(f"| {r['table']} | {r['label']} | `{r['flags'] or '(base)'}` | {r['paper']} | {what} | | | |")
+            continue
+        same = f" (= {r['runs_as']})" if r["runs_as"] != r["id"] else ""
+        gain = (f"{100 * r['gain_linear'][0]:+.2f} / {100 * r['gain_knn'][0]:+.2f}" if "gain_linear" in r else "")
+        div = f"; {r['diverged']} more diverged" if r["diverged"] else ""
+        lines.append(f"| {r['table']} | {r['label']}{same} | `{r['flags'] or '(base)'}` | {r['paper']} | "
+                     f"{fmt(r['linear'])}{div} | {fmt(r['knn'])} | {gain} | {r['erank']:.1f} / {r['z_std']:.2f} |")
+    for name in sorted(base, key=lambda k: (k.startswith("random"), k)):
+        b = base[name]
+        lines.append(f"| baseline | {name} | | | {100 * b['linear_top1']:.2f} | {100 * b['knn_top1']:.2f} | | |")
+    return "\n".join(lines)
+
+
+def figures(scale, results):
+    """Bar charts (one panel per table, seeds as dots), the predictors' kNN curves, the Fig. 2 panels of a linear Wp."""
+    from theory import plot_log, pyplot, save  # the repo's one plotting module; matplotlib is imported there
+    plt = pyplot()
+    rows, base = aggregate(scale, results)
+    runs, _ = load_results(results)
+    rand = [b["linear_top1"] for k, b in base.items() if k.startswith("random-s")]
+    tables = [t for t in dict.fromkeys(r["table"] for r in rows) if any("linear" in r for r in rows if r["table"] == t)]
+    fig, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 4.2), squeeze=False)
+    for ax, t in zip(axes[0], tables):
+        rs = [r for r in rows if r["table"] == t and "linear" in r]
+        for i, r in enumerate(rs):
+            ys = [100 * v["linear_top1"] for v in runs[r["runs_as"]].values() if "linear_top1" in v]
+            ax.bar(i, 100 * r["linear"][0], color="C0", alpha=0.5)
+            ax.plot([i] * len(ys), ys, "k.", ms=5)
+        if rand:
+            ax.axhline(100 * statistics.mean(rand), color="C3", ls="--", lw=1, label="random init")
+        ax.set_xticks(range(len(rs)), [r["label"] for r in rs], rotation=75, fontsize=6)
+        lo = min([100 * v["linear_top1"] for r in rs for v in runs[r["runs_as"]].values() if "linear_top1" in v]
+                 + [100 * min(rand or [1])])
+        ax.set(title=t, ylim=(lo - 2, None), ylabel="linear top-1 (%)")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    paths = [save(fig, results, "tables.png")]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for rid in CURVES:
+        curve = [c for c in runs.get(rid, {}).get(0, {}).get("curve", []) if "knn_top1" in c]
+        if curve:
+            ax.plot([c["step"] for c in curve], [100 * c["knn_top1"] for c in curve], "o-", label=rid)
+    ax.set(xlabel="step", ylabel="kNN top-1 (%)", title="kNN monitor over training (seed 0)")
+    ax.legend(fontsize=7)
+    paths.append(save(fig, results, "knn_curves.png"))
+    log = runs.get("pred-linear", {}).get(0, {}).get("log")
+    if log:
+        path = os.path.join(results, "fig2_linear.jsonl")
+        with open(path, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in log)
+        paths.append(plot_log(path, os.path.join(results, "fig2_linear.png")))
+        os.remove(path)
+    return paths
+
+
+# -----------------------------------------------------------------------------
+def get_parser():
+    P = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    P.error = lambda message: sys.exit(f"error: {message}")  # one line, like train.py
+    P.add_argument("--scale", default="laptop", choices=list(SCALES), help="laptop: Fashion-MNIST on a CPU; paper: "
+                   "the paper's data and models (GPUs)")
+    P.add_argument("--rows", default="all", help="comma-separated row ids or groups (" + ", ".join(GROUPS) + "), or all")
+    P.add_argument("--seeds", default=None, help="comma-separated training seeds (default: each row's own at laptop "
+                   "scale, 3 or 1; 0,1,2,3,4 at paper scale)")
+    P.add_argument("--jobs", type=int, default=1, help="runs side by side; each gets cores / jobs threads")
+    P.add_argument("--data-dir", default="data", help="train.py's --data-dir")
+    P.add_argument("--base", default=None, help="train.py flags every row starts from (default: the scale's, "
+                   "SCALES in reproduce.py), e.g. the laptop recipe with --epochs 2")
+    P.add_argument("--work", default=None, help="checkpoints and logs (default out/reproduce/<scale>)")
+    P.add_argument("--results", default=None, help="per-run result files, table and figures (default "
+                   "results/<scale>): small, meant to be committed")
+    P.add_argument("--launcher", default="torchrun --standalone --nproc_per_node=8", help="paper scale: how the "
+                   "ImageNet rows (Table 9) start train.py and eval_linear.py")
+    P.add_argument("--no-baselines", action="store_true", help="skip the random-init / pixels / supervised baselines")
+    P.add_argument("--dry-run", action="store_true", help="print the commands (and GPU-hours at paper scale); run nothing")
+    P.add_argument("--report", action="store_true", help="only write the table and figures from the result files")
+    return P
+
+
+def parse(argv=None):
+    """Flags -> (args, [(row id, seed), ...]) or exit with one line naming the flag."""
+    args = get_parser().parse_args(argv)
+    args.work = args.work or os.path.join("out", "reproduce", args.scale)
+    args.results = args.results or os.path.join("results", args.scale)
+    args.base = args.base if args.base is not None else SCALES[args.scale]["base"]
+    if args.jobs < 1:
+        sys.exit(f"error: --jobs must be >= 1, got {args.jobs}")
+    ids = []
+    for name in args.rows.split(","):
+        name = name.strip()
+        if name not in ROW_IDS and name not in GROUPS and name != "all":
+            sys.exit(f"error: --rows: unknown row or group {name!r} (groups: {', '.join(GROUPS)}; ids: "
+                     f"python reproduce.py --dry-run)")
+        ids += ROW_IDS if name == "all" else GROUPS.get(name, [name])
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = sorted({int(s) for s in args.seeds.split(",")})
+        except ValueError:
+            sys.exit(f"error: --seeds must be comma-separated integers >= 0, e.g. 0,1,2; got {args.seeds!r}")
+        if not seeds or min(seeds) < 0:
+            sys.exit(f"error: --seeds must be comma-separated integers >= 0, e.g. 0,1,2; got {args.seeds!r}")
+    work = []
+    for rid in dict.fromkeys(ids):
+        src = runs_row(row(rid), args.scale)
+        if src is None:
+            continue
+        n = SCALES[args.scale]["seeds"] or row(src).get("seeds", 1)
+        work += [(src, s) for s in (seeds if seeds is not None else range(n))]
+    return args, list(dict.fromkeys(work))
+
+
+def data_error(scale, ids, data_dir):
+    """Paper scale: the first dataset of the chosen rows missing under --data-dir, as one line, or None."""
+    if scale != "paper":
+        return None
+    need = {"imagenet" if row(r).get("imagenet") else "cifar10" if "paper-cifar10" in row(r)["flags"] else "stl10"
+            for r in ids}
+    where = {"stl10": "stl10_binary", "cifar10": "cifar-10-batches-py", "imagenet": "train"}
+    for d in sorted(need):
+        if not os.path.isdir(os.path.join(data_dir, where[d])):
+            return f"--data-dir {data_dir}: no {d} there (expected {os.path.join(data_dir, where[d])}; see README, Data layout)"
+    return None
+
+
+if __name__ == "__main__":
+    args, work = parse()
+    if args.report:
+        print(table_markdown(args.scale, args.results))
+        with open(os.path.join(args.results, "table.md"), "w") as fh:
+            fh.write(table_markdown(args.scale, args.results) + "\n")
+        for p in figures(args.scale, args.results):
+            print(f"wrote {p}")
+        sys.exit(0)
+    seeds = sorted({s for _, s in work})
+    base_cmds = {} if args.no_baselines or ("pred-direct", seeds[0]) not in work else baseline_commands(args, seeds)
+    todo = [(rid, s) for rid, s in work if not os.path.exists(os.path.join(args.results, rid, f"s{s}.json"))]
+    if args.dry_run:
+        for rid, s in work:
+            train, probe = commands(row(rid), args, s)
+            done = "done" if (rid, s) not in todo else "to run"
+            print(f"# {rid} seed {s} ({done})\n{shlex.join(train)}\n{shlex.join(probe)}")
+        for name, cmd in base_cmds.items():
+            print(f"# baseline {name}\n{shlex.join(cmd)}")
+        rows_run = sorted({rid for rid, _ in work})
+        print(f"# {len(rows_run)} rows to run ({len(work)} runs, {len(todo)} not done yet) of {len(ROWS)} rows; "
+              f"{len(base_cmds)} baseline probes; --jobs {args.jobs}")
+        if args.scale == "paper":
+            total = 0.0
+            for rid in rows_run:
+                h = gpu_hours(row(rid), [s for r, s in work if r == rid])
+                total += h
+                print(f"#   {rid}: {h:.1f} GPU-hours")
+            print(f"# training, all rows: {total:.0f} GPU-hours at the assumed throughput (ASSUMED_IMG_S: "
+                  f"{ASSUMED_IMG_S} img/s per A100 in bf16; an estimate from public anchors, not a measurement)")
+        sys.exit(0)
+    err = data_error(args.scale, [rid for rid, _ in work], args.data_dir)
+    if err:
+        sys.exit(f"error: {err}")
+    cores = os.cpu_count() or 1
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // args.jobs)))
+    t0 = time.time()
+    print(f"{len(todo)} of {len(work)} runs to do ({len(work) - len(todo)} done), --jobs {args.jobs} x "
+          f"{env['OMP_NUM_THREADS']} threads; results in {args.results}", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:  # the runs, then the baselines (they need pred-direct's checkpoints)
+        for stage in ([pool.submit(run_one, rid, s, args, env) for rid, s in todo],
+                      [pool.submit(run_baseline, name, cmd, args, env) for name, cmd in base_cmds.items()]):
+            for fut in as_completed(stage):
+                try:
+                    print(f"[{time.time() - t0:7.0f} s] {fut.result()}", flush=True)
+                except RuntimeError as e:  # one run failed: start nothing more, let the running ones finish
+                    pool.shutdown(cancel_futures=True)
+                    sys.exit(f"error: {e}")
+    print(table_markdown(args.scale, args.results))
+    with open(os.path.join(args.results, "table.md"), "w") as fh:
+        fh.write(table_markdown(args.scale, args.results) + "\n")
+    print(f"done in {time.time() - t0:.0f} s; table in {os.path.join(args.results, 'table.md')} (figures: --report)")
