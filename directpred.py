@@ -9,11 +9,15 @@ ICML 2021 (arXiv 2102.06810), Sec. 5 / Eq. 18, implemented exactly as the author
                       p_j = (s_j - c)_+ ** a + eps,  p_j <- max(p_j, 1e-4)     (a = 1/2, c = 0, eps = 0.1)
                       Wp  = U diag(p) U^T   -> written into the bias-free Linear(d, d) predictor
 
-Note Eq. 18 prints "+ eps * max_j s_j"; the code adds eps after normalising by the max. We follow the code.
+Note Eq. 18 prints "+ eps * max_j s_j"; the code adds eps after normalising by the max (compute_w_corr in
+github.com/facebookresearch/luckmatters/blob/671fca5b3262b97212f7f3aab72fee97db8c708c/ssl/real-dataset/byol_trainer.py,
+balance_type "boost_scale"). We follow the code.
 The first batch initialises F_hat. Between two sets (freq > 1) Wp is trained by the ordinary optimizer.
 Under DDP the batch statistics are summed over all ranks (with their sample counts) before the EMA, so every
-rank builds the same F_hat and the same Wp (the two public forks of the original code skip this, and each GPU
-ends up with its own predictor).
+rank builds the same F_hat and the same Wp. The two public multi-GPU implementations we know build F_hat from each
+GPU's own batch, so each GPU ends up with its own predictor: github.com/varun1423/solo-learn
+(solo/methods/direct_pred.py, copied from the authors' code) and github.com/fmi-basel/implicit-var-reg
+(solo/methods/directpred.py, Halvagal et al. 2023).
 
 Variants, all in the one class:
 - exponent a (a = 1 is DirectSet(1)), offset c inside the root (Table 7: eps = 0, c = +-0.05, +-0.1);
@@ -21,8 +25,8 @@ Variants, all in the one class:
 - mode "directcopy" (Wang, Chen, Du, Tian 2021, arXiv 2110.04947): Wp = F_hat / lambda_max(F_hat) + eps I;
 - mode "optimal" (Table 1, "plug in the optimal solution"): with C_hat the EMA of E[z f^T] (z = the target the
   prediction of f is compared with), Wp solves Wp (F_hat + eps lambda_max I) = (C_hat + C_hat^T) / 2;
-- feature-dependent Wp (Sec. 5, "6 partitions -> 78.20"), as the authors' code ran it (luckmatters,
-  ssl/real-dataset/byol_trainer.py, predictor_reg=partition): PartitionedPredictor below, n random projections,
+- feature-dependent Wp (Sec. 5, "6 partitions -> 78.20"), as the authors' code ran it (byol_trainer.py above,
+  predictor_reg "partition"): PartitionedPredictor below, n random projections,
   each splitting the batch in two at its mean, one F_hat per side, a sample's Wp the mean over the projections.
 
 Usage (copy this file; it imports only torch and has no side effects):

@@ -118,7 +118,8 @@ def shard_features(backbone, data, rank, world_size, **kw):
 def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, workers):
     """--baseline supervised: the backbone (from its random init) and a linear head trained end to end with
     cross-entropy on the labelled train split; train.py's augmentation (view 0 of the run's preset, crop scale,
-    jitter), optimizer settings, lr schedule, batch size and step count (--epochs and --max-steps of the run)."""
+    jitter), optimizer settings, lr schedule, batch size and step count (--epochs and --max-steps of the run).
+    Returns (the trained backbone, the number of steps)."""
     backbone = model.backbone.to(device).to(memory_format=fmt).train()
     n_cls = int(data[1].max()) + 1 if isinstance(data, tuple) else len(data.classes)
     head = nn.Linear(backbone.dim, n_cls).to(device)
@@ -158,7 +159,7 @@ def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, worker
             if step >= max_steps:
                 break
     pbar.close()
-    return backbone
+    return backbone, step
 
 
 if __name__ == "__main__":
@@ -223,7 +224,7 @@ if __name__ == "__main__":
     ctx, fmt = T.speed_paths(device_type, args.bf16, args.channels_last, width=cfg["width"] if cfg else 64)
 
     # --- the frozen backbone
-    t_start = time.time()
+    t_start, res = time.time(), {}
     if args.baseline == "pixels":
         backbone = nn.Flatten()
     else:
@@ -235,13 +236,13 @@ if __name__ == "__main__":
                 sys.exit(f"error: --ckpt {args.ckpt} was trained on --dataset {cfg['dataset']} and does not fit "
                          f"--dataset {dataset} ({in_chans}-channel images)")
         if args.baseline == "supervised":
-            model.backbone = train_supervised(model, splits[0], cfg, size, mean, std, device, ctx, fmt, args.workers)
+            model.backbone, res["supervised_steps"] = train_supervised(model, splits[0], cfg, size, mean, std, device,
+                                                                       ctx, fmt, args.workers)
         backbone = model.backbone
     backbone = backbone.to(device).eval().requires_grad_(False).to(memory_format=fmt)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
 
     # --- features (sharded over the ranks under torchrun) and kNN, on rank 0
-    res = {}
     feats = [shard_features(backbone, d, ddp_rank, ddp_world_size, mean=mean, std=std, device=device, ctx=ctx,
                             size=size, workers=args.workers, desc=f"features ({s})" if master_process else None,
                             fmt=fmt) for d, s in zip(splits, ("train", "test"))]

@@ -381,8 +381,9 @@ def table_markdown(scale, results):
     """The markdown table of one scale (the README's paper table is this, at the paper scale)."""
     rows, base = aggregate(scale, results)
     if scale == "paper":
-        lines = ["| paper | row | flags (after `python train.py --preset paper-stl10`) | paper | ours (probe: paper's) |",
-                 "| --- | --- | --- | --- | --- |"]
+        lines = ["| paper | row | flags (after `python train.py --preset paper-stl10`; a row's own --preset replaces it) "
+                 "| paper (STL-10 unless said; ± std where we have it) | ours (mean ± std over seeds; probe: "
+                 "--protocol paper, ImageNet --protocol augmented) |", "| --- | --- | --- | --- | --- |"]
         for r in rows:
             ours = fmt(r["linear"]) if "linear" in r else "not run"
             lines.append(f"| {r['table']} | {r['label']} | `{r['flags'] or '(none)'}` | {r['paper']} | {ours} |")
@@ -415,8 +416,12 @@ def figures(scale, results):
     runs, _ = load_results(results)
     rand = [b["linear_top1"] for k, b in base.items() if k.startswith("random-s")]
     tables = [t for t in dict.fromkeys(r["table"] for r in rows) if any("linear" in r for r in rows if r["table"] == t)]
-    fig, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 4.2), squeeze=False)
-    for ax, t in zip(axes[0], tables):
+    ncol = max(1, min(4, len(tables)))  # a grid of panels, 4 to a line
+    nrow = max(1, -(-len(tables) // ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 4.6 * nrow), squeeze=False)
+    for ax in axes.flat[len(tables):]:
+        ax.axis("off")
+    for ax, t in zip(axes.flat, tables):
         rs = [r for r in rows if r["table"] == t and "linear" in r]
         for i, r in enumerate(rs):
             ys = [100 * v["linear_top1"] for v in runs[r["runs_as"]].values() if "linear_top1" in v]
@@ -515,13 +520,15 @@ def data_error(scale, ids, data_dir):
     where = {"stl10": "stl10_binary", "cifar10": "cifar-10-batches-py", "imagenet": "train"}
     for d in sorted(need):
         if not os.path.isdir(os.path.join(data_dir, where[d])):
-            return f"--data-dir {data_dir}: no {d} there (expected {os.path.join(data_dir, where[d])}; see README, Data layout)"
+            return f"--data-dir {data_dir}: no {d} there (expected {os.path.join(data_dir, where[d])}; README, Data)"
     return None
 
 
 if __name__ == "__main__":
     args, work = parse()
     if args.report:
+        if not load_results(args.results)[0]:
+            sys.exit(f"error: --results {args.results}: no result files there (run the suite first)")
         print(table_markdown(args.scale, args.results))
         with open(os.path.join(args.results, "table.md"), "w") as fh:
             fh.write(table_markdown(args.scale, args.results) + "\n")

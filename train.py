@@ -147,7 +147,8 @@ def get_parser():
 
 
 PRESETS = {  # each knob's source in the comment above it. T = Tian, Chen, Ganguli 2021 (arXiv 2102.06810);
-    # code = their released code (github.com/facebookresearch/luckmatters, ssl/real-dataset); SS = SimSiam (Chen & He,
+    # code = their released code (github.com/facebookresearch/luckmatters, ssl/real-dataset, read at commit 671fca5b:
+    # main.py, byol_trainer.py, where the target is not initialised from the online net); SS = SimSiam (Chen & He,
     # arXiv 2011.10566); BYOL = Grill et al. (arXiv 2006.07733). The flag defaults are T's STL-10 / CIFAR-10 setup
     # (T Sec. 6 and code: ResNet-18, projector 512-128 with BN without affine, SGD lr 0.03 constant, momentum 0.9,
     # wd 4e-4 on every parameter, batch 128, EMA 0.996 constant, 100 epochs, DirectPred rho 0.3, eps 0.1, freq 1)
