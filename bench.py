@@ -59,6 +59,13 @@ def augment_ms(dev, batch):
     return median_ms(lambda: [T.augment(x, T.AUG["cifar"], v, gen, 32, (0.08, 1.0), mean, std) for v in (0, 1)], dev)
 
 
+def run_child(cmd, env=None):
+    """Run a child script; a failure raises with the child's last stderr lines (not a bare CalledProcessError)."""
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"{os.path.basename(cmd[1])} failed: {' | '.join(r.stderr.strip().splitlines()[-3:])}")
+
+
 def train_loop(dev, batch, steps, compile_=0, extra=(), env=None):
     """img/s of the real train.py loop on --dataset fake (32 px), read from its last log interval (the start-up,
     compilation and cudnn autotuning are in the first one). Returns the last log record. A failure raises with the
@@ -69,9 +76,7 @@ def train_loop(dev, batch, steps, compile_=0, extra=(), env=None):
                "--batch-size", str(batch), "--max-steps", str(2 * half), "--log-every", str(half), "--ckpt-every",
                str(10 ** 9), "--device", dev.split(":")[0], "--compile", str(compile_), "--out-dir", out, *extra]
         env = dict(os.environ, **(env or {}), **({"CUDA_VISIBLE_DEVICES": dev.split(":")[1]} if ":" in dev else {}))
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if r.returncode:
-            raise RuntimeError(f"train.py failed: {' | '.join(r.stderr.strip().splitlines()[-3:])}")
+        run_child(cmd, env)
         return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][-1]
 
 
@@ -158,20 +163,15 @@ def fmnist(dev, data_dir, out, seconds, width, probe_seconds, tiny):
     if tiny:
         cmd += ["--max-steps", "4"]
     t = time.time()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"train.py failed: {' | '.join(r.stderr.strip().splitlines()[-3:])}")
+    run_child(cmd)
     res = dict(epochs=epochs, batch=batch, width=width, train_seconds=round(time.time() - t, 1),
                command=" ".join(cmd[1:]))
     log = [json.loads(line) for line in open(os.path.join(out, "fmnist", "log.jsonl"))]
     res["img_per_s"] = float(np.median([x["img_per_s"] for x in log[1:]] or [log[-1]["img_per_s"]]))
     for base in ("none", "random"):
         ev = os.path.join(out, "fmnist", f"eval_{base}.json")
-        r = subprocess.run([sys.executable, os.path.join(HERE, "eval_linear.py"), "--ckpt",
-                            os.path.join(out, "fmnist", "ckpt.pt"), "--baseline", base, "--device", dev.split(":")[0],
-                            "--out", ev], capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(f"eval_linear.py failed: {' | '.join(r.stderr.strip().splitlines()[-3:])}")
+        run_child([sys.executable, os.path.join(HERE, "eval_linear.py"), "--ckpt",
+                   os.path.join(out, "fmnist", "ckpt.pt"), "--baseline", base, "--device", dev.split(":")[0], "--out", ev])
         e = json.load(open(ev))
         res[base] = dict(linear_top1=e["top1"], knn_top1=e["knn_top1"], seconds=e["seconds"])
     return res
@@ -248,9 +248,8 @@ def markdown(res):
     for k in ("augment", "directpred", "fmnist", "cuda_tests"):
         if k in res:
             lines.append(f"\n{k}: {json.dumps(res[k])}")
-    for k in ("skipped",):
-        if k in res:
-            lines.append(f"\nskipped: {res[k]}")
+    if "skipped" in res:
+        lines.append(f"\nskipped: {res['skipped']}")
     return "\n".join(lines) + "\n"
 
 

@@ -218,15 +218,23 @@ def test_every_predictor_trains(tmp_path, predictor, ema):
         assert logs[-1]["asym"] > 0.1
 
 
-def test_backbone_loads_into_torchvision_resnet18(tmp_path):
-    run(["--dataset", "fake", "--fake-size", "16", "--batch-size", "8", "--stem", "imagenet", "--proj-hidden", "32",
-         "--proj-dim", "16", "--max-steps", "1", "--out-dir", tmp_path])
-    ckpt = load(tmp_path / "ckpt.pt")
-    sd = {k[len("backbone."):]: v for k, v in ckpt["online"].items() if k.startswith("backbone.")}
+def torchvision_resnet18(ckpt):
+    """torchvision's resnet18 with the checkpoint's backbone loaded (strict; its fc dropped for an Identity)."""
     tv = torchvision.models.resnet18()
-    sd.update({"fc.weight": tv.fc.weight, "fc.bias": tv.fc.bias})
-    tv.load_state_dict(sd, strict=True)
+    sd = {k[len("backbone."):]: v for k, v in ckpt["online"].items() if k.startswith("backbone.")}
+    tv.load_state_dict({**sd, "fc.weight": tv.fc.weight, "fc.bias": tv.fc.bias}, strict=True)
     tv.fc = torch.nn.Identity()
+    return tv
+
+
+@pytest.mark.parametrize("precision", [[], ["--bf16", "1", "--channels-last", "1"]])
+def test_backbone_loads_into_torchvision_resnet18(tmp_path, precision):
+    """The saved backbone loads into torchvision.models.resnet18 (strict) and computes the same features, also when
+    trained in bf16 with channels_last."""
+    run(["--dataset", "fake", "--fake-size", "16", "--batch-size", "8", "--stem", "imagenet", "--proj-hidden", "32",
+         "--proj-dim", "16", "--max-steps", "1", *precision, "--out-dir", tmp_path])
+    ckpt = load(tmp_path / "ckpt.pt")
+    tv = torchvision_resnet18(ckpt)
     ours = T.build_model(ckpt["config"], 3)
     ours.load_state_dict(ckpt["online"])
     x = torch.randn(2, 3, 64, 64)
@@ -1162,23 +1170,6 @@ def test_bf16_channels_last_cpu_training_resumes_bitwise_and_saves_plain_keys(tm
             assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}"
 
 
-def test_bf16_channels_last_weights_load_into_torchvision(tmp_path):
-    """A width-64 network trained one step in bf16 with channels_last saves weights that load into
-    torchvision.models.resnet18 (strict) and compute the same features."""
-    run(["--dataset", "fake", "--fake-size", "16", "--batch-size", "8", "--stem", "imagenet", "--proj-hidden", "32",
-         "--proj-dim", "16", "--max-steps", "1", "--bf16", "1", "--channels-last", "1", "--out-dir", tmp_path])
-    ckpt = load(tmp_path / "ckpt.pt")
-    sd = {k[len("backbone."):]: v for k, v in ckpt["online"].items() if k.startswith("backbone.")}
-    tv = torchvision.models.resnet18()
-    sd.update({"fc.weight": tv.fc.weight, "fc.bias": tv.fc.bias})
-    tv.load_state_dict(sd, strict=True)
-    tv.fc = torch.nn.Identity()
-    ours = T.build_model(ckpt["config"], 3)
-    ours.load_state_dict(ckpt["online"])
-    x = torch.randn(2, 3, 64, 64)
-    torch.testing.assert_close(ours.backbone.eval()(x), tv.eval()(x))
-
-
 def test_ddp_in_bf16_keeps_the_ranks_identical(tmp_path):
     """Two gloo ranks under bf16 autocast: the same weights and the same F_hat on both (F_hat all-reduced in fp32)."""
     run(TINY + ["--fake-size", "256", "--bf16", "1", "--ema", "0.99", "--max-steps", "3", "--save-every-rank",
@@ -1287,9 +1278,7 @@ def test_cuda_training_paths_bf16_channels_last_compile(tmp_path):
     ckpt = load(tmp_path / "ckpt.pt")
     assert ckpt["directpred"]["F_hat"].dtype == torch.float32
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["online"])
-    sd = {k[len("backbone."):]: v for k, v in ckpt["online"].items() if k.startswith("backbone.")}
-    tv = torchvision.models.resnet18()
-    tv.load_state_dict({**sd, "fc.weight": tv.fc.weight, "fc.bias": tv.fc.bias}, strict=True)
+    torchvision_resnet18(ckpt)
 
 
 @CUDA
