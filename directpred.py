@@ -37,9 +37,26 @@ Usage (copy this file; it imports only torch and has no side effects):
     loss.backward(); optimizer.step()
     dp.set_predictor(predictor.weight)                         # after the step; acts every `freq` calls
 """
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+
+@contextmanager
+def full_fp32(device_type):
+    """Matmuls in full fp32 inside: autocast off, and no TF32 on CUDA (a caller may have turned TF32 on for the
+    network, which would round the inputs of every f f^T sum to 10 mantissa bits). The settings are restored after."""
+    m = torch.backends.cuda.matmul
+    key = "fp32_precision" if hasattr(m, "fp32_precision") else "allow_tf32"  # torch >= 2.9 warns on allow_tf32
+    old = getattr(m, key)
+    setattr(m, key, "ieee" if key == "fp32_precision" else False)
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        setattr(m, key, old)
 
 
 class DirectPred(nn.Module):
@@ -82,8 +99,8 @@ class DirectPred(nn.Module):
     def accumulate(self, f, z=None, region=None):
         """update() without the batch counter: tensor work only, so a compiled forward that calls it every step
         (PartitionedPredictor) keeps one graph instead of recompiling on a changed Python int.
-        In fp32 whatever the autocast context (under bf16 autocast the sums of f f^T would be rounded to bf16)."""
-        with torch.autocast(f.device.type, enabled=False):
+        In fp32 whatever the autocast and TF32 settings (under bf16 autocast the sums of f f^T would be rounded to bf16)."""
+        with full_fp32(f.device.type):
             return self._accumulate(f.detach().float(), z, region)
 
     def _accumulate(self, f, z, region):
@@ -169,9 +186,9 @@ class PartitionedPredictor(nn.Module):
     @torch.no_grad()
     def sides(self, f):
         """(N, d) one view's batch -> (N, 2n) 0/1: columns 2i and 2i+1 = positive / negative side of projection i.
-        In fp32 (at least) whatever the autocast context: a bf16 threshold would move samples across it."""
+        In fp32 (at least) whatever the autocast and TF32 settings: a bf16 threshold would move samples across it."""
         dtype = torch.promote_types(f.dtype, torch.float32)
-        with torch.autocast(f.device.type, enabled=False):
+        with full_fp32(f.device.type):
             proj = f.detach().to(dtype) @ self.directions.to(dtype)  # (N, n)
         total = torch.stack([proj.sum(0), torch.full_like(proj[0], len(proj))])  # (2, n): sums and counts
         if dist.is_available() and dist.is_initialized():  # the threshold is the mean over the global batch

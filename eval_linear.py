@@ -55,6 +55,9 @@ P.add_argument("--baseline", default="none", choices=["none", "random", "pixels"
                     "supervised = the checkpoint's network trained with labels (same augmentations and budget)")
 P.add_argument("--dataset", default=None, choices=list(T.DATASETS), help="default: the checkpoint's")
 P.add_argument("--data-dir", default=None, help="default: the checkpoint's")
+P.add_argument("--split", default=None, choices=["test", "val"], help="what the probe and the kNN report on: the "
+               "test split, or val = the 10k training images train.py --split val held out (the probe is then fitted on "
+               "the other 50k). Default: the checkpoint's --split (test for --baseline pixels)")
 P.add_argument("--img-size", type=int, default=0, help="image size the backbone sees (0 = the checkpoint's "
                "--img-size; if that is 0 too: in-memory sets as stored, streamed sets 224)")
 P.add_argument("--epochs", type=int, default=None, help="epochs of the linear head (fast / paper: 50, augmented: 90)")
@@ -69,8 +72,8 @@ P.add_argument("--workers", type=int, default=8, help="DataLoader workers (strea
 P.add_argument("--seed", type=int, default=0, help="seeds the head's init and batch order (and --baseline random's "
                "and supervised's network: the seed of the train.py run gives its very init)")
 P.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
-P.add_argument("--bf16", default="auto", choices=["auto", "0", "1"], help="bf16 autocast of the backbone (as "
-               "train.py's; auto = on where it is faster)")
+P.add_argument("--bf16", default="auto", choices=["auto", "0", "1"], help="bf16 autocast of the backbone; auto = on "
+               "CUDA GPUs with native bf16, fp32 on a CPU")
 P.add_argument("--channels-last", default="auto", choices=["auto", "0", "1"], help="as train.py's")
 P.add_argument("--ddp-timeout", type=float, default=600, help="seconds a DDP collective may wait for a stalled or "
                "dead rank before the job stops (torchrun)")
@@ -107,12 +110,13 @@ def shard_features(backbone, data, rank, world_size, **kw):
     f, y = T.extract_features(backbone, part, **kw)  # (b - a, D), (b - a,)
     pad = torch.cat([f, y[:, None].to(f.dtype)], 1)  # labels ride along as a last column (exact below 2^24)
     pad = nnf.pad(pad, (0, 0, 0, per - len(pad)))  # every rank sends `per` rows
-    got = [torch.empty_like(pad) for _ in range(world_size)] if rank == 0 else None
-    dist.gather(pad, got, dst=0)
+    # rank 0 gathers into one buffer (world_size * per, D + 1): rank r's rows land at r * per, so the n real rows are
+    # its first n, in order, and the features are a view of it (no second or third copy of ImageNet's 10 GB)
+    rows = pad.new_empty(world_size * per, pad.shape[1]) if rank == 0 else None
+    dist.gather(pad, list(rows.view(world_size, per, -1).unbind(0)) if rank == 0 else None, dst=0)
     if rank:
         return None
-    rows = torch.cat([g[:min(n, (r + 1) * per) - min(n, r * per)] for r, g in enumerate(got)])  # (n, D + 1)
-    return rows[:, :-1].contiguous(), rows[:, -1].long()
+    return rows[:n, :-1], rows[:n, -1].long()
 
 
 def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, workers):
@@ -214,7 +218,10 @@ if __name__ == "__main__":
     fake_size = cfg["fake_size"] if cfg else 1024
     size = args.img_size or (cfg["img_size"] if cfg else 0)  # train.py's crop size; 0 = the dataset's default
     mean, std = (torch.tensor(v, device=device)[:, None, None] for v in T.DATASETS[dataset][2:4])
-    splits = [T.load_dataset(dataset, data_dir, s, fake_size) for s in ("train", "test")]
+    split = args.split or (cfg.get("split", "test") if cfg else "test")
+    if split == "val" and dataset not in T.VAL_SETS:
+        sys.exit(f"error: --split val holds out labelled training images: it needs --dataset {' / '.join(T.VAL_SETS)}")
+    splits = [T.load_split(dataset, data_dir, role, split, fake_size) for role in ("train", "eval")]
     if dataset not in T.STREAMED:
         splits = [(x.to(device), y.to(device)) for x, y in splits]
     size = size or (224 if dataset in T.STREAMED else splits[0][0].shape[-1])  # train.py's rule for --img-size 0
@@ -224,7 +231,7 @@ if __name__ == "__main__":
     ctx, fmt = T.speed_paths(device_type, args.bf16, args.channels_last, width=cfg["width"] if cfg else 64)
 
     # --- the frozen backbone
-    t_start, res = time.time(), {}
+    t_start, res = time.time(), {"split": split}
     if args.baseline == "pixels":
         backbone = nn.Flatten()
     else:

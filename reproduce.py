@@ -7,8 +7,15 @@ baselines, per-run result files, a markdown table and figures.
     python reproduce.py --scale laptop                          # every row; finished runs skipped, unfinished resumed
     python reproduce.py --scale laptop --rows predictors,table3 --seeds 0,1,2
     python reproduce.py --scale paper --data-dir /data --rows table6 --dry-run      # with GPU-hours per row
-    python reproduce.py --scale paper --data-dir /data --rows table9 --launcher "torchrun --standalone --nproc_per_node=8"
+    python reproduce.py --scale paper --data-dir /data --rows table8 --download     # one run per GPU, data fetched
+    python reproduce.py --scale paper --data-dir /data --rows table9                # each ImageNet run on all GPUs
     python reproduce.py --scale laptop --report                 # only the table and figures, from the result files
+
+On a GPU node (--gpus, default every GPU torch sees) single-GPU runs go side by side, one per GPU
+(CUDA_VISIBLE_DEVICES); each ImageNet row runs alone on all of them through --launcher (torchrun). On a CPU,
+--jobs auto times the layouts of runs side by side at the start and takes the fastest. The plan (runs, devices, the
+wall time it implies) is printed first; a missing dataset stops the suite before it starts (--download fetches
+what torchvision can).
 
 Each (row, seed) is `python train.py <scale's base flags> <row's flags> --seed S --out-dir WORK/<row>/s<S>`, then
 `python eval_linear.py --ckpt WORK/<row>/s<S>/ckpt.pt`, exactly what a user would type (--dry-run prints them). Its
@@ -23,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import queue
 import shlex
 import statistics
 import subprocess
@@ -158,7 +166,7 @@ SCALES = {
                         "--lr-schedule cosine --epochs 1 --ckpt-every 100 --log-every 50",
                    probe="--protocol fast", seeds=None),
     "paper": dict(base="--preset paper-stl10 --dataset stl10 --ckpt-every 5000 --log-every 500",
-                  probe="--protocol paper", imagenet_probe="--protocol augmented", seeds=5),
+                  probe="--protocol paper", imagenet_probe="--protocol augmented", seeds=5),  # ImageNet: 1
 }
 CURVES = ("pred-none", "pred-linear", "pred-mlp", "pred-direct")  # seed 0 of these logs the kNN monitor over steps
 EVAL_EVERY = {"laptop": 117, "paper": 5000}
@@ -201,7 +209,7 @@ def commands(r, args, seed):
     this interpreter)."""
     out = os.path.join(args.work, r["id"], f"s{seed}")
     flags = train_flags(r, args.base, args.data_dir) + ["--seed", str(seed), "--out-dir", out]
-    if seed == 0 and r["id"] in CURVES:
+    if seed == 0 and r["id"] in CURVES and "--eval-every" not in flags:  # (a --base may set its own, or 0: off)
         flags += ["--eval-every", str(EVAL_EVERY[args.scale])]
     probe = shlex.split(SCALES[args.scale]["imagenet_probe" if r.get("imagenet") else "probe"])
     start = shlex.split(args.launcher) if r.get("imagenet") else ["python"]
@@ -222,7 +230,9 @@ def baseline_commands(args, seeds):
     out = lambda name: ["--out", os.path.join(args.work, "baselines", f"{name}.json")]
     cmds = {f"random-s{s}": ev + ["--ckpt", ckpt(s), "--baseline", "random", "--seed", str(s), *probe, *out(f"random-s{s}")]
             for s in seeds}
-    cmds["pixels"] = ev + ["--dataset", dataset, *data_dir, "--baseline", "pixels", *probe, *out("pixels")]
+    split = ["--split", base[base.index("--split") + 1]] if "--split" in base else []  # (the runs' probes follow
+    # their checkpoints' --split; pixels has no checkpoint)
+    cmds["pixels"] = ev + ["--dataset", dataset, *data_dir, *split, "--baseline", "pixels", *probe, *out("pixels")]
     cmds["supervised"] = ev + ["--ckpt", ckpt(seeds[0]), "--baseline", "supervised", *probe, *out("supervised")]
     return cmds
 
@@ -304,7 +314,9 @@ def sh(cmd, env, log_path, ok=None):
         tail = (open(log_path).read().strip().splitlines() or [""])[-1]
         if ok and tail.startswith(ok):
             return tail
-        raise RuntimeError(f"{shlex.join(cmd[1:3])} ... failed (exit {r.returncode}): {tail[:300]} (log: {log_path})")
+        script_at = next(i for i, c in enumerate(cmd) if c.endswith(".py"))
+        raise RuntimeError(f"{shlex.join(cmd[script_at:script_at + 2])} ... failed (exit {r.returncode}): {tail[:300]} "
+                           f"(log: {log_path})")
     return None
 
 
@@ -461,18 +473,28 @@ def get_parser():
     P.add_argument("--scale", default="laptop", choices=list(SCALES), help="laptop: Fashion-MNIST on a CPU; paper: "
                    "the paper's data and models (GPUs)")
     P.add_argument("--rows", default="all", help="comma-separated row ids or groups (" + ", ".join(GROUPS) + "), or all")
-    P.add_argument("--seeds", default=None, help="comma-separated training seeds (default: each row's own at laptop "
-                   "scale, 3 or 1; 0,1,2,3,4 at paper scale)")
-    P.add_argument("--jobs", type=int, default=1, help="runs side by side; each gets cores / jobs threads")
+    P.add_argument("--seeds", default=None, help="comma-separated training seeds. Default: at laptop scale each row's "
+                   "own (3 where a claim rests on it, else 1); at paper scale 0,1,2,3,4 for the STL-10 / CIFAR-10 rows "
+                   "(the paper's 5 seeds) and 0 for the ImageNet rows (Table 9 gives single numbers; one 300-epoch "
+                   "ResNet-50 run is ~194 GPU-hours at the assumed throughput)")
+    P.add_argument("--gpus", default="auto", help="GPUs to use, as CUDA_VISIBLE_DEVICES names them (e.g. 0,1,2,3): "
+                   "single-GPU runs go side by side, one per GPU; the ImageNet rows run one at a time across all of "
+                   "them through --launcher. auto = every GPU torch sees; none = the CPU")
+    P.add_argument("--download", action="store_true", help="fetch the missing datasets torchvision can fetch "
+                   "(CIFAR-10/100, STL-10, Fashion-MNIST) into --data-dir before the suite starts")
+    P.add_argument("--jobs", default="auto", help="runs side by side, each with cores / jobs threads; auto = the layout "
+                   "measured fastest on this machine at the start (a few seconds: bench.py --suite step side by side)")
     P.add_argument("--data-dir", default="data", help="train.py's --data-dir")
     P.add_argument("--base", default=None, help="train.py flags every row starts from (default: the scale's, "
                    "SCALES in reproduce.py), e.g. the laptop recipe with --epochs 2")
     P.add_argument("--work", default=None, help="checkpoints and logs (default out/reproduce/<scale>)")
     P.add_argument("--results", default=None, help="per-run result files, table and figures (default "
                    "results/<scale>): small, meant to be committed")
-    P.add_argument("--launcher", default="torchrun --standalone --nproc_per_node=8", help="paper scale: how the "
-                   "ImageNet rows (Table 9) start train.py and eval_linear.py")
-    P.add_argument("--no-baselines", action="store_true", help="skip the random-init / pixels / supervised baselines")
+    P.add_argument("--launcher", default=None, help="paper scale: how the ImageNet rows (Table 9) start train.py "
+                   "and eval_linear.py (default: torchrun --standalone --nproc_per_node=<number of --gpus>)")
+    P.add_argument("--baselines", default="all", choices=["all", "random", "none"], help="the baselines probed after "
+                   "the runs: random init (one per seed), raw pixels and the supervised ceiling; random: only the "
+                   "random init; none")
     P.add_argument("--dry-run", action="store_true", help="print the commands (and GPU-hours at paper scale); run nothing")
     P.add_argument("--report", action="store_true", help="only write the table and figures from the result files")
     return P
@@ -484,8 +506,10 @@ def parse(argv=None):
     args.work = args.work or os.path.join("out", "reproduce", args.scale)
     args.results = args.results or os.path.join("results", args.scale)
     args.base = args.base if args.base is not None else SCALES[args.scale]["base"]
-    if args.jobs < 1:
-        sys.exit(f"error: --jobs must be >= 1, got {args.jobs}")
+    if args.jobs != "auto" and not (args.jobs.isdigit() and int(args.jobs) >= 1):
+        sys.exit(f"error: --jobs must be auto or an integer >= 1, got {args.jobs!r}")
+    args.gpus = visible_gpus(args.gpus)
+    args.launcher = args.launcher or f"torchrun --standalone --nproc_per_node={max(1, len(args.gpus))}"
     ids = []
     for name in args.rows.split(","):
         name = name.strip()
@@ -506,22 +530,103 @@ def parse(argv=None):
         src = runs_row(row(rid), args.scale)
         if src is None:
             continue
-        n = SCALES[args.scale]["seeds"] or row(src).get("seeds", 1)
+        n = row(src).get("seeds", 1) if args.scale == "laptop" else 1 if row(src).get("imagenet") else 5
         work += [(src, s) for s in (seeds if seeds is not None else range(n))]
     return args, list(dict.fromkeys(work))
 
 
-def data_error(scale, ids, data_dir):
-    """Paper scale: the first dataset of the chosen rows missing under --data-dir, as one line, or None."""
-    if scale != "paper":
-        return None
-    need = {"imagenet" if row(r).get("imagenet") else "cifar10" if "paper-cifar10" in row(r)["flags"] else "stl10"
-            for r in ids}
-    where = {"stl10": "stl10_binary", "cifar10": "cifar-10-batches-py", "imagenet": "train"}
-    for d in sorted(need):
-        if not os.path.isdir(os.path.join(data_dir, where[d])):
-            return f"--data-dir {data_dir}: no {d} there (expected {os.path.join(data_dir, where[d])}; README, Data)"
+def measure_jobs(base, cores, steps=6):
+    """--jobs auto: how many runs side by side (each with cores / jobs threads) give the most img/s in all on this
+    machine, for the suite's network. For each layout, `jobs` copies of `bench.py --suite step` (the real training
+    step) warm up, then time `steps` steps at the same moment. Returns (jobs, its img/s in all, one line)."""
+    got = {}
+    for jobs in [j for j in range(1, cores + 1) if cores % j == 0]:
+        env = dict(os.environ, OMP_NUM_THREADS=str(cores // jobs))
+        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "bench.py"), "--suite", "step", "--device", "cpu",
+                                   "--steps", str(steps), "--wait", "--train-flags", base], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(jobs)]
+        if any(p.stdout.readline().strip() != "ready" for p in procs):
+            err = next(p.communicate()[1].strip().splitlines()[-1:] for p in procs if p.poll() is not None)
+            sys.exit(f"error: --jobs auto: the timing run failed ({err[0] if err else 'no output'}); give --jobs N")
+        for p in procs:  # all warm: start the timed steps together
+            p.stdin.write("\n")
+            p.stdin.flush()
+        got[jobs] = sum(float(p.communicate()[0].split()[-1]) for p in procs)
+    best = max(got, key=got.get)
+    return best, got[best], (f"--jobs auto: {', '.join(f'{j} x {cores // j} threads {v:.0f} img/s' for j, v in got.items())} "
+                             f"in all -> --jobs {best}")
+
+
+def visible_gpus(spec):
+    """--gpus -> the GPU names to give the runs (CUDA_VISIBLE_DEVICES values); [] = the CPU."""
+    if spec == "none":
+        return []
+    if spec == "auto":
+        import torch  # only here: the rest of the suite runner does not need it
+        n = torch.cuda.device_count()
+        named = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        return named[:n] if named else [str(i) for i in range(n)]
+    gpus = [g.strip() for g in spec.split(",")]
+    if not all(gpus) or len(set(gpus)) != len(gpus):
+        sys.exit(f"error: --gpus must be auto, none or distinct GPU names like 0,1,2; got {spec!r}")
+    return gpus
+
+
+def flag_value(cmd, flag, default=None):
+    """The last value of a flag in a command (as argparse takes it)."""
+    idx = [i for i, t in enumerate(cmd[:-1]) if t == flag]
+    return cmd[idx[-1] + 1] if idx else default
+
+
+# where each dataset lives under --data-dir (train.py's loaders), and whether torchvision can fetch it
+DATA_LAYOUT = {"stl10": "stl10_binary", "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python",
+               "fashion-mnist": os.path.join("FashionMNIST", "raw"), "imagenet": "train", "imagefolder": "train"}
+FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist (train.py reads it too)
+
+
+def missing_data(datasets, data_dir):
+    """The datasets of the suite that are not under --data-dir (Fashion-MNIST: nor in the Debian package's folder)."""
+    return [d for d in sorted(datasets) if d in DATA_LAYOUT and not os.path.isdir(os.path.join(data_dir, DATA_LAYOUT[d]))
+            and not (d == "fashion-mnist" and os.path.isdir(FMNIST_SYSTEM_DIR))]
+
+
+def fetch(dataset, data_dir):
+    """--download: torchvision fetches one dataset into --data-dir (a progress bar per file)."""
+    import torchvision.datasets as tv
+    {"stl10": lambda: tv.STL10(data_dir, download=True), "cifar10": lambda: tv.CIFAR10(data_dir, download=True),
+     "cifar100": lambda: tv.CIFAR100(data_dir, download=True),
+     "fashion-mnist": lambda: tv.FashionMNIST(data_dir, download=True)}[dataset]()
+
+
+def data_error(datasets, data_dir):
+    """The first missing dataset as one line: where it was looked for and how to get it; or None."""
+    for d in missing_data(datasets, data_dir):
+        where = os.path.join(data_dir, DATA_LAYOUT[d])
+        if d in ("imagenet", "imagefolder"):
+            return (f"--data-dir {data_dir}: no {d} there (looked for {where}): it needs {data_dir}/train/<class>/*.JPEG "
+                    f"and {data_dir}/val/<class>/*.JPEG, val sorted into class folders (README, Data); torchvision "
+                    f"cannot download it")
+        hint = " (or: apt-get install dataset-fashion-mnist)" if d == "fashion-mnist" else ""
+        return (f"--data-dir {data_dir}: no {d} there (looked for {where}); fetch it with: "
+                f"{shlex.join(['python', 'reproduce.py', *sys.argv[1:], '--download'])}{hint}")
     return None
+
+
+def run_dataset(cmd):
+    """The --dataset a train.py command trains on (a --preset may set it)."""
+    from train import parse_config  # only here: it imports torch
+    return parse_config(cmd[[i for i, t in enumerate(cmd) if t.endswith("train.py")][0] + 1:])["dataset"]
+
+
+def run_images(cmd):
+    """How many training images one train.py command processes (epochs x whole batches, or --max-steps)."""
+    batch = int(flag_value(cmd, "--batch-size", 128))
+    dataset = run_dataset(cmd)
+    per_epoch = N_IMAGES.get(dataset, int(flag_value(cmd, "--fake-size", 1024))) // batch
+    steps = int(flag_value(cmd, "--epochs", 100)) * per_epoch
+    max_steps = int(flag_value(cmd, "--max-steps", 0))
+    return batch * (min(steps, max_steps) if max_steps else steps)
 
 
 if __name__ == "__main__":
@@ -536,8 +641,33 @@ if __name__ == "__main__":
             print(f"wrote {p}")
         sys.exit(0)
     seeds = sorted({s for _, s in work})
-    base_cmds = {} if args.no_baselines or ("pred-direct", seeds[0]) not in work else baseline_commands(args, seeds)
+    base_cmds = {} if args.baselines == "none" or ("pred-direct", seeds[0]) not in work else \
+        {k: v for k, v in baseline_commands(args, seeds).items() if args.baselines == "all" or k.startswith("random")}
     todo = [(rid, s) for rid, s in work if not os.path.exists(os.path.join(args.results, rid, f"s{s}.json"))]
+    cores = os.cpu_count() or 1
+    if args.gpus:  # one run per GPU; the CPU threads shared out among them
+        args.jobs, speed = len(args.gpus), None
+    elif args.jobs == "auto" and args.scale == "laptop" and len(todo) > 1:  # measured: the layout and its img/s
+        args.jobs, speed, line = measure_jobs(args.base, cores)
+        print(line, flush=True)
+    else:
+        args.jobs, speed = 1 if args.jobs == "auto" else int(args.jobs), None
+    single = [(rid, s) for rid, s in todo if not row(rid).get("imagenet")]
+    multi = [(rid, s) for rid, s in todo if row(rid).get("imagenet")]
+    where = (f"GPUs {','.join(args.gpus)} ({len(args.gpus)} runs side by side, one per GPU; ImageNet rows one at a "
+             f"time on all of them through `{args.launcher}`)" if args.gpus else
+             f"the CPU ({args.jobs} run(s) side by side x {max(1, cores // args.jobs)} threads)")
+    if args.scale == "paper":
+        hours = sum(gpu_hours(row(rid), [s]) for rid, s in todo)
+        wall = (f"{hours:.0f} GPU-hours of training at the assumed throughput (ASSUMED_IMG_S: {ASSUMED_IMG_S} img/s "
+                f"per A100 in bf16; an estimate, not a measurement)" + (
+                    f", about {hours / len(args.gpus):.0f} h of wall time on these {len(args.gpus)} GPUs" if args.gpus
+                    else "; no GPU visible here (--gpus)"))
+    else:
+        images = sum(run_images(commands(row(rid), args, s)[0]) for rid, s in todo)
+        wall = (f"{images / speed / 3600:.1f} h of training at the {speed:.0f} img/s measured just now (probes and "
+                f"baselines add ~1 min each)" if speed else f"{images:,} training images")
+    plan = f"plan: {len(todo)} of {len(work)} runs to do ({len(work) - len(todo)} done) on {where}; {wall}"
     if args.dry_run:
         for rid, s in work:
             train, probe = commands(row(rid), args, s)
@@ -547,28 +677,53 @@ if __name__ == "__main__":
             print(f"# baseline {name}\n{shlex.join(cmd)}")
         rows_run = sorted({rid for rid, _ in work})
         print(f"# {len(rows_run)} rows to run ({len(work)} runs, {len(todo)} not done yet) of {len(ROWS)} rows; "
-              f"{len(base_cmds)} baseline probes; --jobs {args.jobs}")
+              f"{len(base_cmds)} baseline probes")
         if args.scale == "paper":
             total = 0.0
             for rid in rows_run:
                 h = gpu_hours(row(rid), [s for r, s in work if r == rid])
                 total += h
                 print(f"#   {rid}: {h:.1f} GPU-hours")
-            print(f"# training, all rows: {total:.0f} GPU-hours at the assumed throughput (ASSUMED_IMG_S: "
-                  f"{ASSUMED_IMG_S} img/s per A100 in bf16; an estimate from public anchors, not a measurement)")
+            imagenet = sum(gpu_hours(row(rid), [s for r, s in work if r == rid]) for rid in rows_run
+                           if row(rid).get("imagenet"))
+            print(f"# training, all rows: {total:.0f} GPU-hours ({100 * imagenet / max(total, 1e-9):.0f}% ImageNet)")
+        print(f"# {plan}")
         sys.exit(0)
-    err = data_error(args.scale, [rid for rid, _ in work], args.data_dir)
+    datasets = {run_dataset(commands(row(rid), args, s)[0]) for rid, s in todo}
+    if args.download:
+        for d in missing_data(datasets, args.data_dir):
+            if d in ("imagenet", "imagefolder"):
+                break  # not downloadable: data_error says what it needs
+            print(f"--download: fetching {d} into {args.data_dir}", flush=True)
+            fetch(d, args.data_dir)
+    err = data_error(datasets, args.data_dir)
     if err:
         sys.exit(f"error: {err}")
-    cores = os.cpu_count() or 1
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // args.jobs)))
     t0 = time.time()
-    print(f"{len(todo)} of {len(work)} runs to do ({len(work) - len(todo)} done), --jobs {args.jobs} x "
-          f"{env['OMP_NUM_THREADS']} threads; results in {args.results}", flush=True)
-    with ThreadPoolExecutor(args.jobs) as pool:  # the runs, then the baselines (they need pred-direct's checkpoints)
-        for stage in ([pool.submit(run_one, rid, s, args, env) for rid, s in todo],
-                      [pool.submit(run_baseline, name, cmd, args, env) for name, cmd in base_cmds.items()]):
-            for fut in as_completed(stage):
+    print(f"{plan}; results in {args.results}", flush=True)
+    free = queue.Queue()  # the GPUs not running anything now
+    for g in args.gpus:
+        free.put(g)
+
+    def on_one_gpu(fn, *a):
+        """fn(*a, env) on a free GPU (CUDA_VISIBLE_DEVICES = that one), or on the CPU without --gpus."""
+        if not args.gpus:
+            return fn(*a, env)
+        g = free.get()
+        try:
+            return fn(*a, dict(env, CUDA_VISIBLE_DEVICES=g))
+        finally:
+            free.put(g)
+    every_gpu = dict(env, CUDA_VISIBLE_DEVICES=",".join(args.gpus)) if args.gpus else env
+    with ThreadPoolExecutor(args.jobs) as pool:  # stages, each submitted when the one before has finished: the
+        # single-GPU runs side by side; each ImageNet row alone on all GPUs; the baselines (they read pred-direct's
+        # checkpoints)
+        stages = [lambda: [pool.submit(on_one_gpu, run_one, rid, s, args) for rid, s in single]]
+        stages += [lambda rid=rid, s=s: [pool.submit(run_one, rid, s, args, every_gpu)] for rid, s in multi]
+        stages += [lambda: [pool.submit(on_one_gpu, run_baseline, name, cmd, args) for name, cmd in base_cmds.items()]]
+        for stage in stages:
+            for fut in as_completed(stage()):
                 try:
                     print(f"[{time.time() - t0:7.0f} s] {fut.result()}", flush=True)
                 except RuntimeError as e:  # one run failed: start nothing more, let the running ones finish

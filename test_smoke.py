@@ -7,6 +7,8 @@ import json
 import math
 import os
 import pickle
+import re
+import shutil
 import resource
 import signal
 import subprocess
@@ -200,7 +202,7 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in a["online"])
     steps = [r["step"] for r in log_lines(tmp_path / "split")]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == [0, 1, 2, 3, 4, 5, 6]  # step 0: the random init
 
 
 @pytest.mark.parametrize("predictor", ["none", "linear", "mlp", "direct", "directcopy", "optimal"])
@@ -208,12 +210,15 @@ def test_resume_is_exact(tmp_path):
 def test_every_predictor_trains(tmp_path, predictor, ema):
     run(TINY + ["--predictor", predictor, "--ema", ema, "--max-steps", "3", "--out-dir", tmp_path])
     logs = log_lines(tmp_path)
-    assert [r["step"] for r in logs] == [1, 2, 3]
+    assert [r["step"] for r in logs] == [0, 1, 2, 3]
     assert all(np.isfinite(r["loss"]) and 0 <= r["loss"] <= 8 for r in logs)  # two pairings of 2 - 2cos in [0, 4]
     ckpt = load(tmp_path / "ckpt.pt")
     assert (ckpt["target"] is None) == (ema == "0")
     if predictor == "direct":  # Wp = U diag(p) U^T was just written: symmetric, with F_hat's eigenvectors
-        assert logs[-1]["asym"] < 1e-6 and min(logs[-1]["align"]) > 0.999
+        Wp, F_hat = ckpt["online"]["predictor.weight"].double(), ckpt["directpred"]["F_hat"][0].double()
+        U = torch.linalg.eigh(F_hat).eigenvectors
+        assert (Wp - Wp.T).norm() < 1e-6 * Wp.norm() and torch.cosine_similarity(U, Wp @ U, dim=0).min() > 0.999
+        assert min(logs[-1]["align"]) > 0.5  # the log's F is the running statistic of every predictor, not F_hat
     if predictor == "linear":  # trained by SGD from a random init: not symmetric
         assert logs[-1]["asym"] > 0.1
 
@@ -1010,7 +1015,7 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(tmp_path, sig):
     assert a["step"] == b["step"] == 40
     for key in ("online", "target"):
         assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
-    assert [r["step"] for r in log_lines(tmp_path / "a")] == list(range(1, 41))  # no duplicate after the resume
+    assert [r["step"] for r in log_lines(tmp_path / "a")] == list(range(0, 41))  # no duplicate after the resume
 
 
 def test_resume_after_a_kill_drops_log_lines_past_the_checkpoint_and_a_second_run_is_locked_out(tmp_path):
@@ -1030,7 +1035,7 @@ def test_resume_after_a_kill_drops_log_lines_past_the_checkpoint_and_a_second_ru
     k = load(tmp_path / "ckpt.pt")["step"]
     assert max(r["step"] for r in log_lines(tmp_path)) > k  # the log ran past the checkpoint
     run(flags + ["--out-dir", tmp_path, "--resume", "--max-steps", k + 3])
-    assert [r["step"] for r in log_lines(tmp_path)] == list(range(1, k + 4))
+    assert [r["step"] for r in log_lines(tmp_path)] == list(range(0, k + 4))
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_leaves_no_tmp(tmp_path):
@@ -1143,13 +1148,28 @@ def test_bf16_rounding_of_the_predictor_input_moves_wp_by_less_than_1e_3():
 
 
 def test_speed_paths_pick_the_fast_and_safe_defaults():
-    """auto: bf16 autocast only on a CPU with bf16 instructions, channels_last on CPUs from --width 16 on (narrower
-    networks hit oneDNN issue 6035); explicit 0 / 1 win."""
+    """auto on a CPU: fp32 (train.py turns bf16 on only where bf16_if_faster measures it faster), channels_last from
+    --width 16 on (narrower networks hit oneDNN issue 6035); explicit 0 / 1 win."""
     ctx, fmt = T.speed_paths("cpu", "auto", "auto", width=4)
-    assert fmt == torch.contiguous_format and isinstance(ctx, torch.autocast) == T.cpu_has_bf16()
+    assert fmt == torch.contiguous_format and not isinstance(ctx, torch.autocast)
     assert T.speed_paths("cpu", "0", "auto", width=32)[1] == torch.channels_last
     ctx, fmt = T.speed_paths("cpu", "1", "0", width=32)
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and fmt == torch.contiguous_format
+
+
+def test_bf16_auto_times_copies_and_picks_the_faster_precision():
+    """bf16_if_faster times forward + backward passes of copies: the run's own weights, BN statistics and gradients
+    are left as they were, and its choice is the faster of the two timings it reports."""
+    cfg = T.parse_config(["--dataset", "fake", "--width", "8", "--proj-hidden", "32", "--proj-dim", "16"])
+    online = T.build_model(cfg, 3)
+    target = T.build_target(online, cfg, 3)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (online, target)]
+    use_bf16, line = T.bf16_if_faster(online, target, cfg, torch.rand(8, 3, 16, 16), n=2)
+    for m, sd in zip((online, target), before):
+        assert all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in online.parameters())
+    fp32, bf16 = (float(w) for w in re.findall(r"(\d+) ms in", line))
+    assert line.endswith("bf16" if use_bf16 else "fp32") and (bf16 <= fp32 if use_bf16 else fp32 <= bf16)
 
 
 def test_bf16_channels_last_cpu_training_resumes_bitwise_and_saves_plain_keys(tmp_path):
@@ -1223,6 +1243,57 @@ def test_effective_rank_by_hand():
     assert T.effective_rank([5.0, 0.0, -1e-9]) == pytest.approx(1.0)  # negative round-off clamped to 0
     assert T.effective_rank([2.0, 1.0, 1.0]) == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 0.5 * math.log(0.25))))
     assert T.effective_rank([0.0, 0.0]) == 0.0
+
+
+def test_diagnostics_take_the_rank_of_the_centered_covariance_from_the_running_statistics():
+    """feature_stats is an EMA of E[f f^T] and E[f] (rho 0.9), the same for every predictor; diagnostics' erank is
+    the effective rank of the centered covariance, erank_uncentered that of E[f f^T]: both against numpy by hand, on
+    features with a large mean (where the two differ most)."""
+    g = torch.Generator().manual_seed(0)
+    f1 = torch.randn(256, 8, generator=g) * torch.arange(1, 9) + 5.0  # (2B, d): spread 1..8, mean 5 in every dim
+    f2 = torch.randn(256, 8, generator=g) + 1.0
+    stats = T.feature_stats(T.feature_stats(None, f1), f2)
+    a1, a2 = f1.double().numpy(), f2.double().numpy()
+    F = 0.9 * a1.T @ a1 / 256 + 0.1 * a2.T @ a2 / 256
+    mu = 0.9 * a1.mean(0) + 0.1 * a2.mean(0)
+    assert np.allclose(stats[0].numpy(), F, rtol=1e-5) and np.allclose(stats[1].numpy(), mu, rtol=1e-5)
+
+    def erank(m):
+        q = np.clip(np.linalg.eigvalsh(m), 0, None)
+        q = q[q > 0] / q.sum()
+        return math.exp(-(q * np.log(q)).sum())
+    d = T.diagnostics(stats, None, f2)
+    assert d["erank"] == pytest.approx(erank(F - np.outer(mu, mu)), rel=1e-4)
+    assert d["erank_uncentered"] == pytest.approx(erank(F), rel=1e-4) and d["erank_uncentered"] < d["erank"] - 1
+
+
+def test_step_0_is_logged_and_the_first_steps_densely(tmp_path):
+    """The log starts at step 0 (the random init: loss and diagnostics of the first forward) and has every 10th step
+    up to --log-early, then every --log-every, and the last step."""
+    run(TINY + ["--log-every", "25", "--log-early", "30", "--max-steps", "60", "--out-dir", tmp_path])
+    log = log_lines(tmp_path)
+    assert [r["step"] for r in log] == [0, 10, 20, 25, 30, 50, 60]
+    assert {"loss", "erank", "erank_uncentered", "z_std", "F_eig"} <= set(log[0]) and "lr" not in log[0]
+
+
+def test_val_split_holds_out_stratified_images_the_run_never_trains_on(tmp_path):
+    """--split val: a fixed, class-stratified sixth (at most 10k) of the training split is held out: train.py trains
+    on the rest and its kNN monitor reports on the held-out images; eval_linear.py follows the checkpoint's split."""
+    x, y = T.load_dataset("fake", "", "train", 600)
+    held = T.val_mask(y)
+    assert torch.equal(held, T.val_mask(y)) and 95 <= held.sum() <= 105  # the same every time; 600 / 6
+    for c in range(10):  # stratified: each class gives its share, within rounding
+        assert abs(held[y == c].sum() - (y == c).sum() / 6) <= 0.5
+    (xp, yp), (xe, ye) = (T.load_split("fake", "", role, "val", 600) for role in ("pretrain", "eval"))
+    assert torch.equal(xe, x[held]) and torch.equal(xp, x[~held]) and len(xp) + len(xe) == 600
+    r = run(TINY + ["--fake-size", "600", "--split", "val", "--max-steps", "2", "--eval-every", "2", "--out-dir",
+                    tmp_path / "out"])
+    assert f"fake: {600 - int(held.sum())} images" in r.stdout
+    ev = tmp_path / "ev.json"
+    run(["--ckpt", tmp_path / "out" / "ckpt.pt", "--epochs", "1", "--out", ev], script="eval_linear.py")
+    assert json.load(open(ev))["split"] == "val"
+    one_line_error(run(TINY + ["--dataset", "stl10", "--split", "val", "--out-dir", tmp_path / "x"], expect_ok=False),
+                   "--split val")
 
 
 def test_a_collapsing_run_prints_one_warning_line(tmp_path):
@@ -1373,7 +1444,7 @@ def test_wandb_logs_what_log_jsonl_holds(tmp_path):
     calls = [json.loads(line) for line in open(tmp_path / "calls.jsonl")]
     assert calls[0][:3] == ["init", "dp", "r1"] and calls[0][3]["lr"] == 0.03 and calls[-1] == ["finish"]
     assert [c[1] for c in calls if c[0] == "log"] == log_lines(tmp_path / "o")
-    assert [c[2] for c in calls if c[0] == "log"] == [1, 2, 3]
+    assert [c[2] for c in calls if c[0] == "log"] == [0, 1, 2, 3]
     (tmp_path / "wandb" / "__init__.py").write_text("raise ImportError('no wandb here')")
     one_line_error(run(TINY + ["--max-steps", "1", "--wandb-project", "dp", "--out-dir", tmp_path / "o2"], env=env,
                        expect_ok=False), "pip install wandb")
@@ -1414,7 +1485,9 @@ def test_the_readme_paper_table_is_reproduce_pys():
 
 @pytest.mark.parametrize("argv, needle", [
     (["--rows", "table3,nope"], "--rows"), (["--seeds", "0,x"], "--seeds"), (["--seeds", "-1"], "--seeds"),
-    (["--jobs", "0"], "--jobs"), (["--scale", "paper", "--rows", "table6", "--data-dir", "/nonexistent"], "--data-dir"),
+    (["--jobs", "0"], "--jobs"), (["--jobs", "two"], "--jobs"), (["--gpus", "0,0"], "--gpus"),
+    (["--scale", "paper", "--rows", "table6", "--data-dir", "/nonexistent", "--gpus", "none"], "--download"),
+    (["--scale", "paper", "--rows", "t9-60-direct", "--data-dir", "/nonexistent", "--gpus", "none"], "val/<class>"),
 ])
 def test_reproduce_bad_input_gives_one_line_and_starts_nothing(tmp_path, argv, needle):
     r = subprocess.run([sys.executable, str(ROOT / "reproduce.py"), *argv, "--work", str(tmp_path / "w"),
@@ -1453,3 +1526,102 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
         assert rows[rid]["gain_linear"][0] == pytest.approx(mean - sum(rand) / 2)
     table = (tmp_path / "r" / "table.md").read_text()
     assert f"{100 * rows['pred-direct']['linear'][0]:.2f} ± {100 * rows['pred-direct']['linear'][1]:.2f} (n=2)" in table
+
+
+STAND_IN = r'''
+import importlib.util, json, os, sys, time
+
+
+def main():
+    argv, name = sys.argv[1:], os.path.basename(__file__)
+    flag = lambda f: argv[argv.index(f) + 1]
+    rec = dict(script=name, argv=argv, gpus=os.environ.get("CUDA_VISIBLE_DEVICES"), launched_by=os.environ.get("VIA"),
+               start=time.time())
+    if name == "train.py":  # a checkpoint at once (as if the run had saved one), then "training", then the log
+        os.makedirs(flag("--out-dir"), exist_ok=True)
+        open(os.path.join(flag("--out-dir"), "ckpt.pt"), "w").write("stand-in")
+        time.sleep(1.5)
+        with open(os.path.join(flag("--out-dir"), "log.jsonl"), "w") as fh:
+            fh.write(json.dumps(dict(step=10, loss=1.0, z_std=0.9, erank=5.0)) + "\n")
+    else:  # eval_linear.py
+        json.dump(dict(top1=0.5, knn_top1=0.4, protocol="paper", seconds=0.1), open(flag("--out"), "w"))
+    rec["end"] = time.time()
+    with open(os.environ["STAND_IN_LOG"], "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()
+else:  # imported by reproduce.py, which reads a run's dataset with parse_config: the real train.py's
+    sys.path.append(os.path.dirname(os.environ["REAL_TRAIN"]))
+    spec = importlib.util.spec_from_file_location("real_train", os.environ["REAL_TRAIN"])
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    parse_config = real.parse_config
+'''
+TORCHRUN = r'''#!/usr/bin/env python3
+import os, subprocess, sys
+args = sys.argv[1:]
+opts = [a for a in args if a.startswith("--")][:2]  # --standalone --nproc_per_node=N, then the script
+script = next(a for a in args if not a.startswith("--"))
+rest = args[args.index(script) + 1:]
+env = dict(os.environ, VIA="torchrun " + " ".join(opts))
+sys.exit(subprocess.run([sys.executable, script, *rest], env=env).returncode)
+'''
+
+
+def test_reproduce_on_3_gpus_one_run_per_gpu_imagenet_on_all_and_a_killed_suite_resumes(tmp_path):
+    """reproduce.py --gpus 0,1,2 with stand-in train.py / eval_linear.py (they record CUDA_VISIBLE_DEVICES, argv and
+    their start / end times) and a stand-in torchrun: runs that overlap in time see distinct single GPUs, more than
+    one runs at once, each ImageNet row runs alone through `torchrun --standalone --nproc_per_node=3` with all three
+    GPUs visible; a suite killed after its first result, run again, skips what finished and resumes what had
+    started (--resume)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copy(ROOT / "reproduce.py", root)
+    for name in ("train.py", "eval_linear.py"):
+        (root / name).write_text(STAND_IN)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "torchrun").write_text(TORCHRUN.replace("/usr/bin/env python3", sys.executable))
+    (bin_dir / "torchrun").chmod(0o755)
+    data = tmp_path / "data"
+    for d in ("stl10_binary", "train"):
+        (data / d).mkdir(parents=True)
+    log = tmp_path / "calls.jsonl"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", STAND_IN_LOG=str(log), REAL_TRAIN=str(ROOT / "train.py"))
+    argv = [sys.executable, "reproduce.py", "--scale", "paper", "--rows", "table6,t9-60-direct", "--seeds", "0",
+            "--gpus", "0,1,2", "--baselines", "none", "--data-dir", str(data), "--work", str(tmp_path / "w"),
+            "--results", str(tmp_path / "r")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env,
+                            start_new_session=True)
+    while not list((tmp_path / "r").rglob("s*.json")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    done = {p: p.read_bytes() for p in (tmp_path / "r").rglob("s*.json")}
+    started = {Path(c["argv"][c["argv"].index("--out-dir") + 1]).parent.name for c in map(json.loads, open(log))
+               if c["script"] == "train.py"}
+    assert 1 <= len(done) < 9
+    first = len(log.read_text().splitlines())
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "on GPUs 0,1,2" in r.stdout and all(p.read_bytes() == b for p, b in done.items())
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    trains = [c for c in calls if c["script"] == "train.py"]
+    rerun = [c for c in calls[first:] if c["script"] == "train.py"]
+    row_of = lambda c: Path(c["argv"][c["argv"].index("--out-dir" if "--out-dir" in c["argv"] else "--ckpt") + 1]) \
+        .parts[-2 if "--out-dir" in c["argv"] else -3]  # WORK/<row>/s0, or WORK/<row>/s0/ckpt.pt for a probe
+    rows = {R.runs_row(R.row(i), "paper") for i in R.GROUPS["table6"] + ["t9-60-direct"]}  # (eps 0.1 = pred-direct)
+    assert {row_of(c) for c in rerun} == rows - {p.parent.name for p in done}
+    assert all(("--resume" in c["argv"]) == (row_of(c) in started) for c in rerun)
+    overlap = lambda a, b: a["start"] < b["end"] and b["start"] < a["end"]
+    for c in calls:
+        if row_of(c) == "t9-60-direct":  # ImageNet: every GPU, through the launcher, alone
+            assert c["gpus"] == "0,1,2" and c["launched_by"] == "torchrun --standalone --nproc_per_node=3"
+            assert not any(overlap(c, o) for o in calls if row_of(o) != "t9-60-direct")
+        else:
+            assert c["gpus"] in ("0", "1", "2") and c["launched_by"] is None
+            assert all(c["gpus"] != o["gpus"] for o in calls if o is not c and overlap(c, o))
+    assert any(overlap(a, b) for a in trains for b in trains if a is not b), "no two runs side by side"

@@ -297,7 +297,7 @@ def simulate(cfg, log=None):
                    "Wp_norm2": torch.sum(Wp * Wp).item(), "tau_hat": tau_hat,
                    "comm": torch.linalg.matrix_norm(F @ Wp - Wp @ F).item(),  # ||[F, Wp]||_F (Theorem 3)
                    "lambda_min_K": lambda_min_K(F, Wp, tau_hat, cfg["sigma2"], eta, ap),
-                   **diagnostics(F_in, Wp if cfg["predictor"] != "none" else None, f)}
+                   **diagnostics((F_in, torch.zeros_like(F_in[0])), Wp if cfg["predictor"] != "none" else None, f)}
         if log is not None:
             log.write(json.dumps(rec) + "\n")
         return rec

@@ -39,9 +39,10 @@ import torch.nn as nn
 import torch.nn.functional as nnf  # "F" is the paper's correlation matrix, so functional gets another name
 import torchvision
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.profiler import record_function
 from tqdm import tqdm
 
-from directpred import DirectPred, PartitionedPredictor
+from directpred import DirectPred, PartitionedPredictor, full_fp32
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
@@ -62,6 +63,9 @@ def get_parser():
     # data
     a("--dataset", default="cifar10", choices=list(DATASETS), help="fake = random images made in memory (tests)")
     a("--data-dir", default="data", help="dataset root; see README for the layout each dataset expects")
+    a("--split", default="test", choices=["test", "val"], help="what the kNN monitor reports on: the dataset's test "
+      "split, or val = 10k training images held out (stratified by class, fixed seed) and not trained on, for "
+      "choosing knobs without touching the test split (in-memory labelled sets)")
     a("--img-size", type=int, default=0, help="crop size; 0 = the dataset's own size (224 for imagenet/imagefolder)")
     a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (AUG below: the paper's CIFAR / "
       "STL-10 recipes, BYOL's for ImageNet); auto = by dataset")
@@ -125,16 +129,19 @@ def get_parser():
     a("--resume", action="store_true", help="continue from out_dir/ckpt.pt")
     a("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also written at the end)")
     a("--save-every-rank", action="store_true", help="every DDP rank writes ckpt_rank{r}.pt too (to check ranks agree)")
-    a("--log-every", type=int, default=50, help="steps between log lines (out_dir/log.jsonl)")
+    a("--log-every", type=int, default=50, help="steps between log lines (out_dir/log.jsonl); step 0 (the random "
+      "init) is logged too")
+    a("--log-early", type=int, default=200, help="the first this many steps are logged every 10 steps (where a "
+      "collapse starts), then every --log-every")
     a("--eval-every", type=int, default=0, help="steps between kNN monitors (k=200, t=0.1, labelled train -> test "
       "split) on rank 0; 0 = off")
     a("--seed", type=int, default=0, help="seeds the init, the batch order and the augmentations")
     a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
     a("--ddp-timeout", type=float, default=600, help="seconds a DDP collective may wait for a stalled or dead rank "
       "before the job stops")
-    a("--bf16", default="auto", choices=["auto", "0", "1"], help="bf16 autocast of the networks (the loss, F_hat, "
-      "eigh and the projector's last layer stay fp32); auto = on where it is faster: CUDA GPUs with bf16, CPUs with "
-      "bf16 instructions (AVX512-BF16 / AMX)")
+    a("--bf16", default="auto", choices=["auto", "0", "1"], help="bf16 autocast of the networks, projector and "
+      "predictor included (the loss, F_hat and its eigh stay fp32); auto = on CUDA GPUs with native bf16, and on a "
+      "CPU only where a few timed passes of this network at start-up find bf16 faster")
     a("--channels-last", default="auto", choices=["auto", "0", "1"], help="channels_last memory format for the "
       "convolutions; auto = on CUDA, and on CPUs for --width >= 16 (faster; narrower nets hit a oneDNN bug)")
     a("--deterministic", type=int, default=0, choices=[0, 1], help="CUDA: deterministic cuDNN / cuBLAS kernels, no "
@@ -207,6 +214,7 @@ RANGES = {  # flag: (valid?, what it must be). Every float flag must also be fin
     "ema": (lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (lambda v: v > 0, "> 0"),
     "warmup_epochs": (lambda v: v >= 0, ">= 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ckpt_every": (lambda v: v >= 1, ">= 1"), "log_every": (lambda v: v >= 1, ">= 1"),
+    "log_early": (lambda v: v >= 0, ">= 0"),
     "eval_every": (lambda v: v >= 0, ">= 0 (0 = off)"), "seed": (lambda v: v >= 0, ">= 0"),
     "workers": (lambda v: v >= 0, ">= 0"), "ddp_timeout": (lambda v: v > 0, "> 0 seconds"),
 }
@@ -242,16 +250,19 @@ def config_error(cfg):
         return "--stop-grad 0 needs --ema 0 (an EMA target has no gradient to stop)"
     if cfg["target_init"] == "random" and cfg["ema"] == 0:
         return "--target-init random needs --ema > 0 (with --ema 0 the target is the online network)"
+    if cfg["split"] == "val" and cfg["dataset"] not in VAL_SETS:
+        return f"--split val holds out labelled training images: it needs --dataset {' / '.join(VAL_SETS)}"
     return None
 
 
-# collapse warning: printed when, for COLLAPSE_INTERVALS log lines in a row, the effective rank of F (the predictor
-# input's correlation) is below COLLAPSE_ERANK or z_std below COLLAPSE_Z_STD. Measured on Fashion-MNIST (README, "Has my
-# run collapsed?"): it warns, it does not stop the run
+# collapse warning: printed when, for COLLAPSE_INTERVALS log lines in a row, the effective rank of the predictor
+# input's centered covariance (diagnostics) is below COLLAPSE_ERANK or z_std below COLLAPSE_Z_STD, and a note when it
+# recovers for as many lines. Measured on Fashion-MNIST (README, "Has my run collapsed?"): it warns, never stops a run
 COLLAPSE_ERANK, COLLAPSE_Z_STD, COLLAPSE_INTERVALS = 2.0, 0.1, 3
 
 # keys that may differ between a run and its --resume (they do not change what is computed)
-RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "eval_every", "workers",
+RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "log_early",
+               "eval_every", "workers",
                "compile", "device", "ddp_timeout", "data_dir", "out_dir", "bf16", "channels_last", "deterministic",
                "wandb_project", "wandb_run_name"}
 
@@ -341,6 +352,35 @@ def load_dataset(name, data_dir, split, fake_size=1024):
         layout = DATASETS[name][4].format(d=data_dir)
         sys.exit(f"error: --dataset {name}: no usable data under --data-dir {data_dir!r} ({e}). Expected: {layout}")
     raise ValueError(name)
+
+
+VAL_SETS = ("fashion-mnist", "cifar10", "cifar100", "fake")  # --split val: pretraining images = the labelled train split
+VAL_SIZE, VAL_SEED = 10_000, 1234  # --split val: 10k of Fashion-MNIST's 60k training images (1/6 of smaller sets)
+
+
+def val_mask(labels):
+    """--split val: which images of a labelled training split are held out for validation. VAL_SIZE of them (at most
+    1/6 of the split), stratified by class (each class gives its share), drawn once from a fixed seed, so every run,
+    probe and machine holds out the same images. labels: (N,) -> bool (N,)."""
+    g = torch.Generator().manual_seed(VAL_SEED)
+    n_val = min(VAL_SIZE, len(labels) // 6)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        idx = (labels == c).nonzero()[:, 0]
+        mask[idx[torch.randperm(len(idx), generator=g)[:round(n_val * len(idx) / len(labels))]]] = True
+    return mask
+
+
+def load_split(name, data_dir, role, split="test", fake_size=1024):
+    """The images of one role: pretrain (what train.py trains on), train (the labelled set the probe and the kNN
+    memory are fitted on) or eval (what the kNN monitor and the probe report). --split test: the dataset's own
+    splits, eval = its test split. --split val: eval = the held-out images (val_mask) of the training split, pretrain
+    and train = the rest of it; the test split is not read."""
+    if split == "test":
+        return load_dataset(name, data_dir, "test" if role == "eval" else role, fake_size)
+    x, y = load_dataset(name, data_dir, "train", fake_size)
+    held_out = val_mask(y)
+    return (x[held_out], y[held_out]) if role == "eval" else (x[~held_out], y[~held_out])
 
 
 class BadImage(ValueError):
@@ -674,6 +714,15 @@ def build_target(online, cfg, in_chans):
     return target.requires_grad_(False)
 
 
+def build_directpred(cfg, device):
+    """The closed-form predictor's state (F_hat; directpred.py) for --predictor direct / directcopy / optimal, or None
+    (trained predictors; --partitions > 1 keeps one per side inside its PartitionedPredictor)."""
+    if cfg["predictor"] not in ("direct", "directcopy", "optimal") or cfg["partitions"] > 1:
+        return None
+    return DirectPred(cfg["proj_dim"], cfg["rho"], cfg["eps"], cfg["freq"], cfg["exponent"], cfg["offset"],
+                      bool(cfg["center"]), mode=cfg["predictor"]).to(device)
+
+
 def symmetrize_predictor(predictor):
     """--sym-wp (Table 3): Wp <- (Wp + Wp^T) / 2; the 2-layer predictor's layers are tied, W2 = W1^T."""
     with torch.no_grad():
@@ -703,9 +752,10 @@ def ssl_loss(model, target, x1, x2, cfg):
     """One step's loss. Online: z = projector(backbone(x)) (the predictor's input f), p = predictor(z); targets t from
     the EMA net under no_grad, or the online z (SimSiam), behind a stop-gradient unless --stop-grad 0.
     Loss: L(p1, t2) + L(p2, t1), summed (--symmetric 1), or L(p1, t2) alone. Returns (loss, z1, z2, t1, t2)."""
-    z1, z2, p1, p2 = model(x1, x2)  # (B, d) each
+    with record_function("online forward"):  # (labels for bench.py --suite profile; free when not profiling)
+        z1, z2, p1, p2 = model(x1, x2)  # (B, d) each
     if target is not None:
-        with torch.no_grad():
+        with torch.no_grad(), record_function("target forward"):
             t1, t2, _, _ = target(x1, x2)
     else:
         t1, t2 = z1, z2
@@ -770,6 +820,35 @@ def tau_at(step, cfg, total_steps):
     return 1 - (1 - cfg["ema"]) * (math.cos(math.pi * step / total_steps) + 1) / 2
 
 
+def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, tau, ema):
+    """One optimizer step, in the order of the paper (Tian et al. 2021, Sec. 4) and the authors' code: the online and
+    target forwards of both views (ssl_loss); DirectPred's statistics of the raw predictor inputs, before backward;
+    backward (through Wp into the trunk) and the optimizer step; --sym-wp; Wp set in closed form after the step, so
+    the new Wp is used from the next step on; the EMA target last, keyed to optimizer steps.
+    model: the online network as called (compiled and/or DDP-wrapped); raw_model: the same module unwrapped;
+    dp: DirectPred or None; ema: (target tensors, online tensors), target <- tau target + (1 - tau) online.
+    Returns (loss, z1, z2) for the caller's diagnostics. bench.py times this same function."""
+    with ctx:
+        loss, z1, z2, t1, t2 = ssl_loss(model, target, x1, x2, cfg)
+    if dp is not None:  # F = E[f f^T] over both views' f (2B, d); dp.update all-reduces F over the DDP ranks before
+        # it enters F_hat (directpred.py), so every rank calls it at every step and all ranks set the same Wp
+        with record_function("directpred statistics"):
+            dp.update(torch.cat([z1, z2]), torch.cat([t2, t1]) if cfg["predictor"] == "optimal" else None)
+    optimizer.zero_grad(set_to_none=True)
+    with record_function("backward"):
+        loss.backward()
+    optimizer.step()
+    if cfg["sym_wp"]:
+        symmetrize_predictor(raw_model.predictor)
+    if dp is not None:  # every freq steps: Wp <- U diag(p) U^T (eigh of F_hat), used from the next step on
+        with record_function("directpred set Wp"):
+            dp.set_predictor(raw_model.predictor.weight)
+    if target is not None:  # under no_grad, else each step chains one more autograd node per weight (a leak)
+        with torch.no_grad(), record_function("ema"):
+            torch._foreach_lerp_(*ema, 1 - tau)
+    return loss, z1, z2
+
+
 def effective_rank(eig):
     """exp of the entropy of a spectrum normalised by its sum (negative values clamped to 0), as RankMe (Garrido et
     al. 2023, arXiv 2210.02885, which takes the singular values of the embeddings): d for d equal modes, 1 for a
@@ -783,14 +862,30 @@ def effective_rank(eig):
 
 
 @torch.no_grad()
-def diagnostics(F, Wp, z):
-    """The paper's Fig. 2 quantities. F: (d, d) correlation of f; Wp: (d, d) linear predictor or None; z: (B, d).
-    Eigenvalues descending; erank: effective rank of F (1: one direction left, i.e. dimensional collapse);
+def feature_stats(stats, f, rho=0.9):
+    """The running statistics behind the collapse diagnostics, the same for every predictor, trained or closed form:
+    EMAs over steps of E[f f^T] (d, d) and E[f] (d,) of the predictor's input f (2B, d), in fp32. rho 0.9 averages
+    about the last 10 batches (one batch of 2B = 256 samples is a noisy estimate of a 128 x 128 matrix). stats: the
+    previous (F, mu), or None at the first step (the first batch sets them). Returns the new (F, mu)."""
+    with full_fp32(f.device.type):
+        f = f.detach().float()
+        F, mu = f.T @ f / len(f), f.mean(0)
+    return (F, mu) if stats is None else (torch.lerp(F, stats[0], rho), torch.lerp(mu, stats[1], rho))
+
+
+@torch.no_grad()
+def diagnostics(stats, Wp, z):
+    """The paper's Fig. 2 quantities and the collapse signals. stats: (F, mu) from feature_stats; Wp: (d, d) linear
+    predictor or None; z: (B, d). F_eig: eigenvalues of F = E[f f^T], descending (the paper's F);
+    erank: effective rank of the centered covariance F - mu mu^T (1: one direction of variation left, i.e.
+    dimensional collapse); erank_uncentered: of F itself, whose top eigenvalue is mostly the mean direction mu mu^T;
     alignment cos(u_j, Wp u_j) per eigenvector u_j of F; asymmetry ||Wp - Wp^T|| / ||Wp||;
     z_std: per-dimension std of l2-normalised z, times sqrt(d) (about 1 when spread out, 0 when collapsed)."""
-    s, U = torch.linalg.eigh(F.double())
+    F, mu = (t.double() for t in stats)
+    s, U = torch.linalg.eigh(F)
     s, U = s.flip(0), U.flip(1)
-    out = {"F_eig": s.tolist(), "erank": effective_rank(s),
+    out = {"F_eig": s.tolist(), "erank": effective_rank(torch.linalg.eigvalsh(F - torch.outer(mu, mu))),
+           "erank_uncentered": effective_rank(s),
            "z_std": (nnf.normalize(z.float(), dim=1).std(0).mean() * z.shape[1] ** 0.5).item()}
     if Wp is not None:
         Wp = Wp.double()
@@ -849,14 +944,13 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
     features, each neighbour votes for its class with weight exp(sim / t). The similarities are full fp32 (no TF32,
     whatever the caller set), so the monitor in train.py and eval_linear.py give the same number."""
     n_cls = int(train_y.max()) + 1
-    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     train_f, test_f = nnf.normalize(train_f, dim=1), nnf.normalize(test_f, dim=1)
     correct = 0
-    for i in range(0, len(test_f), chunk):
-        sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(min(k, len(train_f)), dim=1)  # (b, k)
-        votes = torch.zeros(len(sim), n_cls, device=sim.device).scatter_add_(1, train_y[idx], (sim / t).exp())
-        correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
-    torch.backends.cuda.matmul.allow_tf32 = tf32
+    with full_fp32(train_f.device.type):
+        for i in range(0, len(test_f), chunk):
+            sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(min(k, len(train_f)), dim=1)  # (b, k)
+            votes = torch.zeros(len(sim), n_cls, device=sim.device).scatter_add_(1, train_y[idx], (sim / t).exp())
+            correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
     return correct / len(test_f)
 
 
@@ -872,7 +966,12 @@ def init_distributed(device, timeout=600):
     if int(os.environ.get("RANK", -1)) == -1:  # a plain `python` launch
         return False, 0, 0, 1, device
     rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group(backend="nccl" if device == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
+    if device == "cuda":  # this rank's GPU first, and named to the process group (else barrier() guesses one)
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                            timeout=datetime.timedelta(seconds=timeout),
+                            device_id=torch.device(device) if device.startswith("cuda") else None)
 
     def one_line(kind, exc, tb):  # a failed collective: the other ranks stalled or died
         text = str(exc)  # gloo's timeouts reach Python as a plain RuntimeError from the DDP reducer
@@ -883,9 +982,6 @@ def init_distributed(device, timeout=600):
               f"rank stalled or died ({str(exc).strip().splitlines()[0][:160]})", file=sys.stderr, flush=True)
         os._exit(1)  # no atexit handlers: tearing down a broken process group can hang
     sys.excepthook = one_line
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
     return True, rank, local_rank, world_size, device
 
 
@@ -906,19 +1002,45 @@ def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0,
     networks and their inputs)."""
     if device_type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic  # autotuning picks kernels by timing: not repeatable
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not deterministic
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9 (its legacy allow_tf32 warns)
+            torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = \
+                "ieee" if deterministic else "tf32"
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not deterministic
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable GEMMs
             torch.backends.cudnn.deterministic = True
             torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
-    if bf16 == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if device_type == "cuda" else cpu_has_bf16()
+    if bf16 == "auto":  # CUDA: native bf16 only (emulated on pre-Ampere GPUs, slower); a CPU: fp32 here, and
+        # train.py turns bf16 on where bf16_if_faster measures it faster for the run's network
+        bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if channels_last == "auto":  # CPU: 1.6x faster for the main job, but oneDNN's 1x1 stride-2 weight gradient in
         # channels_last hangs or errs when the conv has fewer input channels than its kernel's block (8 on AVX2;
         # github.com/uxlfoundation/oneDNN/issues/6035): our downsample convs see --width channels and more
         channels_last = device_type == "cuda" or width >= 16
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if int(bf16) else nullcontext()
     return ctx, torch.channels_last if int(channels_last) else torch.contiguous_format
+
+
+def bf16_if_faster(online, target, cfg, x, n=3):
+    """--bf16 auto on a CPU with bf16 instructions: whether bf16 autocast is faster than fp32 for this run's networks
+    (bf16 instructions do not make every network faster: at small widths the convolutions can lose). Times n forward +
+    backward passes of copies of online and target (the run's weights and BN statistics are left untouched) on the
+    batch x in each precision, interleaved, after one warm-up each. Returns (use bf16?, one line with the numbers)."""
+    online, target = copy.deepcopy(online), copy.deepcopy(target)
+    ctxs = {"fp32": nullcontext(), "bf16": torch.autocast(x.device.type, dtype=torch.bfloat16)}
+    ms = {k: [] for k in ctxs}
+    for i in range(n + 1):
+        for k, c in ctxs.items():
+            t = time.perf_counter()
+            with c:
+                loss = ssl_loss(online, target, x, x, cfg)[0]
+            loss.backward()
+            if i:  # the first pass of each builds oneDNN's kernels
+                ms[k].append(1000 * (time.perf_counter() - t))
+    fp32, bf16 = min(ms["fp32"]), min(ms["bf16"])
+    return bf16 < fp32, (f"--bf16 auto: a forward + backward of this network takes {fp32:.0f} ms in fp32, {bf16:.0f} ms "
+                         f"in bf16 (best of {n}): {'bf16' if bf16 < fp32 else 'fp32'}")
 
 
 def save_checkpoint(obj, path):
@@ -1016,7 +1138,7 @@ if __name__ == "__main__":
         train_data.transform = TwoCrops(size, (args.crop_min, 1.0))
         n_train, in_chans = len(train_data), 3
     else:
-        images, labels = load_dataset(args.dataset, args.data_dir, "pretrain", args.fake_size)
+        images, labels = load_split(args.dataset, args.data_dir, "pretrain", args.split, args.fake_size)
         images, labels = images.to(device), labels.to(device)  # (N, C, H, W) uint8, resident on the device
         train_data = (images, labels)
         n_train, in_chans = images.shape[0], images.shape[1]
@@ -1033,7 +1155,7 @@ if __name__ == "__main__":
             knn_sets = (load_dataset(args.dataset, args.data_dir, "train"), load_dataset(args.dataset, args.data_dir, "test"))
         else:
             keep = labels >= 0  # STL-10's unlabeled images have y = -1
-            x_test, y_test = load_dataset(args.dataset, args.data_dir, "test", args.fake_size)
+            x_test, y_test = load_split(args.dataset, args.data_dir, "eval", args.split, args.fake_size)
             knn_sets = ((images[keep], labels[keep]), (x_test.to(device), y_test.to(device)))
 
     # --- model: online (DDP-wrapped), EMA target (never wrapped), DirectPred state
@@ -1046,14 +1168,21 @@ if __name__ == "__main__":
         print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch statistics")
     online = online.to(memory_format=fmt)
     target = target.to(memory_format=fmt) if target is not None else None
-    dp = None
-    if args.predictor in ("direct", "directcopy", "optimal") and args.partitions == 1:  # (partitions: in the predictor)
-        dp = DirectPred(args.proj_dim, args.rho, args.eps, args.freq, args.exponent, args.offset, bool(args.center),
-                        mode=args.predictor).to(device)
+    if args.bf16 == "auto" and device_type == "cpu" and cpu_has_bf16():  # bf16 only where it is measured faster
+        x_probe = torch.rand(B, in_chans, size, size, device=device).contiguous(memory_format=fmt)
+        use_bf16, line = bf16_if_faster(online, target, cfg, x_probe)
+        if ddp:  # every rank runs rank 0's choice
+            use_bf16 = torch.tensor(int(use_bf16))
+            dist.broadcast(use_bf16, 0)
+        ctx = torch.autocast(device_type, dtype=torch.bfloat16) if int(use_bf16) else ctx
+        if master_process:
+            print(line)
+    dp = build_directpred(cfg, device)
     optimizer = build_optimizer(online, cfg)
 
     # --- resume
     step, knn_init = 0, None  # knn_init: kNN top-1 at random init (--eval-every), kept in the checkpoint
+    monitor_stats = None  # feature_stats of the predictor's input: the collapse diagnostics' running E[f f^T], E[f]
     if args.resume:
         ckpt = load_checkpoint(ckpt_path, "--resume")
         diff = [k for k in cfg if k not in RESUME_FREE and ckpt["config"].get(k) != cfg[k]]
@@ -1070,6 +1199,7 @@ if __name__ == "__main__":
             dp.load_state_dict(ckpt["directpred"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, knn_init = ckpt["step"], ckpt.get("knn_init")
+        monitor_stats = tuple(t.to(device) for t in ckpt["monitor_stats"]) if ckpt.get("monitor_stats") else None
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if device_type == "cuda" and ckpt["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
@@ -1077,11 +1207,14 @@ if __name__ == "__main__":
 
     # --- compile, DDP
     raw_model = online  # what gets saved: no "_orig_mod." or "module." in the keys
+    if args.compile and ddp and args.sync_bn and device_type == "cuda" and master_process:
+        print("warning: --compile 1 with DDP and SyncBatchNorm: dynamo breaks the graph at every SyncBatchNorm "
+              "(pytorch#161302) and the combination has failed (pytorch#107372); --sync-bn 0 compiles whole")
     model = torch.compile(online) if args.compile else online
     if ddp:
         model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
-    ema_online = [p for n, p in raw_model.named_parameters() if not n.startswith("predictor.")]
-    ema_target = list(target.parameters()) if target is not None else []
+    ema = (list(target.parameters()) if target is not None else [],  # EMA pairs: (target, online without predictor)
+           [p for n, p in raw_model.named_parameters() if not n.startswith("predictor.")])
 
     F_stats = dp if dp is not None else getattr(raw_model.predictor, "dp", None)  # DirectPred state, if any
     bad_step = torch.zeros((), dtype=torch.long, device=device)  # first step whose loss or F_hat was nan/inf (0: none)
@@ -1109,7 +1242,7 @@ if __name__ == "__main__":
         save_checkpoint({
             "online": state[0], "target": state[1] if target is not None else None,
             "directpred": dp.state_dict() if dp is not None else None, "optimizer": optimizer.state_dict(),
-            "step": step, "config": cfg, "knn_init": knn_init, "n_train": n_train,
+            "step": step, "config": cfg, "knn_init": knn_init, "n_train": n_train, "monitor_stats": monitor_stats,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
         }, path)
 
@@ -1160,9 +1293,9 @@ if __name__ == "__main__":
     pbar = tqdm(total=max_steps, initial=step, disable=not master_process, dynamic_ncols=True, file=sys.stdout)
     if knn_sets is not None and step == 0:  # the same network at random init: the baseline the run must beat
         knn_init = knn_monitor()
-        write_log({"step": 0, "epoch": 0.0, "knn_top1": knn_init})
+    log_step = lambda k: k % args.log_every == 0 or k <= args.log_early and k % 10 == 0 or k == max_steps
     t0, step0, t_eval, rec = time.time(), step, 0.0, {}
-    collapsed = 0  # log lines in a row that looked collapsed
+    collapsed, warned = 0, False  # log lines in a row that looked collapsed; whether a warning is standing
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
         for x, _ in epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size, device,
@@ -1175,29 +1308,20 @@ if __name__ == "__main__":
             lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_mult"]
-            with ctx:
-                loss, z1, z2, t1, t2 = ssl_loss(model, target, x1, x2, cfg)
-            if dp is not None:  # statistics of both views' raw predictor inputs, over all ranks (before backward)
-                f = torch.cat([z1, z2])  # (2B, d)
-                dp.update(f, torch.cat([t2, t1]) if args.predictor == "optimal" else None)  # f1 predicts t2, f2 t1
+            # forward, DirectPred statistics, backward, optimizer step, Wp, EMA (train_step, the paper's order)
+            loss, z1, z2 = train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, tau, ema)
+            monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d): both views' predictor input
+            if master_process and step == 0:  # step 0: the random init (this step's forward ran before its update)
+                write_log({"step": 0, "epoch": 0.0, "loss": loss.item(), **diagnostics(monitor_stats, None, z1),
+                           **({"knn_top1": knn_init} if knn_init is not None else {})})
             finite = torch.isfinite(loss.detach()) & (torch.isfinite(F_stats.F_hat).all() if F_stats is not None else True)
             bad_step = torch.where((bad_step == 0) & ~finite, step + 1, bad_step)  # on the device: no sync
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if args.sym_wp:
-                symmetrize_predictor(raw_model.predictor)
-            if dp is not None:  # every freq steps: Wp <- U diag(p) U^T, used from the next step on
-                dp.set_predictor(raw_model.predictor.weight)
-            if target is not None:  # EMA keyed to optimizer steps: target <- tau target + (1 - tau) online; under
-                with torch.no_grad():  # no_grad, else each step chains one more autograd node per weight (a leak)
-                    torch._foreach_lerp_(ema_target, ema_online, 1 - tau)
             step += 1
             pbar.update(1)
             if master_process and step < args.log_every and step & (step - 1) == 0:  # steps 1, 2, 4, 8, ...: the
                 pbar.set_postfix(loss=f"{loss.item():.4f}")  # loss before the first log line, at few host syncs
 
-            if step % args.log_every == 0 or step % args.ckpt_every == 0 or step == max_steps:
+            if log_step(step) or step % args.ckpt_every == 0:
                 stop_if_diverged(sync_ranks=ddp)
             rec = {"step": step, "epoch": step / steps_per_epoch}
             if knn_sets is not None and (step % args.eval_every == 0 or step == max_steps):
@@ -1205,24 +1329,28 @@ if __name__ == "__main__":
                 rec["knn_top1"] = knn_monitor()
                 t_eval += time.time() - te  # left out of img/s
                 pbar.set_postfix(knn=f"{rec['knn_top1']:.4f}")
-            if master_process and (step % args.log_every == 0 or step == max_steps):
+            if master_process and log_step(step):
                 if device_type == "cuda":
                     torch.cuda.synchronize()
                 imgs = (step - step0) * args.batch_size / (time.time() - t0 - t_eval)
                 step0 = step
-                f = torch.cat([z1, z2]).float()  # (2B, d)
-                F = dp.F_hat[0] if dp is not None else f.T @ f / len(f)  # other predictors: this batch's E[f f^T]
                 Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors (not mlp, not partitioned)
-                rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=imgs, **diagnostics(F, Wp, z1))
+                rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=imgs, **diagnostics(monitor_stats, Wp, z1))
                 if device_type == "cuda":
                     rec["mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{imgs:.0f}", z_std=f"{rec['z_std']:.2f}",
                                  rank=f"{rec['erank']:.1f}", **({"knn": f"{rec['knn_top1']:.4f}"} if "knn_top1" in rec else {}))
-                collapsed = collapsed + 1 if rec["erank"] < COLLAPSE_ERANK or rec["z_std"] < COLLAPSE_Z_STD else 0
-                if collapsed == COLLAPSE_INTERVALS:  # once per streak, on stdout (stderr is for errors)
+                low = rec["erank"] < COLLAPSE_ERANK or rec["z_std"] < COLLAPSE_Z_STD
+                collapsed = max(collapsed, 0) + 1 if low else min(collapsed, 0) - 1  # > 0: low lines in a row; < 0: healthy
+                if collapsed == COLLAPSE_INTERVALS and not warned:  # once per streak, on stdout (stderr: errors)
+                    warned = True
                     pbar.write(f"warning: step {step}: the run looks collapsed: effective rank {rec['erank']:.2f} of "
                                f"{len(rec['F_eig'])}, z_std {rec['z_std']:.3f} for {collapsed} log lines in a row (README: "
                                f"'Has my run collapsed?' lists what to try)")
+                if collapsed == -COLLAPSE_INTERVALS and warned:  # a slow predictor can dip and recover: say so
+                    warned = False
+                    pbar.write(f"note: step {step}: the run recovered: effective rank {rec['erank']:.2f}, z_std "
+                               f"{rec['z_std']:.3f} for {-collapsed} log lines in a row")
                 t0, t_eval = time.time(), 0.0  # the next interval's clock starts after this one's diagnostics
             if master_process and len(rec) > 2:
                 write_log(rec)
