@@ -47,7 +47,12 @@ import torch.nn as nn
 @contextmanager
 def full_fp32(device_type):
     """Matmuls in full fp32 inside: autocast off, and no TF32 on CUDA (a caller may have turned TF32 on for the
-    network, which would round the inputs of every f f^T sum to 10 mantissa bits). The settings are restored after."""
+    network, which would round the inputs of every f f^T sum to 10 mantissa bits). The settings are restored after.
+    Under torch.compile only autocast is turned off (the compiled graph keeps the precision it was compiled with)."""
+    if torch.compiler.is_compiling():  # inside a compiled forward (--partitions): the backend flags cannot be traced
+        with torch.autocast(device_type, enabled=False):
+            yield
+        return
     m = torch.backends.cuda.matmul
     key = "fp32_precision" if hasattr(m, "fp32_precision") else "allow_tf32"  # torch >= 2.9 warns on allow_tf32
     old = getattr(m, key)

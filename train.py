@@ -1185,10 +1185,11 @@ if __name__ == "__main__":
     monitor_stats = None  # feature_stats of the predictor's input: the collapse diagnostics' running E[f f^T], E[f]
     if args.resume:
         ckpt = load_checkpoint(ckpt_path, "--resume")
-        diff = [k for k in cfg if k not in RESUME_FREE and ckpt["config"].get(k) != cfg[k]]
+        saved = {**vars(get_parser().parse_args([])), **ckpt["config"]}  # a key older than the checkpoint: default
+        diff = [k for k in cfg if k not in RESUME_FREE and saved[k] != cfg[k]]
         if diff:
             sys.exit(f"error: --resume: --{diff[0].replace('_', '-')} is {cfg[diff[0]]!r} here but "
-                     f"{ckpt['config'].get(diff[0])!r} in {ckpt_path}")
+                     f"{saved[diff[0]]!r} in {ckpt_path}")
         if ckpt.get("n_train", n_train) != n_train:  # e.g. --data-dir now points at another copy of the data
             sys.exit(f"error: --resume: --data-dir {args.data_dir} holds {n_train} training images, but {ckpt_path} "
                      f"was trained on {ckpt['n_train']}")
