@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The search's runs, in the order they were run (README.md here: the rule). Each point: the three predictor rows at
-# seed 0 on the validation split, and the random-init baseline from pred-direct's checkpoint.
-# Usage: bash results/laptop-search/run.sh POINT "train.py flags" [rows]
+# One point of the laptop protocol search (README.md here: the rule and the points). The three predictor rows (or
+# ROWS) at SEEDS on the validation split, three runs side by side (one thread each on 2 cores), and the random-init
+# baseline from pred-direct's checkpoint.
+# Usage: bash results/laptop-search/run.sh POINT "the point's knobs (train.py flags)" [ROWS] [SEEDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-point=$1 flags=$2 rows=${3:-pred-linear,pred-mlp,pred-direct}
-python reproduce.py --scale laptop --rows "$rows" --seeds 0 --baselines random --jobs 3 --data-dir "${DATA_DIR:-data}" \
-    --base "$flags" --work "out/search/$point" --results "results/laptop-search/$point"
+point=$1 knobs=$2 rows=${3:-pred-linear,pred-mlp,pred-direct} seeds=${4:-0}
+base="--dataset fashion-mnist --split val --width 16 --stem imagenet --epochs 5 --ckpt-every 500 --log-every 100"
+base="$base --eval-every 0 $knobs"
+python reproduce.py --scale laptop --rows "$rows" --seeds "$seeds" --baselines random --jobs 3 --data-dir "${DATA_DIR:-data}" \
+    --base "$base" --work "out/search/$point" --results "results/laptop-search/$point"
