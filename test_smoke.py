@@ -423,6 +423,14 @@ def test_imagefolder_of_jpegs_streams(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(T.FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_from_debian_package(tmp_path):
+    """Read from the Debian package's .gz files, unpacked under --data-dir; three processes unpacking into one empty
+    --data-dir at once (reproduce.py --jobs 3 on a fresh machine) all load it (a shared temp file made two fail)."""
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import train; print(len(train.load_dataset('fashion-mnist', " \
+           f"{str(tmp_path)!r}, 'train')[0]))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    assert [p.communicate()[0].strip() for p in procs] == ["60000"] * 3
+    assert not list((tmp_path / "FashionMNIST" / "raw").glob("*.tmp"))
     x, y = T.load_dataset("fashion-mnist", str(tmp_path), "train")
     assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.uint8 and sorted(y.unique().tolist()) == list(range(10))
     x, y = T.load_dataset("fashion-mnist", str(tmp_path), "test")

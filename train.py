@@ -337,7 +337,9 @@ def load_dataset(name, data_dir, split, fake_size=1024):
                            if os.path.exists(p)), None)
                 if not os.path.exists(os.path.join(raw, f)) and gz:  # unpack .gz (ours or the Debian package's)
                     os.makedirs(raw, exist_ok=True)
-                    tmp = os.path.join(raw, f + ".tmp")  # then renamed: a kill never leaves a partial file behind
+                    # unpacked to a temp file, then renamed: a kill never leaves a partial file behind, and runs that
+                    # unpack at once (reproduce.py --jobs on a fresh machine) each rename their own complete copy
+                    tmp = os.path.join(raw, f"{f}.{os.getpid()}.tmp")
                     try:
                         with gzip.open(gz) as src, open(tmp, "wb") as dst:
                             shutil.copyfileobj(src, dst)
