@@ -28,7 +28,6 @@ network trained with labels for the same number of steps (eval_linear.py --basel
 """
 import argparse
 import json
-import math
 import os
 import queue
 import shlex
