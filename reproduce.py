@@ -158,14 +158,15 @@ GROUPS = {  # --rows names a table or a group as well as row ids
     "thm2": ["pred-none", "thm2-no-stop-grad"], "fig2": ["fig2-linear"],
 }
 
-# the two scales: train.py's base flags, the probe, and seeds. The laptop recipe is the main job's (README) at 1 epoch
-# (468 steps), checkpointed every 100 steps so that a stopped suite resumes
+# the two scales: train.py's base flags and the probe (seeds: each row's own at laptop scale; 5 at paper scale, 1 for
+# the ImageNet rows, parse() below). The laptop recipe is the main job's (README) at 1 epoch (468 steps),
+# checkpointed every 100 steps so that a stopped suite resumes
 SCALES = {
     "laptop": dict(base="--dataset fashion-mnist --width 32 --stem imagenet --crop-min 0.9 --lr 0.015 "
                         "--lr-schedule cosine --epochs 1 --ckpt-every 100 --log-every 50",
-                   probe="--protocol fast", seeds=None),
+                   probe="--protocol fast"),
     "paper": dict(base="--preset paper-stl10 --dataset stl10 --ckpt-every 5000 --log-every 500",
-                  probe="--protocol paper", imagenet_probe="--protocol augmented", seeds=5),  # ImageNet: 1
+                  probe="--protocol paper", imagenet_probe="--protocol augmented"),
 }
 CURVES = ("pred-none", "pred-linear", "pred-mlp", "pred-direct")  # seed 0 of these logs the kNN monitor over steps
 EVAL_EVERY = {"laptop": 117, "paper": 5000}
@@ -578,14 +579,14 @@ def flag_value(cmd, flag, default=None):
     return cmd[idx[-1] + 1] if idx else default
 
 
-# where each dataset lives under --data-dir (train.py's loaders), and whether torchvision can fetch it
+# where each dataset lives under --data-dir (train.py's loaders)
 DATA_LAYOUT = {"stl10": "stl10_binary", "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python",
                "fashion-mnist": os.path.join("FashionMNIST", "raw"), "imagenet": "train", "imagefolder": "train"}
-FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist (train.py reads it too)
 
 
 def missing_data(datasets, data_dir):
     """The datasets of the suite that are not under --data-dir (Fashion-MNIST: nor in the Debian package's folder)."""
+    from train import FMNIST_SYSTEM_DIR  # only here: it imports torch
     return [d for d in sorted(datasets) if d in DATA_LAYOUT and not os.path.isdir(os.path.join(data_dir, DATA_LAYOUT[d]))
             and not (d == "fashion-mnist" and os.path.isdir(FMNIST_SYSTEM_DIR))]
 

@@ -1562,12 +1562,12 @@ def main():
 
 if __name__ == "__main__":
     main()
-else:  # imported by reproduce.py, which reads a run's dataset with parse_config: the real train.py's
+else:  # imported by reproduce.py (a run's dataset, the Debian data folder): the real train.py's
     sys.path.append(os.path.dirname(os.environ["REAL_TRAIN"]))
     spec = importlib.util.spec_from_file_location("real_train", os.environ["REAL_TRAIN"])
     real = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(real)
-    parse_config = real.parse_config
+    parse_config, FMNIST_SYSTEM_DIR = real.parse_config, real.FMNIST_SYSTEM_DIR
 '''
 TORCHRUN = r'''#!/usr/bin/env python3
 import os, subprocess, sys
