@@ -91,8 +91,9 @@ def train_loop(dev, batch, steps, compile_=0, extra=(), env=None):
     with tempfile.TemporaryDirectory() as out:
         half = max(1, steps // 2)
         cmd = [sys.executable, os.path.join(HERE, "train.py"), "--dataset", "fake", "--fake-size", str(batch * steps),
-               "--batch-size", str(batch), "--max-steps", str(2 * half), "--log-every", str(half), "--ckpt-every",
-               str(10 ** 9), "--device", dev.split(":")[0], "--compile", str(compile_), "--out-dir", out, *extra]
+               "--batch-size", str(batch), "--max-steps", str(2 * half), "--log-every", str(half), "--log-early", "0",
+               "--ckpt-every", str(10 ** 9), "--device", dev.split(":")[0], "--compile", str(compile_), "--out-dir", out,
+               *extra]
         run_child(cmd, child_env(dev, **(env or {})))
         return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][-1]
 
@@ -283,7 +284,7 @@ def fmnist(dev, data_dir, out, seconds, width, probe_seconds, tiny):
     epochs = max(1, budget_steps // steps_per_epoch)
     cmd = [sys.executable, os.path.join(HERE, "train.py"), "--dataset", "fashion-mnist", "--data-dir", data_dir,
            "--width", str(width), "--stem", "cifar", "--batch-size", str(batch), "--lr", str(0.015 * batch / 128),
-           "--lr-schedule", "cosine", "--crop-min", "0.9", "--epochs", str(epochs), "--log-every", "50",
+           "--lr-schedule", "cosine", "--crop-min", "0.9", "--epochs", str(epochs), "--log-every", "50", "--log-early", "0",
            "--device", dev.split(":")[0], "--out-dir", os.path.join(out, "fmnist")]
     if tiny:
         cmd += ["--max-steps", "4"]
