@@ -652,6 +652,7 @@ if __name__ == "__main__":
         print(line, flush=True)
     else:
         args.jobs, speed = 1 if args.jobs == "auto" else int(args.jobs), None
+    args.jobs = min(args.jobs, max(1, len(todo)))  # no more side-by-side slots than runs: the threads go to the runs
     single = [(rid, s) for rid, s in todo if not row(rid).get("imagenet")]
     multi = [(rid, s) for rid, s in todo if row(rid).get("imagenet")]
     where = (f"GPUs {','.join(args.gpus)} ({len(args.gpus)} runs side by side, one per GPU; ImageNet rows one at a "
