@@ -128,8 +128,7 @@ def real_step(flags, dev):
     model = model.to(memory_format=fmt)
     target = target.to(memory_format=fmt) if target is not None else None
     opt, dp = T.build_optimizer(model, cfg), T.build_directpred(cfg, dev)
-    ema = (list(target.parameters()) if target is not None else [],
-           [p for n, p in model.named_parameters() if not n.startswith("predictor.")])
+    ema = T.ema_pairs(target, model)
     tau = cfg["ema"]
     step = lambda x1, x2: T.train_step(model, model, target, dp, opt, x1, x2, cfg, ctx, tau, ema)
     return step, cfg, ctx, fmt

@@ -725,6 +725,13 @@ def build_directpred(cfg, device):
                       bool(cfg["center"]), mode=cfg["predictor"]).to(device)
 
 
+def ema_pairs(target, online):
+    """What the EMA update lerps: (the target's tensors, the online net's without its predictor), or two empty lists
+    for SimSiam (no target network)."""
+    return (list(target.parameters()) if target is not None else [],
+            [p for n, p in online.named_parameters() if not n.startswith("predictor.")])
+
+
 def symmetrize_predictor(predictor):
     """--sym-wp (Table 3): Wp <- (Wp + Wp^T) / 2; the 2-layer predictor's layers are tied, W2 = W1^T."""
     with torch.no_grad():
@@ -1216,8 +1223,7 @@ if __name__ == "__main__":
     model = torch.compile(online) if args.compile else online
     if ddp:
         model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
-    ema = (list(target.parameters()) if target is not None else [],  # EMA pairs: (target, online without predictor)
-           [p for n, p in raw_model.named_parameters() if not n.startswith("predictor.")])
+    ema = ema_pairs(target, raw_model)
 
     F_stats = dp if dp is not None else getattr(raw_model.predictor, "dp", None)  # DirectPred state, if any
     bad_step = torch.zeros((), dtype=torch.long, device=device)  # first step whose loss or F_hat was nan/inf (0: none)
