@@ -646,16 +646,18 @@ def test_flag_combinations_train(tmp_path, flags):
 # real data: training learns
 
 
-# the known numbers of a short main-job run, with torch 2.14.1 on 2 CPU cores in fp32: kNN top-1 on 10k train / 2k
-# test images after 300 steps, and its random init's; a change that moves them by more than LEARN_TOL fails
-LEARN_KNN, LEARN_INIT, LEARN_TOL = None, None, 0.015
+# the known numbers of a short main-job run, torch 2.14.1 on 2 CPU cores of a Xeon, fp32: kNN top-1 on 10k train / 2k
+# test images after 300 steps (0.6905 with 2 threads, 0.7065 with 1: at lr 0.03 the thread count's rounding alone
+# moves a 300-step run by 1.6 points, hence the tolerance), and its random init's; a change that moves them by more
+# than LEARN_TOL fails
+LEARN_KNN, LEARN_INIT, LEARN_TOL = 0.6985, 0.6530, 0.03
 
 
 @pytest.mark.skipif(not os.path.isdir(T.FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_directpred_learns_on_fashion_mnist(tmp_path):
     """The main job's recipe (the laptop protocol: width-16 ResNet-18, ImageNet stem, crop-min 0.4, constant lr 0.03,
     fp32) cut to 300 steps (about a CPU minute), against the same network at its random initialisation: kNN top-1
-    (k=200, t=0.1) on 10k train / 2k test images. It must gain more than 1 point, print no collapse warning, and
+    (k=200, t=0.1) on 10k train / 2k test images. It must gain more than 2 points, print no collapse warning, and
     land within LEARN_TOL of the known number above (what CPU kernels and a torch release may move it by is far
     below that; a broken augmentation, loss or predictor is not)."""
     r = run(["--dataset", "fashion-mnist", "--data-dir", tmp_path / "data", "--predictor", "direct", "--width", "16",
@@ -676,7 +678,7 @@ def test_directpred_learns_on_fashion_mnist(tmp_path):
     torch.manual_seed(0)
     acc_trained, acc_random = knn(trained), knn(T.build_model(ckpt["config"], 1))
     print(f"kNN top-1: trained {acc_trained:.4f}, random init {acc_random:.4f}")
-    assert acc_trained > acc_random + 0.01, (acc_trained, acc_random)
+    assert acc_trained > acc_random + 0.02, (acc_trained, acc_random)
     if LEARN_KNN is not None:
         assert abs(acc_trained - LEARN_KNN) < LEARN_TOL and abs(acc_random - LEARN_INIT) < LEARN_TOL, \
             (acc_trained, acc_random)
