@@ -110,7 +110,8 @@ def get_parser():
     a("--stop-grad", type=int, default=1, choices=[0, 1], help="0: gradient flows into the target branch "
       "(needs --ema 0; Theorem 2's negative control, collapses)")
     a("--loss", default="cosine", choices=["cosine", "l2"],
-      help="cosine: 2 - 2cos(p, z) (normalised); l2: 1/2 ||p - z||^2 (the theory's, Bao et al.)")
+      help="cosine: 2 - 2cos(p, z) (normalised; the loss of Bao et al.'s analysis); l2: 1/2 ||p - z||^2 (the loss of "
+      "Tian et al.'s linear theory, Sec. 3)")
     a("--symmetric", type=int, default=1, choices=[0, 1], help="loss over both view pairings, summed (0: p1 vs z2 only)")
     # optimisation
     a("--optimizer", default="sgd", choices=["sgd", "lars"], help="sgd (the paper's STL-10/CIFAR runs) or lars "
