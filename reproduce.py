@@ -600,24 +600,26 @@ def figures(scale, results):
     runs, _ = load_results(results)
     rand = [b["linear_top1"] for k, b in base.items() if k.startswith("random-s")]
     tables = [t for t in dict.fromkeys(r["table"] for r in rows) if any("linear" in r for r in rows if r["table"] == t)]
-    ncol = max(1, min(4, len(tables)))  # a grid of panels, 4 to a line
+    ncol = max(1, min(3, len(tables)))  # a grid of panels, 3 to a line; horizontal bars, so the labels read
     nrow = max(1, -(-len(tables) // ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 4.6 * nrow), squeeze=False)
+    tall = max(sum(1 for r in rows if r["table"] == t and "linear" in r) for t in tables) if tables else 1
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.6 * ncol, (0.32 * tall + 1.2) * nrow), squeeze=False)
     for ax in axes.flat[len(tables):]:
         ax.axis("off")
     for ax, t in zip(axes.flat, tables):
         rs = [r for r in rows if r["table"] == t and "linear" in r]
         for i, r in enumerate(rs):
-            ys = [100 * v["linear_top1"] for v in runs[r["runs_as"]].values() if "linear_top1" in v]
-            ax.bar(i, 100 * r["linear"][0], color="C0", alpha=0.5)
-            ax.plot([i] * len(ys), ys, "k.", ms=5)
+            xs = [100 * v["linear_top1"] for v in runs[r["runs_as"]].values() if "linear_top1" in v]
+            ax.barh(i, 100 * r["linear"][0], color="C0", alpha=0.5)
+            ax.plot(xs, [i] * len(xs), "k.", ms=5)
         if rand:
-            ax.axhline(100 * statistics.mean(rand), color="C3", ls="--", lw=1, label="random init")
-        ax.set_xticks(range(len(rs)), [r["label"] for r in rs], rotation=75, fontsize=6)
+            ax.axvline(100 * statistics.mean(rand), color="C3", ls="--", lw=1, label="random init")
+        ax.set_yticks(range(len(rs)), [r["label"] for r in rs], fontsize=8)
+        ax.set_ylim(tall - 0.5, -0.5)  # the first row on top, every panel at the same bar height
         lo = min([100 * v["linear_top1"] for r in rs for v in runs[r["runs_as"]].values() if "linear_top1" in v]
                  + [100 * min(rand or [1])])
-        ax.set(title=t, ylim=(lo - 2, None), ylabel="linear top-1 (%)")
-    axes[0][0].legend(fontsize=6)
+        ax.set(title=t, xlim=(lo - 2, None), xlabel="linear top-1 (%), seeds as dots")
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     paths = [save(fig, results, "tables.png")]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))  # the lead figure: collapse vs not, every seed a thin line
@@ -640,7 +642,8 @@ def figures(scale, results):
         path = os.path.join(results, "fig2_linear.jsonl")
         with open(path, "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in log)
-        paths.append(plot_log(path, os.path.join(results, "fig2_linear.png")))
+        paths.append(plot_log(path, os.path.join(results, "fig2_linear.png"),
+                              title=f"{os.path.join(results, 'pred-linear', 's0.json')} (its log)"))
         os.remove(path)
     return paths
 

@@ -503,7 +503,7 @@ def l2_vs_cosine(out_dir):
     return save(fig, out_dir, "l2_vs_cosine.png")
 
 
-def plot_log(path, out=None):
+def plot_log(path, out=None, title=None):
     """The paper's Fig. 2 panels from a log.jsonl of train.py or theory.py: eigenvalues of F_hat and of Wp over
     steps (log scale), alignment cos(u_j, Wp u_j), asymmetry ||Wp - Wp^T|| / ||Wp||, the effective rank of F_hat
     and z_std (the two collapse signals)."""
@@ -537,7 +537,7 @@ def plot_log(path, out=None):
     axes[5].set(title="z_std (1: spread, 0: collapsed)", ylim=(0, 1.1))
     for ax in axes:
         ax.set_xlabel("step")
-    fig.suptitle(path)
+    fig.suptitle(title or path)  # the log it was drawn from, unless the caller names the run
     out = out or os.path.join(os.path.dirname(os.path.abspath(path)), "fig2_diagnostics.png")
     return save(fig, os.path.dirname(out), os.path.basename(out))
 
