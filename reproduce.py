@@ -507,13 +507,13 @@ def lr_wd(res):
     return res["steps"] * float(flag_value(cmd, "--lr", 0.03)) * float(flag_value(cmd, "--wd", 4e-4))
 
 
-def judge(diffs, sign):
-    """Verdict of one contrast from its paired differences: it needs |mean| above their sample std."""
+def judge(diffs, sign, a="a", b="b"):
+    """Verdict of one contrast a - b from its paired differences: it needs |mean| above their sample std."""
     if len(diffs) < 2:
         return "no verdict (n = 1: no seed-to-seed spread)"
     m, s, _ = mean_std(diffs)
     if sign == 0:
-        return "holds (within noise)" if abs(m) <= s else f"does not show ({'a above b' if m > 0 else 'b above a'})"
+        return "holds (within noise)" if abs(m) <= s else f"does not show ({a if m > 0 else b} above {b if m > 0 else a})"
     return "holds" if m * sign > s else "the opposite" if -m * sign > s else "does not show (within noise)"
 
 
@@ -550,7 +550,7 @@ def verdicts(scale, results):
             rec["n"] = len(seeds)
             rec["linear"] = {s: a[s]["linear_top1"] - b[s]["linear_top1"] for s in seeds}
             rec["knn"] = {s: a[s]["knn_top1"] - b[s]["knn_top1"] for s in seeds}
-            rec["verdict"] = judge(list(rec["linear"].values()), c["sign"]) if seeds else "not run"
+            rec["verdict"] = judge(list(rec["linear"].values()), c["sign"], c["a"], c["b"]) if seeds else "not run"
         if c.get("wd") and wd:
             rec["untestable"] = (f"summed lr x wd {wd[0]:.3f} here vs {PAPER_LR_WD:.2f} in the paper: the "
                                  f"wd factor e^(-2 eta t) is {math.exp(-2 * wd[0]):.2f} here, "
@@ -626,16 +626,17 @@ def figures(scale, results):
     for i, rid in enumerate(CURVES):
         for j, (s, res) in enumerate(sorted(runs.get(rid, {}).items())):
             curve = res.get("curve", [])
-            kw = dict(color=f"C{i}", lw=1, alpha=0.8, label=rid if j == 0 else None)
+            kw = dict(color=f"C{i}", lw=1, alpha=0.8, label=f"{rid}: {row(rid)['label']}" if j == 0 else None)
             rank = [c for c in curve if "erank" in c]
             axes[0].plot([c["step"] for c in rank], [c["erank"] for c in rank], **kw)
             knn = [c for c in curve if "knn_top1" in c]
             axes[1].plot([c["step"] for c in knn], [100 * c["knn_top1"] for c in knn], marker=".", **kw)
     axes[0].set(xlabel="step", ylabel="effective rank", yscale="log", title="effective rank of the predictor input "
                 "(centered; 1 = collapsed)")
-    axes[1].set(xlabel="step", ylabel="kNN top-1 (%)", title="kNN monitor (k = 200) over training")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    axes[1].set(xlabel="step", ylabel="kNN top-1 (%), test images", title="kNN monitor (k = 200): step 0 = random init")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.suptitle(f"Fashion-MNIST, {scale} scale, every seed a line", fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     paths.append(save(fig, results, "lead.png"))
     log = runs.get("pred-linear", {}).get(0, {}).get("log")
     if log:
