@@ -1501,6 +1501,15 @@ def test_the_readme_paper_table_is_reproduce_pys():
     assert len(table) == 2 + len(R.ROWS)
 
 
+def test_the_readme_claims_table_is_the_committed_verdicts():
+    """The README's laptop verdicts are reproduce.py's claims table of the committed result files (results/laptop),
+    line for line: a verdict cannot be edited by hand or go stale when results land."""
+    table = R.claims_markdown("laptop", str(ROOT / "results" / "laptop"))
+    assert table in (ROOT / "README.md").read_text()
+    assert table + "\n" == (ROOT / "results" / "laptop" / "claims.md").read_text()
+    assert len(table.splitlines()) == 2 + len(R.CLAIMS)
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--rows", "table3,nope"], "--rows"), (["--seeds", "0,x"], "--seeds"), (["--seeds", "-1"], "--seeds"),
     (["--jobs", "0"], "--jobs"), (["--jobs", "two"], "--jobs"), (["--gpus", "0,0"], "--gpus"),
