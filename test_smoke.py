@@ -1501,6 +1501,32 @@ def test_the_readme_paper_table_is_reproduce_pys():
     assert len(table) == 2 + len(R.ROWS)
 
 
+SNIPPET_CHECK = """
+F_prev, f = dp.F_hat[0].clone().double(), torch.cat([online(x1), online(x2)]).detach().double()
+dp.update(f.float())  # one more update: the EMA by hand, from the batch's f
+assert torch.allclose(dp.F_hat[0].double(), 0.3 * F_prev + 0.7 * f.T @ f / len(f), atol=1e-5)
+s, U = torch.linalg.eigh(F_prev)  # the Wp of the last step, by the rule, from the F_hat it was set from
+s = s.clamp(min=0) / s.clamp(min=0).max()
+assert torch.allclose(predictor.weight.double(), U @ torch.diag(s.sqrt() + 0.1) @ U.T, atol=1e-5)
+print("snippet ok", dp.n_sets)
+"""
+
+
+def test_the_readme_directpred_snippet_runs_with_directpred_py_alone(tmp_path):
+    """The README's "Use DirectPred in your code" block, run with directpred.py copied alone into an empty directory
+    (it must not need the rest of the repo), then checked: its F_hat is the rho-EMA of E[f f^T] (one more update
+    by hand) and its Wp is U diag(sqrt(s / max s) + eps) U^T of the F_hat it was set from (eigh by hand, float64)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("## Use DirectPred in your code"):]
+    code = block[block.index("```python\n") + len("```python\n"):block.index("\n```\n")]
+    assert 10 <= len(code.splitlines()) <= 30
+    shutil.copy(ROOT / "directpred.py", tmp_path)
+    (tmp_path / "snippet.py").write_text(code + "\n" + SNIPPET_CHECK)
+    r = subprocess.run([sys.executable, "snippet.py"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0 and "snippet ok 20" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
 def test_the_readme_claims_table_is_the_committed_verdicts():
     """The README's laptop verdicts are reproduce.py's claims table of the committed result files (results/laptop),
     line for line: a verdict cannot be edited by hand or go stale when results land."""
