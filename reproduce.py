@@ -170,8 +170,9 @@ GROUPS = {  # --rows names a table or a group as well as row ids
 # the two scales: train.py's base flags and the probe (seeds: each row's own at laptop scale; 5 at paper scale, 1 for
 # the ImageNet rows, parse() below). The laptop protocol was chosen on the validation split by a rule written down
 # before the search (results/laptop-search/README.md): a width-16 ResNet-18, the paper's constant lr 0.03, crop
-# scale 0.4-1, 5 epochs (2,340 steps of batch 128), alpha_p 10 on the predictor rows (LAPTOP_AP); fp32 (--bf16 0) so that a verdict does not depend on whether the
-# CPU has bf16 instructions; checkpointed every 500 steps so that a stopped suite resumes
+# scale 0.4-1, 5 epochs (2,340 steps of batch 128), alpha_p 10 on the predictor rows (LAPTOP_AP); fp32 (--bf16 0), so
+# that a verdict does not depend on whether the CPU has bf16 instructions; a checkpoint every 500 steps, so that a
+# stopped suite resumes
 SCALES = {
     "laptop": dict(base="--dataset fashion-mnist --width 16 --stem imagenet --crop-min 0.4 --lr 0.03 --lr-schedule const "
                         "--epochs 5 --bf16 0 --ckpt-every 500 --log-every 100",
