@@ -180,6 +180,8 @@ SCALES = {
     "paper": dict(base="--preset paper-stl10 --dataset stl10 --ckpt-every 5000 --log-every 500",
                   probe="--protocol paper", imagenet_probe="--protocol augmented"),
 }
+DEMO_ROWS = ("pred-none", "pred-linear", "pred-direct")  # --demo: collapse against a trained and a set predictor,
+DEMO_FLAGS = "--max-steps 600 --eval-every 300 --log-every 20"  # 600 steps of the laptop protocol, side by side
 CURVES = ("pred-none", "pred-linear", "pred-mlp", "pred-direct")  # these log the kNN monitor over steps (the lead
 EVAL_EVERY = {"laptop": 468, "paper": 5000}  # figure): every seed at laptop scale, seed 0 at paper scale
 # paper scale, for planning only: assumed img/s per GPU for one training image (two views, online + target) on an
@@ -593,6 +595,29 @@ def write_tables(scale, results):
             fh.write(claims_markdown(scale, results) + "\n")
 
 
+def lead_figure(runs, rows, out_dir, name, title):
+    """The lead figure: the predictor input's effective rank and the kNN monitor over steps, one line per run of
+    each row (collapse against not). runs: {row id: {seed: result}}. Returns the PNG's path."""
+    from theory import pyplot, save  # the repo's one plotting module; matplotlib is imported there
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, rid in enumerate(rows):
+        for j, (s, res) in enumerate(sorted(runs.get(rid, {}).items())):
+            curve = res.get("curve", [])
+            kw = dict(color=f"C{i}", lw=1, alpha=0.8, label=f"{rid}: {row(rid)['label']}" if j == 0 else None)
+            rank = [c for c in curve if "erank" in c]
+            axes[0].plot([c["step"] for c in rank], [c["erank"] for c in rank], **kw)
+            knn = [c for c in curve if "knn_top1" in c]
+            axes[1].plot([c["step"] for c in knn], [100 * c["knn_top1"] for c in knn], marker=".", **kw)
+    axes[0].set(xlabel="step", ylabel="effective rank", yscale="log", title="effective rank of the predictor input "
+                "(centered; 1 = collapsed)")
+    axes[1].set(xlabel="step", ylabel="kNN top-1 (%), test images", title="kNN monitor (k = 200): step 0 = random init")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return save(fig, out_dir, name)
+
+
 def figures(scale, results):
     """Bar charts (one panel per table, seeds as dots), the predictors' kNN curves, the Fig. 2 panels of a linear Wp."""
     from theory import plot_log, pyplot, save  # the repo's one plotting module; matplotlib is imported there
@@ -623,22 +648,7 @@ def figures(scale, results):
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     paths = [save(fig, results, "tables.png")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))  # the lead figure: collapse vs not, every seed a thin line
-    for i, rid in enumerate(CURVES):
-        for j, (s, res) in enumerate(sorted(runs.get(rid, {}).items())):
-            curve = res.get("curve", [])
-            kw = dict(color=f"C{i}", lw=1, alpha=0.8, label=f"{rid}: {row(rid)['label']}" if j == 0 else None)
-            rank = [c for c in curve if "erank" in c]
-            axes[0].plot([c["step"] for c in rank], [c["erank"] for c in rank], **kw)
-            knn = [c for c in curve if "knn_top1" in c]
-            axes[1].plot([c["step"] for c in knn], [100 * c["knn_top1"] for c in knn], marker=".", **kw)
-    axes[0].set(xlabel="step", ylabel="effective rank", yscale="log", title="effective rank of the predictor input "
-                "(centered; 1 = collapsed)")
-    axes[1].set(xlabel="step", ylabel="kNN top-1 (%), test images", title="kNN monitor (k = 200): step 0 = random init")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.suptitle(f"Fashion-MNIST, {scale} scale, every seed a line", fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    paths.append(save(fig, results, "lead.png"))
+    paths.append(lead_figure(runs, CURVES, results, "lead.png", f"Fashion-MNIST, {scale} scale, every seed a line"))
     log = runs.get("pred-linear", {}).get(0, {}).get("log")
     if log:
         path = os.path.join(results, "fig2_linear.jsonl")
@@ -681,12 +691,21 @@ def get_parser():
                    "random init; none")
     P.add_argument("--dry-run", action="store_true", help="print the commands (and GPU-hours at paper scale); run nothing")
     P.add_argument("--report", action="store_true", help="only write the table and figures from the result files")
+    P.add_argument("--demo", action="store_true", help="the class demo: no predictor, a trained linear one and "
+                   "DirectPred side by side for 600 steps of the laptop protocol (a few minutes on 2 cores), then "
+                   "out/demo/results/demo.png: the effective rank collapses without a predictor, the kNN with it")
     return P
 
 
 def parse(argv=None):
     """Flags -> (args, [(row id, seed), ...]) or exit with one line naming the flag."""
     args = get_parser().parse_args(argv)
+    if args.demo:  # the class demo: DEMO_ROWS side by side at seed 0 for DEMO_FLAGS' steps, one figure (out/demo)
+        args.scale, args.rows, args.seeds, args.baselines = "laptop", ",".join(DEMO_ROWS), "0", "none"
+        args.work = args.work or os.path.join("out", "demo")
+        args.results = args.results or os.path.join(args.work, "results")
+        args.base = args.base if args.base is not None else f"{SCALES['laptop']['base']} {DEMO_FLAGS}"
+        args.jobs = str(len(DEMO_ROWS)) if args.jobs == "auto" else args.jobs
     args.work = args.work or os.path.join("out", "reproduce", args.scale)
     args.results = args.results or os.path.join("results", args.scale)
     args.base = args.base if args.base is not None else SCALES[args.scale]["base"]
@@ -915,4 +934,13 @@ if __name__ == "__main__":
                     sys.exit(f"error: {e}")
     print(table_markdown(args.scale, args.results))
     write_tables(args.scale, args.results)
+    if args.demo:  # what the class should see, in numbers and in one figure
+        runs = load_results(args.results)[0]
+        for rid in DEMO_ROWS:
+            cur = [c for c in runs[rid][0]["curve"] if "erank" in c]
+            knn = [c["knn_top1"] for c in runs[rid][0]["curve"] if "knn_top1" in c]
+            print(f"{rid:12s} effective rank {cur[0]['erank']:5.1f} -> {cur[-1]['erank']:5.1f}, z_std "
+                  f"{cur[0]['z_std']:.2f} -> {cur[-1]['z_std']:.2f}, kNN {100 * knn[0]:.2f} -> {100 * knn[-1]:.2f}")
+        print("wrote " + lead_figure(runs, DEMO_ROWS, args.results, "demo.png", "reproduce.py --demo: the laptop "
+                                     "protocol, seed 0, side by side"))
     print(f"done in {time.time() - t0:.0f} s; table in {os.path.join(args.results, 'table.md')} (figures: --report)")

@@ -1610,6 +1610,21 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
     assert f"{100 * rows['pred-direct']['linear'][0]:.2f} ± {100 * rows['pred-direct']['linear'][1]:.2f} (n=2)" in table
 
 
+def test_reproduce_demo_prints_each_rows_rank_and_knn_and_draws_them(tmp_path):
+    """--demo on fake data (its base replaced by a tiny one): the three rows side by side, one line each whose
+    numbers are the first and last of that run's committed curve, and the figure."""
+    r = subprocess.run([sys.executable, str(ROOT / "reproduce.py"), "--demo", "--base", FAKE_BASE + " --max-steps 8 "
+                        "--eval-every 4", "--work", str(tmp_path / "w")], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for rid in R.DEMO_ROWS:
+        cur = json.load(open(tmp_path / "w" / "results" / rid / "s0.json"))["curve"]
+        rank, knn = [c for c in cur if "erank" in c], [c["knn_top1"] for c in cur if "knn_top1" in c]
+        line = next(x for x in r.stdout.splitlines() if x.startswith(rid + " "))
+        assert f"{rank[0]['erank']:5.1f} -> {rank[-1]['erank']:5.1f}" in line and f"{100 * knn[-1]:.2f}" in line
+    assert (tmp_path / "w" / "results" / "demo.png").stat().st_size > 10_000
+
+
 STAND_IN = r'''
 import importlib.util, json, os, sys, time
 
