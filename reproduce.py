@@ -932,7 +932,8 @@ if __name__ == "__main__":
                 except RuntimeError as e:  # one run failed: start nothing more, let the running ones finish
                     pool.shutdown(cancel_futures=True)
                     sys.exit(f"error: {e}")
-    print(table_markdown(args.scale, args.results))
+    if not args.demo:  # (the demo's three lines say what it shows)
+        print(table_markdown(args.scale, args.results))
     write_tables(args.scale, args.results)
     if args.demo:  # what the class should see, in numbers and in one figure
         runs = load_results(args.results)[0]
@@ -941,6 +942,6 @@ if __name__ == "__main__":
             knn = [c["knn_top1"] for c in runs[rid][0]["curve"] if "knn_top1" in c]
             print(f"{rid:12s} effective rank {cur[0]['erank']:5.1f} -> {cur[-1]['erank']:5.1f}, z_std "
                   f"{cur[0]['z_std']:.2f} -> {cur[-1]['z_std']:.2f}, kNN {100 * knn[0]:.2f} -> {100 * knn[-1]:.2f}")
-        print("wrote " + lead_figure(runs, DEMO_ROWS, args.results, "demo.png", "reproduce.py --demo: the laptop "
-                                     "protocol, seed 0, side by side"))
+        lead_figure(runs, DEMO_ROWS, args.results, "demo.png", "reproduce.py --demo: the laptop protocol, seed 0, "
+                    "side by side")  # (it prints the path)
     print(f"done in {time.time() - t0:.0f} s; table in {os.path.join(args.results, 'table.md')} (figures: --report)")
