@@ -359,15 +359,10 @@ def mean_std(xs):
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs)
 
 
-def fmt(ms, scale=100):
+def fmt(ms, scale=100, sign=""):
+    """mean ± std (n=k); sign="+": a difference, signed."""
     m, s, n = ms
-    return f"{scale * m:.2f} ± {scale * s:.2f} (n={n})" if s is not None else f"{scale * m:.2f} (n={n})"
-
-
-def signed(ms, scale=100):
-    """A difference: +m ± s (n=k)."""
-    m, s, n = ms
-    return f"{scale * m:+.2f} ± {scale * s:.2f} (n={n})" if s is not None else f"{scale * m:+.2f} (n={n})"
+    return f"{scale * m:{sign}.2f} ± {scale * s:.2f} (n={n})" if s is not None else f"{scale * m:{sign}.2f} (n={n})"
 
 
 def paper_text(r):
@@ -505,9 +500,11 @@ def collapsed(res):
 
 
 def lr_wd(res):
-    """A run's summed lr x weight decay (steps x lr x wd; a constant lr), from its command."""
+    """A run's summed lr x weight decay (steps x lr x wd; a constant lr), from its command's config."""
+    from train import parse_config  # only here: it imports torch
     cmd = shlex.split(res["command"])
-    return res["steps"] * float(flag_value(cmd, "--lr", 0.03)) * float(flag_value(cmd, "--wd", 4e-4))
+    cfg = parse_config(cmd[[i for i, t in enumerate(cmd) if t.endswith("train.py")][0] + 1:])
+    return res["steps"] * cfg["lr"] * cfg["wd"]
 
 
 def judge(diffs, sign, a="a", b="b"):
@@ -521,7 +518,7 @@ def judge(diffs, sign, a="a", b="b"):
 
 
 def verdicts(scale, results):
-    """One dict per contrast of CLAIMS: the per-seed differences (linear, kNN), mean ± std, the verdict."""
+    """One dict per contrast of CLAIMS, with its per-seed differences (linear, kNN) and its verdict."""
     runs, base = load_results(results)
     ok = lambda rid: {s: v for s, v in runs.get(runs_row(row(rid), scale) or rid, {}).items() if "diverged" not in v}
     rand = {int(k[len("random-s"):]): v for k, v in base.items() if k.startswith("random-s")}
@@ -531,7 +528,6 @@ def verdicts(scale, results):
         rec = dict(c)
         if "collapse" in c:
             a, b = ok(c["collapse"]), ok(c["b"])
-            rec["n"] = len(a)
             rec["detail"] = (f"{c['collapse']}: " + ", ".join(f"s{s} rank {v['final_erank']:.2f} / z_std "
                                                                f"{v['final_z_std']:.2f}" for s, v in sorted(a.items()))
                              + f"; {c['b']}: {sum(collapsed(v) for v in b.values())} of {len(b)} collapsed")
@@ -541,16 +537,14 @@ def verdicts(scale, results):
         elif "align" in c:
             a = ok(c["align"])
             top = lambda cur: statistics.mean(cur["align"])
-            d = {s: [top(cur[-1]) - top(cur[0])] for s, v in a.items()
-                 if len(cur := [r for r in v["curve"] if "align" in r]) > 1}
-            rec["n"], rec["linear"] = len(d), {s: x[0] for s, x in d.items()}
-            rec["verdict"] = judge(list(rec["linear"].values()), 1) if d else "not run"
+            rec["linear"] = {s: top(cur[-1]) - top(cur[0]) for s, v in a.items()
+                             if len(cur := [r for r in v["curve"] if "align" in r]) > 1}
+            rec["verdict"] = judge(list(rec["linear"].values()), 1) if rec["linear"] else "not run"
             rec["detail"] = "; Wp turning symmetric: untestable at this scale (a weight-decay effect, C4)"
         else:
             a = ok(c["a"])
             b = rand if c["b"] == "random" else ok(c["b"])
             seeds = sorted(set(a) & set(b))
-            rec["n"] = len(seeds)
             rec["linear"] = {s: a[s]["linear_top1"] - b[s]["linear_top1"] for s in seeds}
             rec["knn"] = {s: a[s]["knn_top1"] - b[s]["knn_top1"] for s in seeds}
             rec["verdict"] = judge(list(rec["linear"].values()), c["sign"], c["a"], c["b"]) if seeds else "not run"
@@ -561,14 +555,14 @@ def verdicts(scale, results):
         if rec.get("untestable"):
             rec["verdict"] = "untestable at this scale: " + rec["untestable"] + f" (measured: {rec['verdict']})"
         out.append(rec)
-    return out, wd
+    return out
 
 
 def claims_markdown(scale, results):
     """The verdicts as a markdown table: claim, contrast, per-seed paired differences, mean ± std, verdict."""
-    recs, wd = verdicts(scale, results)
+    recs = verdicts(scale, results)
     diffs = lambda d: ", ".join(f"{100 * v:+.2f}" for _, v in sorted(d.items()))
-    ms = lambda d, k=100: signed(mean_std(list(d.values())), k) if d else ""
+    ms = lambda d, k=100: fmt(mean_std(list(d.values())), k, "+") if d else ""
     lines = ["| claim | the paper | contrast a - b | linear top-1 a - b, per seed | mean ± std | kNN a - b, mean ± std "
              "| verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in recs:

@@ -1566,7 +1566,7 @@ def test_claims_are_judged_seed_by_seed_against_the_spread(tmp_path):
         put("t6-rho0.3-eps0.5", s, d - (0.01, -0.01, 0.005)[s])
         put("pred-none", s, 0.6, rank=1.2, z=0.05)
     put("pred-mlp", 0, 0.75)
-    recs = {(r["claim"], r.get("b")): r for r in R.verdicts("laptop", str(tmp_path))[0] if "thm2" not in str(r)}
+    recs = {(r["claim"], r.get("b")): r for r in R.verdicts("laptop", str(tmp_path)) if "thm2" not in str(r)}
     c9 = recs[("C9", "pred-linear")]
     assert c9["linear"] == {s: pytest.approx(v) for s, v in enumerate((0.02, 0.03, 0.04))} and c9["verdict"] == "holds"
     assert recs[("C13", "t1-optimal")]["verdict"] == "the opposite"
