@@ -1586,8 +1586,10 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
             "--jobs", "2", "--base", FAKE_BASE, "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             start_new_session=True)
-    while not list((tmp_path / "r").rglob("s*.json")):
-        assert proc.poll() is None, proc.communicate()
+    unfinished = lambda: [c for c in (tmp_path / "w").glob("*/s*/ckpt.pt")  # a checkpoint and no result yet
+                          if not (tmp_path / "r" / c.parent.parent.name / f"{c.parent.name}.json").exists()]
+    while not (list((tmp_path / "r").rglob("s*.json")) and unfinished()):  # (the two side-by-side runs can end
+        assert proc.poll() is None, proc.communicate()  # together: then wait for the next one's checkpoint)
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGTERM)  # Ctrl-C-like: train.py saves a checkpoint and stops
     proc.communicate(timeout=120)
