@@ -39,9 +39,10 @@ import train as T
 from directpred import DirectPred
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# the README's main job (DirectPred on Fashion-MNIST, width-32 ResNet-18 with the ImageNet stem, 28 px, batch 128)
-MAIN_JOB = ["--dataset", "fashion-mnist", "--predictor", "direct", "--width", "32", "--stem", "imagenet", "--crop-min",
-            "0.9", "--lr", "0.015", "--lr-schedule", "cosine", "--epochs", "3"]
+# the README's main job and the laptop suite's protocol (DirectPred on Fashion-MNIST, width-16 ResNet-18 with the
+# ImageNet stem, 28 px, batch 128); precision is left to each suite
+MAIN_JOB = ["--dataset", "fashion-mnist", "--predictor", "direct", "--width", "16", "--stem", "imagenet", "--crop-min",
+            "0.4", "--lr", "0.03", "--lr-schedule", "const", "--epochs", "5"]
 SHAPES = {"fashion-mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32), "stl10": (3, 96), "fake": (3, 32),
           "imagenet": (3, 224), "imagefolder": (3, 224)}  # (channels, stored size) of each dataset's images
 
@@ -423,9 +424,10 @@ def markdown(res):
 
 
 def precision_suite(args):
-    """fp32 / bf16 autocast / channels_last / both on the main job's network (width-32 ResNet-18, ImageNet stem,
-    28 px, 1 channel, batch 128), 3 runs of each interleaved; then DirectPred's Wp under bf16 against fp32."""
-    main = MAIN_JOB + ["--data-dir", args.data_dir]
+    """fp32 / bf16 autocast / channels_last / both on the main job's network at width 32 (ResNet-18, ImageNet stem,
+    28 px, 1 channel, batch 128: the width results/speed/ab.md measured), 3 runs of each interleaved; then
+    DirectPred's Wp under bf16 against fp32."""
+    main = MAIN_JOB + ["--width", "32", "--data-dir", args.data_dir]
     modes = {"fp32": ("0", "0"), "bf16": ("1", "0"), "channels_last": ("0", "1"), "both": ("1", "1")}
     got = {m: [] for m in modes}
     for _ in range(3):

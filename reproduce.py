@@ -532,6 +532,9 @@ def verdicts(scale, results):
                                                                f"{v['final_z_std']:.2f}" for s, v in sorted(a.items()))
                              + f"; {c['b']}: {sum(collapsed(v) for v in b.values())} of {len(b)} collapsed")
             k = sum(collapsed(v) for v in a.values())
+            rec["brief"] = (f"{k} of {len(a)} collapsed (rank <= {max(v['final_erank'] for v in a.values()):.2f}, "
+                            f"z_std <= {max(v['final_z_std'] for v in a.values()):.2f}); {c['b']}: "
+                            f"{sum(collapsed(v) for v in b.values())} of {len(b)}") if a else ""
             rec["verdict"] = ("not run" if not a else "holds" if k == len(a) and not any(map(collapsed, b.values()))
                               else "does not show" if k == 0 else f"partly: {k} of {len(a)} seeds collapsed")
         elif "align" in c:
@@ -558,11 +561,22 @@ def verdicts(scale, results):
     return out
 
 
-def claims_markdown(scale, results):
-    """The verdicts as a markdown table: claim, contrast, per-seed paired differences, mean ± std, verdict."""
+def claims_markdown(scale, results, brief=False):
+    """The verdicts as a markdown table: claim, contrast, per-seed paired differences, mean ± std, verdict.
+    brief (the README's): claim, contrast, the linear probe's mean ± std (or the collapse count), verdict."""
     recs = verdicts(scale, results)
     diffs = lambda d: ", ".join(f"{100 * v:+.2f}" for _, v in sorted(d.items()))
     ms = lambda d, k=100: fmt(mean_std(list(d.values())), k, "+") if d else ""
+    if brief:
+        lines = ["| claim | the paper | contrast a - b | linear top-1 a - b, mean ± std | verdict |",
+                 "| --- | --- | --- | --- | --- |"]
+        for r in recs:
+            contrast = (f"{r['collapse']} vs {r['b']}" if "collapse" in r else f"{r['align']}: end - start"
+                        if "align" in r else f"{r['a']} - {r['b']}")
+            value = r["brief"] if "collapse" in r else ms(r["linear"], 1 if "align" in r else 100)
+            verdict = r["verdict"] + (r["detail"] if "align" in r else "")
+            lines.append(f"| {r['claim']} | {r['text']} | {contrast} | {value} | {verdict} |")
+        return "\n".join(lines)
     lines = ["| claim | the paper | contrast a - b | linear top-1 a - b, per seed | mean ± std | kNN a - b, mean ± std "
              "| verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in recs:

@@ -3,13 +3,13 @@ The linear-network theory of non-contrastive SSL, simulated in seconds on a CPU:
 Tian, Chen, Ganguli (ICML 2021, arXiv 2102.06810, Sec. 3-4, Appendix D) and the cosine (feature-normalised)
 loss of Bao (arXiv 2309.16109).
 
-    python theory.py fig3 --out-dir assets          # (p, s) phase portraits, eta = 0 / 0.01 / 1 (Fig. 3)
-    python theory.py fig4 --out-dir assets          # p-dot against p on the invariant parabola (Fig. 4)
-    python theory.py fig5 --out-dir assets          # eta and beta sweeps of the matrix model, symmetric Wp (Fig. 5)
-    python theory.py thm2 --out-dir assets          # ||W|| with / without stop-gradient, without predictor
-    python theory.py thm3 --out-dir assets          # ||[F, Wp]|| against Theorem 3's bound
-    python theory.py l2-vs-cosine --out-dir assets  # the same model under both losses, and an eta sweep
-    python theory.py all --out-dir assets           # every figure above
+    python theory.py fig3           # (p, s) phase portraits, eta = 0 / 0.01 / 1 (Fig. 3), into out/theory
+    python theory.py fig4           # p-dot against p on the invariant parabola (Fig. 4)
+    python theory.py fig5           # eta and beta sweeps of the matrix model, symmetric Wp (Fig. 5)
+    python theory.py thm2           # ||W|| with / without stop-gradient, without predictor
+    python theory.py thm3           # ||[F, Wp]|| against Theorem 3's bound
+    python theory.py l2-vs-cosine   # the same model under both losses, and an eta sweep
+    python theory.py all            # every figure above (the repo's own copies: --out-dir assets)
     python theory.py simulate --predictor direct --loss cosine --out-dir out/toy   # one run -> out/toy/log.jsonl
     python theory.py plot out/toy/log.jsonl         # Fig. 2 diagnostics of any train.py or theory.py log
 
