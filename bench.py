@@ -35,6 +35,7 @@ import PIL.Image
 import torch
 import torchvision.transforms as TV
 
+import plumbing
 import train as T
 from directpred import DirectPred
 
@@ -125,7 +126,7 @@ def real_step(flags, dev):
     in_chans = 1 if cfg["dataset"] == "fashion-mnist" else 3
     model = T.build_model(cfg, in_chans).to(dev)
     target = T.build_target(model, cfg, in_chans)
-    ctx, fmt = T.speed_paths(dev.split(":")[0], cfg["bf16"], cfg["channels_last"], width=cfg["width"])
+    ctx, fmt = plumbing.speed_paths(dev.split(":")[0], cfg["bf16"], cfg["channels_last"], width=cfg["width"])
     model = model.to(memory_format=fmt)
     target = target.to(memory_format=fmt) if target is not None else None
     opt, dp = T.build_optimizer(model, cfg), T.build_directpred(cfg, dev)
@@ -218,7 +219,7 @@ def profile_suite(args):
     (their record_function labels), the aten ops by kind, and what is left (Python, autograd, the profiler)."""
     from torch.profiler import ProfilerActivity, profile, record_function
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, bf16 instructions: "
-          f"{T.cpu_has_bf16()}; {args.steps} steps per measurement")
+          f"{plumbing.cpu_has_bf16()}; {args.steps} steps per measurement")
     other = "other aten ops (elementwise, copies, allocation)"
     for width in args.widths:
         step, cfg, _, fmt = real_step(MAIN_JOB + ["--width", str(width)] + args.extra.split(), args.device)
@@ -269,7 +270,7 @@ def fmnist_missing(data_dir):
     """The Fashion-MNIST files train.py would not find (plain or .gz, under DIR/FashionMNIST/raw or the Debian
     package's folder): checked before a suite starts, so that torchvision never tries a download (a device machine
     has no network)."""
-    where = (os.path.join(data_dir, "FashionMNIST", "raw"), T.FMNIST_SYSTEM_DIR)
+    where = (os.path.join(data_dir, "FashionMNIST", "raw"), plumbing.FMNIST_SYSTEM_DIR)
     return [f for f in FMNIST_FILES if not any(os.path.exists(os.path.join(d, f + gz)) for d in where for gz in ("", ".gz"))]
 
 
@@ -372,7 +373,7 @@ def gpu_suite(args):
     missing = fmnist_missing(args.data_dir)
     if missing:  # said now, before any step: the Fashion-MNIST step will be skipped, never a download attempt
         res["fmnist"] = {"skipped": f"--data-dir {args.data_dir}: no {', '.join(missing)} (.gz) under "
-                                    f"{os.path.join(args.data_dir, 'FashionMNIST', 'raw')} nor {T.FMNIST_SYSTEM_DIR}; "
+                                    f"{os.path.join(args.data_dir, 'FashionMNIST', 'raw')} nor {plumbing.FMNIST_SYSTEM_DIR}; "
                                     f"copy the four files there and let that folder travel with the run"}
         print(f"note: Fashion-MNIST step skipped: {res['fmnist']['skipped']}", flush=True)
     cost = lambda gpu, rehearsal: rehearsal if args.tiny else gpu  # estimated seconds (the rehearsal's on 2 cores)
@@ -434,16 +435,16 @@ def precision_suite(args):
         for m, (bf16, cl) in modes.items():
             rec = train_loop(args.device, 128, args.steps, extra=main + ["--bf16", bf16, "--channels-last", cl])
             got[m].append(round(rec["img_per_s"]))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 instructions: {T.cpu_has_bf16()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 instructions: {plumbing.cpu_has_bf16()}")
     for m, v in got.items():
         print(f"{m:14s} img/s {v}")
     # Wp from one batch's predictor inputs: the network in bf16 autocast against the same network in fp32
-    x, _ = T.load_dataset("fashion-mnist", args.data_dir, "train")
+    x, _ = plumbing.load_dataset("fashion-mnist", args.data_dir, "train")
     mean, std = (torch.tensor(v)[:, None, None] for v in T.DATASETS["fashion-mnist"][2:4])
     cfg = T.parse_config(main)
     model = T.build_model(cfg, 1)
     if args.ckpt:
-        model.load_state_dict(T.load_checkpoint(args.ckpt, "--ckpt")["online"])
+        model.load_state_dict(plumbing.load_checkpoint(args.ckpt, "--ckpt")["online"])
 
     def wp(z):
         dp = DirectPred(z.shape[1])

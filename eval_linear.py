@@ -41,11 +41,12 @@ import torchvision.transforms as TV
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import plumbing
 import train as T
 
 # -----------------------------------------------------------------------------
 # config (None = the protocol's default: PROTOCOLS below)
-P = T.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+P = plumbing.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 P.add_argument("--ckpt", default="", help="train.py checkpoint (out_dir/ckpt.pt)")
 P.add_argument("--protocol", default="fast", choices=["fast", "paper", "augmented"],
                help="fast: cached features, final epoch; paper: the authors' (batch 128, best test epoch, "
@@ -173,7 +174,7 @@ if __name__ == "__main__":
             setattr(args, k, v)
     if args.lr is None:
         args.lr = 0.1 * args.batch_size / 256
-    err = T.range_error(vars(args), RANGES)
+    err = plumbing.range_error(vars(args), RANGES)
     if err:
         sys.exit(f"error: {err}")
 
@@ -181,7 +182,7 @@ if __name__ == "__main__":
     if "RANK" in os.environ and (args.protocol != "augmented" or args.baseline == "supervised"):
         sys.exit("error: torchrun is for --protocol augmented (and not with --baseline supervised); the others run "
                  "in one process")
-    ddp, ddp_rank, _, ddp_world_size, device = T.init_distributed(args.device, args.ddp_timeout)
+    ddp, ddp_rank, _, ddp_world_size, device = plumbing.init_distributed(args.device, args.ddp_timeout)
     master_process = ddp_rank == 0
     device_type = "cuda" if "cuda" in device else "cpu"
     torch.manual_seed(args.seed)
@@ -191,9 +192,9 @@ if __name__ == "__main__":
     # --- checkpoint and data
     cfg = None
     if args.ckpt:
-        ckpt = T.load_checkpoint(args.ckpt, "--ckpt")
+        ckpt = plumbing.load_checkpoint(args.ckpt, "--ckpt")
         cfg = ckpt["config"]
-        bad = T.nonfinite(ckpt["online"])
+        bad = plumbing.nonfinite(ckpt["online"])
         if bad and args.baseline == "none":
             sys.exit(f"error: --ckpt {args.ckpt} holds nan/inf weights ({bad}): a diverged run, nothing to evaluate")
     elif args.baseline != "pixels":
@@ -222,13 +223,13 @@ if __name__ == "__main__":
     if split == "val" and dataset not in T.VAL_SETS:
         sys.exit(f"error: --split val holds out labelled training images: it needs --dataset {' / '.join(T.VAL_SETS)}")
     splits = [T.load_split(dataset, data_dir, role, split, fake_size) for role in ("train", "eval")]
-    if dataset not in T.STREAMED:
+    if dataset not in plumbing.STREAMED:
         splits = [(x.to(device), y.to(device)) for x, y in splits]
-    size = size or (224 if dataset in T.STREAMED else splits[0][0].shape[-1])  # train.py's rule for --img-size 0
-    in_chans = splits[0][0].shape[1] if dataset not in T.STREAMED else 3
-    n_cls = len(splits[0].classes) if dataset in T.STREAMED else int(splits[0][1].max()) + 1
+    size = size or (224 if dataset in plumbing.STREAMED else splits[0][0].shape[-1])  # train.py's rule for --img-size 0
+    in_chans = splits[0][0].shape[1] if dataset not in plumbing.STREAMED else 3
+    n_cls = len(splits[0].classes) if dataset in plumbing.STREAMED else int(splits[0][1].max()) + 1
 
-    ctx, fmt = T.speed_paths(device_type, args.bf16, args.channels_last, width=cfg["width"] if cfg else 64)
+    ctx, fmt = plumbing.speed_paths(device_type, args.bf16, args.channels_last, width=cfg["width"] if cfg else 64)
 
     # --- the frozen backbone
     t_start, res = time.time(), {"split": split}
@@ -299,7 +300,7 @@ if __name__ == "__main__":
         if master_process:
             del train_f, train_y  # kept only for the kNN (10 GB on ImageNet)
         train_data = splits[0]
-        if dataset in T.STREAMED:
+        if dataset in plumbing.STREAMED:
             train_data.transform = TV.Compose([TV.RandomResizedCrop(size), TV.PILToTensor()])
         n = len(train_data[0]) if isinstance(train_data, tuple) else len(train_data)
         steps_per_epoch = n // args.batch_size
@@ -312,7 +313,7 @@ if __name__ == "__main__":
             for x, y in T.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size,
                                         device, workers=args.workers):
                 gen.manual_seed(T.step_seed(args.seed, step, ddp_rank))
-                x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), mean, std, crop=dataset not in T.STREAMED)
+                x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), mean, std, crop=dataset not in plumbing.STREAMED)
                 with torch.no_grad(), ctx:
                     f = backbone(x.contiguous(memory_format=fmt))
                 for g in optimizer.param_groups:
@@ -337,7 +338,8 @@ if __name__ == "__main__":
     if master_process:
         res["top1"] = topk(logits, test_y, 1)  # the final epoch
         if args.protocol == "paper":  # the authors' number: the best test epoch (optimistic), and which one
-            res.update(top1_final=res["top1"], top1=max(test_acc), best_epoch=test_acc.index(max(test_acc)) + 1)
+            res.update(top1_final=res["top1"], top1=max(test_acc), best_epoch=test_acc.index(max(test_acc)) + 1,
+                       test_curve=test_acc)  # every epoch's test top-1, so the choice can be checked
         res["final_train_loss"] = loss.item()
         if n_cls > 10:
             res["top5"] = topk(logits, test_y, 5)

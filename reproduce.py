@@ -414,7 +414,7 @@ def aggregate(scale, results):
 
 
 def table_markdown(scale, results):
-    """The markdown table of one scale (the README's paper table is this, at the paper scale)."""
+    """The markdown table of one scale (results/paper/table.md is this, at the paper scale)."""
     rows, base = aggregate(scale, results)
     if scale == "paper":
         lines = ["| paper | row | flags (after `python train.py --preset paper-stl10`; a row's own --preset replaces it) "
@@ -797,7 +797,7 @@ DATA_LAYOUT = {"stl10": "stl10_binary", "cifar10": "cifar-10-batches-py", "cifar
 
 def missing_data(datasets, data_dir):
     """The datasets of the suite that are not under --data-dir (Fashion-MNIST: nor in the Debian package's folder)."""
-    from train import FMNIST_SYSTEM_DIR  # only here: it imports torch
+    from plumbing import FMNIST_SYSTEM_DIR  # only here: it imports torch
     return [d for d in sorted(datasets) if d in DATA_LAYOUT and not os.path.isdir(os.path.join(data_dir, DATA_LAYOUT[d]))
             and not (d == "fashion-mnist" and os.path.isdir(FMNIST_SYSTEM_DIR))]
 
@@ -816,7 +816,7 @@ def data_error(datasets, data_dir):
         where = os.path.join(data_dir, DATA_LAYOUT[d])
         if d in ("imagenet", "imagefolder"):
             return (f"--data-dir {data_dir}: no {d} there (looked for {where}): it needs {data_dir}/train/<class>/*.JPEG "
-                    f"and {data_dir}/val/<class>/*.JPEG, val sorted into class folders (README, Data); torchvision "
+                    f"and {data_dir}/val/<class>/*.JPEG, val sorted into class folders (docs/reference.md, Data); torchvision "
                     f"cannot download it")
         hint = " (or: apt-get install dataset-fashion-mnist)" if d == "fashion-mnist" else ""
         return (f"--data-dir {data_dir}: no {d} there (looked for {where}); fetch it with: "

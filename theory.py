@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from directpred import DirectPred
-from train import ArgumentParser, cosine_loss, diagnostics, effective_rank, l2_loss, range_error
+from plumbing import ArgumentParser, range_error
+from train import cosine_loss, diagnostics, effective_rank, l2_loss
 
 # -----------------------------------------------------------------------------
 # config: knobs named as train.py's where the idea is the same

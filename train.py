@@ -15,24 +15,16 @@ eval_linear.py imports the data and model pieces from here, so importing this fi
 """
 import argparse
 import copy
-import datetime
-import fcntl
-import gzip
 import hashlib
 import json
 import math
 import os
-import pickle
 import random
-import shutil
 import signal
 import sys
 import time
-import zlib
-from contextlib import nullcontext
 
 import numpy as np
-import PIL.Image
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -43,16 +35,12 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from directpred import DirectPred, PartitionedPredictor, full_fp32
+from plumbing import (STREAMED, ArgumentParser, DivergenceGuard, bf16_if_faster, cpu_has_bf16, image_batches,
+                      init_distributed, load_checkpoint, load_dataset, nonfinite, open_log, out_dir_error, range_error,
+                      refuse_busy_out_dir, resume_error, save_checkpoint, speed_paths, stop_after_the_step_on_signal)
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a malformed flag reported in one line (no usage block) like every other bad input."""
-
-    def error(self, message):
-        sys.exit(f"error: {message}")
 
 
 def get_parser():
@@ -62,7 +50,7 @@ def get_parser():
       "explicit flags override")
     # data
     a("--dataset", default="cifar10", choices=list(DATASETS), help="fake = random images made in memory (tests)")
-    a("--data-dir", default="data", help="dataset root; see README for the layout each dataset expects")
+    a("--data-dir", default="data", help="dataset root; see docs/reference.md, Data, for the layout each dataset expects")
     a("--split", default="test", choices=["test", "val"], help="what the kNN monitor reports on: the dataset's test "
       "split, or val = 10k training images held out (stratified by class, fixed seed) and not trained on, for "
       "choosing knobs without touching the test split (in-memory labelled sets)")
@@ -221,15 +209,6 @@ RANGES = {  # flag: (valid?, what it must be). Every float flag must also be fin
 }
 
 
-def range_error(cfg, ranges):
-    """The first flag outside its range (or a non-finite float), as one line naming it, or None."""
-    for k, (ok, rule) in ranges.items():
-        v = cfg[k]
-        if isinstance(v, float) and not math.isfinite(v) or not ok(v):
-            return f"--{k.replace('_', '-')} must be {rule}{' and finite' if isinstance(v, float) else ''}, got {v}"
-    return None
-
-
 def config_error(cfg):
     """The first out-of-range flag or meaningless combination of flags, as one line, or None."""
     err = range_error(cfg, RANGES)
@@ -274,90 +253,15 @@ RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank",
 # data: small sets live on the device as one uint8 tensor; ImageNet-size sets stream through a DataLoader
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DATASETS = {  # name: (aug preset, stem, mean, std, what the loader expects under --data-dir)
-    "cifar10": ("cifar", "cifar", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                "{d}/cifar-10-batches-py/ with data_batch_1..5 and test_batch (the python pickle version)"),
-    "cifar100": ("cifar", "cifar", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                 "{d}/cifar-100-python/ with train and test (the python pickle version)"),
-    "stl10": ("stl10", "imagenet", IMAGENET_MEAN, IMAGENET_STD,
-              "{d}/stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin"),
-    "fashion-mnist": ("cifar", "cifar", (0.2860,), (0.3530,),
-                      "{d}/FashionMNIST/raw/ with the four *-ubyte(.gz) files "
-                      "(or: apt-get install dataset-fashion-mnist, found in /usr/share/datasets/fashion-mnist)"),
-    "imagenet": ("imagenet", "imagenet", IMAGENET_MEAN, IMAGENET_STD,
-                 "{d}/train/<class>/*.JPEG and {d}/val/<class>/*.JPEG (val sorted into class folders)"),
-    "imagefolder": ("imagenet", "imagenet", IMAGENET_MEAN, IMAGENET_STD,
-                    "{d}/train/<class>/<image> and {d}/val/<class>/<image>"),
-    "fake": ("cifar", "cifar", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "nothing (made in memory)"),
+DATASETS = {  # name: (aug preset, stem, mean, std); the files each one expects: plumbing.LAYOUTS
+    "cifar10": ("cifar", "cifar", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("cifar", "cifar", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ("stl10", "imagenet", IMAGENET_MEAN, IMAGENET_STD),
+    "fashion-mnist": ("cifar", "cifar", (0.2860,), (0.3530,)),
+    "imagenet": ("imagenet", "imagenet", IMAGENET_MEAN, IMAGENET_STD),
+    "imagefolder": ("imagenet", "imagenet", IMAGENET_MEAN, IMAGENET_STD),
+    "fake": ("cifar", "cifar", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
 }
-STREAMED = ("imagenet", "imagefolder")
-FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
-
-
-def load_dataset(name, data_dir, split, fake_size=1024):
-    """split: pretrain | train | test. Returns (images uint8 (N, C, H, W), labels long (N,)) for the small
-    sets, or a torchvision ImageFolder for the streamed ones. Exits with one line if the files are missing."""
-    tv = torchvision.datasets
-    train = split != "test"
-    try:
-        if name == "fake":  # random images, labels 0..9; a different draw for the test split
-            g = torch.Generator().manual_seed(1234 + (split == "test"))
-            return torch.randint(0, 256, (fake_size, 3, 32, 32), dtype=torch.uint8, generator=g), \
-                torch.randint(0, 10, (fake_size,), generator=g)
-        if name in STREAMED:
-            return tv.ImageFolder(os.path.join(data_dir, "train" if train else "val"), loader=load_image)
-        if name in ("cifar10", "cifar100"):  # the python pickle batches, read as torchvision reads them
-            base = os.path.join(data_dir, "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-            if not os.path.isdir(base):  # not on disk: let torchvision download it (where it can)
-                (tv.CIFAR10 if name == "cifar10" else tv.CIFAR100)(data_dir, download=True)
-            files = ([f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]) if name == "cifar10" \
-                else (["train"] if train else ["test"])
-            batches = [pickle.load(open(os.path.join(base, f), "rb"), encoding="latin1") for f in files]
-            x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
-            y = np.concatenate([b["labels" if name == "cifar10" else "fine_labels"] for b in batches])
-            if len(x) != len(y):
-                raise ValueError(f"{len(x)} images but {len(y)} labels in {base}")
-            return torch.from_numpy(x), torch.from_numpy(y).long()
-        if name == "stl10":  # binary files; pretraining uses train + unlabeled (105k images, as Tian et al.), y = -1
-            base = os.path.join(data_dir, "stl10_binary")
-            if not os.path.isdir(base):
-                tv.STL10(data_dir, download=True)
-            parts = {"pretrain": ["train", "unlabeled"], "train": ["train"], "test": ["test"]}[split]
-            xs, ys = [], []
-            for p in parts:
-                x = np.fromfile(os.path.join(base, f"{p}_X.bin"), np.uint8).reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
-                y = np.fromfile(os.path.join(base, f"{p}_y.bin"), np.uint8).astype(np.int64) - 1 \
-                    if p != "unlabeled" else np.full(len(x), -1)  # labels on disk are 1..10
-                xs.append(x)
-                ys.append(y)
-            x, y = np.concatenate(xs), np.concatenate(ys)
-            if len(x) != len(y):
-                raise ValueError(f"{len(x)} images but {len(y)} labels in {base}")
-            return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
-        if name == "fashion-mnist":
-            raw = os.path.join(data_dir, "FashionMNIST", "raw")
-            for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-                gz = next((p for p in (os.path.join(raw, f + ".gz"), os.path.join(FMNIST_SYSTEM_DIR, f + ".gz"))
-                           if os.path.exists(p)), None)
-                if not os.path.exists(os.path.join(raw, f)) and gz:  # unpack .gz (ours or the Debian package's)
-                    os.makedirs(raw, exist_ok=True)
-                    # unpacked to a temp file, then renamed: a kill never leaves a partial file behind, and runs that
-                    # unpack at once (reproduce.py --jobs on a fresh machine) each rename their own complete copy
-                    tmp = os.path.join(raw, f"{f}.{os.getpid()}.tmp")
-                    try:
-                        with gzip.open(gz) as src, open(tmp, "wb") as dst:
-                            shutil.copyfileobj(src, dst)
-                    except (OSError, EOFError, zlib.error) as e:
-                        os.remove(tmp)
-                        sys.exit(f"error: --dataset fashion-mnist: {gz} is not a complete gzip file ({e})")
-                    os.replace(tmp, os.path.join(raw, f))
-            ds = tv.FashionMNIST(data_dir, train=train, download=not os.path.isdir(raw))
-            return ds.data[:, None].contiguous(), ds.targets.long()
-    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, AssertionError) as e:  # (torchvision
-        # checks the MNIST file format with assert)
-        layout = DATASETS[name][4].format(d=data_dir)
-        sys.exit(f"error: --dataset {name}: no usable data under --data-dir {data_dir!r} ({e}). Expected: {layout}")
-    raise ValueError(name)
 
 
 VAL_SETS = ("fashion-mnist", "cifar10", "cifar100", "fake")  # --split val: pretraining images = the labelled train split
@@ -387,27 +291,6 @@ def load_split(name, data_dir, role, split="test", fake_size=1024):
     x, y = load_dataset(name, data_dir, "train", fake_size)
     held_out = val_mask(y)
     return (x[held_out], y[held_out]) if role == "eval" else (x[~held_out], y[~held_out])
-
-
-class BadImage(ValueError):
-    """An image file that does not decode. Raised in a DataLoader worker, re-raised in the main process."""
-
-
-def load_image(path):
-    """ImageFolder's loader, decoding in full here so that a corrupt or truncated file is named."""
-    try:
-        with open(path, "rb") as fh:
-            return PIL.Image.open(fh).convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadImage(f"cannot decode image {path} ({e})") from None
-
-
-def image_batches(loader):
-    """Iterate a DataLoader over an ImageFolder; a file that does not decode stops the run with one line naming it."""
-    try:
-        yield from loader
-    except BadImage as e:  # from a worker it comes wrapped in the worker's traceback, whose last line is ours
-        sys.exit(f"error: --data-dir: {str(e).strip().splitlines()[-1].split('BadImage: ', 1)[-1]}")
 
 
 class TwoCrops:
@@ -488,7 +371,7 @@ def resized_crop(x, i, j, h, w, flip, size):
     torchvision's resize of the cropped box), mirrored where flip = -1. x: (B, C, H, W) float -> (B, C, size, size).
     One grid_sample for the batch; it differs from cropping then resizing only at the box's outer half pixel when
     upsampling (it reads the neighbouring pixels there, the crop clamps to its edge) and by skipping antialiasing when
-    downsampling (README, Augmentation)."""
+    downsampling (docs/reference.md, Data)."""
     B, _, H, W = x.shape
     # affine map from output coords in [-1, 1] to input coords in [-1, 1] (align_corners=False)
     theta = torch.zeros(B, 2, 3, device=x.device)
@@ -587,6 +470,11 @@ def augment(x, aug, view, gen, size, scale, mean, std, crop=True):
     if aug["solarize_p"][view] > 0:
         x = torch.where((rand(gen, B) < aug["solarize_p"][view])[:, None, None, None], solarize(x), x)
     return (x - mean) / std
+
+
+def step_seed(seed, step, rank):
+    """Seed of the augmentation RNG for one step of one rank: resume replays the same views, ranks differ."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8], "little") >> 1
 
 
 # -----------------------------------------------------------------------------
@@ -833,6 +721,10 @@ def tau_at(step, cfg, total_steps):
     return 1 - (1 - cfg["ema"]) * (math.cos(math.pi * step / total_steps) + 1) / 2
 
 
+# -----------------------------------------------------------------------------
+# the step: the paper's order in one function (train.py's loop and bench.py call it)
+
+
 def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, tau, ema):
     """One optimizer step, in the order of the paper (Tian et al. 2021, Sec. 4) and the authors' code: the online and
     target forwards of both views (ssl_loss); DirectPred's statistics of the raw predictor inputs, before backward;
@@ -860,6 +752,10 @@ def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, tau, e
         with torch.no_grad(), record_function("ema"):
             torch._foreach_lerp_(*ema, 1 - tau)
     return loss, z1, z2
+
+
+# -----------------------------------------------------------------------------
+# diagnostics (the paper's Fig. 2 quantities, the collapse signals) and the kNN monitor
 
 
 def effective_rank(eig):
@@ -967,223 +863,80 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
     return correct / len(test_f)
 
 
-def init_distributed(device, timeout=600):
-    """torchrun sets RANK / LOCAL_RANK / WORLD_SIZE: join the process group (nccl on CUDA, gloo on CPU) and pick
-    this rank's device. device: auto | cpu | cuda. timeout: seconds a collective waits for a stalled rank; past it
-    the collective fails and the job stops with one line naming this rank (not a traceback, never a hang).
-    Returns (ddp, rank, local_rank, world_size, device)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda: no CUDA device is available here (use --device cpu or auto)")
-    if int(os.environ.get("RANK", -1)) == -1:  # a plain `python` launch
-        return False, 0, 0, 1, device
-    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if device == "cuda":  # this rank's GPU first, and named to the process group (else barrier() guesses one)
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
-                            timeout=datetime.timedelta(seconds=timeout),
-                            device_id=torch.device(device) if device.startswith("cuda") else None)
-
-    def one_line(kind, exc, tb):  # a failed collective: the other ranks stalled or died
-        text = str(exc)  # gloo's timeouts reach Python as a plain RuntimeError from the DDP reducer
-        if not (isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and (
-                "gloo" in text or "NCCL" in text or "timed out" in text.lower())):
-            return sys.__excepthook__(kind, exc, tb)
-        print(f"error: rank {rank}: a DDP collective failed after waiting up to {timeout:g} s (--ddp-timeout): another "
-              f"rank stalled or died ({str(exc).strip().splitlines()[0][:160]})", file=sys.stderr, flush=True)
-        os._exit(1)  # no atexit handlers: tearing down a broken process group can hang
-    sys.excepthook = one_line
-    return True, rank, local_rank, world_size, device
-
-
-def cpu_has_bf16():
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX; read from Linux's /proc/cpuinfo). With them bf16
-    autocast is faster than fp32; without them oneDNN emulates bf16 and it is slower."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0, width=64):
-    """--bf16 / --channels-last ('auto': on where measured faster, see README Speed) and --deterministic for this
-    device. width: the network's --width. Returns (ctx: bf16 autocast or a null context, fmt: the memory format of the
-    networks and their inputs)."""
-    if device_type == "cuda":
-        torch.backends.cudnn.benchmark = not deterministic  # autotuning picks kernels by timing: not repeatable
-        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9 (its legacy allow_tf32 warns)
-            torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = \
-                "ieee" if deterministic else "tf32"
-        else:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not deterministic
-        if deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable GEMMs
-            torch.backends.cudnn.deterministic = True
-            torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
-    if bf16 == "auto":  # CUDA: native bf16 only (emulated on pre-Ampere GPUs, slower); a CPU: fp32 here, and
-        # train.py turns bf16 on where bf16_if_faster measures it faster for the run's network
-        bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    if channels_last == "auto":  # CPU: 1.6x faster for the main job, but oneDNN's 1x1 stride-2 weight gradient in
-        # channels_last hangs or errs when the conv has fewer input channels than its kernel's block (8 on AVX2;
-        # github.com/uxlfoundation/oneDNN/issues/6035): our downsample convs see --width channels and more
-        channels_last = device_type == "cuda" or width >= 16
-    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if int(bf16) else nullcontext()
-    return ctx, torch.channels_last if int(channels_last) else torch.contiguous_format
-
-
-def bf16_if_faster(online, target, cfg, x, n=3):
-    """--bf16 auto on a CPU with bf16 instructions: whether bf16 autocast is faster than fp32 for this run's networks
-    (bf16 instructions do not make every network faster: at small widths the convolutions can lose). Times n forward +
-    backward passes of copies of online and target (the run's weights and BN statistics are left untouched) on the
-    batch x in each precision, interleaved, after one warm-up each. Returns (use bf16?, one line with the numbers)."""
-    online, target = copy.deepcopy(online), copy.deepcopy(target)
-    ctxs = {"fp32": nullcontext(), "bf16": torch.autocast(x.device.type, dtype=torch.bfloat16)}
-    ms = {k: [] for k in ctxs}
-    for i in range(n + 1):
-        for k, c in ctxs.items():
-            t = time.perf_counter()
-            with c:
-                loss = ssl_loss(online, target, x, x, cfg)[0]
-            loss.backward()
-            if i:  # the first pass of each builds oneDNN's kernels
-                ms[k].append(1000 * (time.perf_counter() - t))
-    fp32, bf16 = min(ms["fp32"]), min(ms["bf16"])
-    return bf16 < fp32, (f"--bf16 auto: a forward + backward of this network takes {fp32:.0f} ms in fp32, {bf16:.0f} ms "
-                         f"in bf16 (best of {n}): {'bf16' if bf16 < fp32 else 'fp32'}")
-
-
-def save_checkpoint(obj, path):
-    """Atomic: written to path.tmp, flushed to disk (fsync), then renamed over path, so a crash, a kill or a host
-    failure leaves the previous checkpoint intact, never a half-written or empty one. A failed write (disk full)
-    removes the .tmp and stops with one line."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        why = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed: disk full?"
-        sys.exit(f"error: cannot write the checkpoint {path} ({why}); the previous one is intact")
-
-
-def load_checkpoint(path, flag):
-    """A train.py checkpoint, or one line naming the flag and the path when it is missing, unreadable (truncated,
-    corrupt, empty) or not one of ours."""
-    if not os.path.isfile(path):
-        sys.exit(f"error: {flag}: no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types for a damaged file (zip, pickle, EOF, unicode, ...)
-        sys.exit(f"error: {flag}: {path} is not a readable checkpoint: truncated, corrupt or not a torch.save file "
-                 f"({type(e).__name__})")
-    if not isinstance(ckpt, dict) or not {"online", "config", "step"} <= set(ckpt):
-        sys.exit(f"error: {flag}: {path} is not a train.py checkpoint (no online / config / step)")
-    return ckpt
-
-
-def nonfinite(state_dict):
-    """Name of the first floating tensor holding nan/inf in a state dict, or None."""
-    return next((k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()
-                 and not torch.isfinite(v).all()), None)
-
-
-def out_dir_error(out_dir):
-    """Why --out-dir cannot hold a run (a file, or not writable), as one line, or None. Creates nothing."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        return f"--out-dir {out_dir} is a file, not a directory"
-    p = os.path.abspath(out_dir)
-    while not os.path.exists(p):  # the nearest existing ancestor is where the directory would be made
-        p = os.path.dirname(p)
-    if not os.path.isdir(p) or not os.access(p, os.W_OK):
-        return f"--out-dir {out_dir} cannot be written ({p} is {'not a directory' if not os.path.isdir(p) else 'read-only'})"
-    return None
-
-
-def step_seed(seed, step, rank):
-    """Seed of the augmentation RNG for one step of one rank: resume replays the same views, ranks differ."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8], "little") >> 1
-
 
 # -----------------------------------------------------------------------------
 if __name__ == "__main__":
     cfg = parse_config()  # the config dict: key == flag name with '_' for '-'
-    args = argparse.Namespace(**cfg)  # the same values, as attributes
     if config_error(cfg):  # every bad flag: one line, before any work
         sys.exit(f"error: {config_error(cfg)}")
-    if out_dir_error(args.out_dir):
-        sys.exit(f"error: {out_dir_error(args.out_dir)}")
-    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
-    if os.path.exists(ckpt_path) and not args.resume:  # never replace someone's run silently
-        sys.exit(f"error: --out-dir {args.out_dir} already holds a run ({ckpt_path}): add --resume to continue it, "
+    if out_dir_error(cfg["out_dir"]):
+        sys.exit(f"error: {out_dir_error(cfg['out_dir'])}")
+    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    if os.path.exists(ckpt_path) and not cfg["resume"]:  # never replace someone's run silently
+        sys.exit(f"error: --out-dir {cfg['out_dir']} already holds a run ({ckpt_path}): add --resume to continue it, "
                  f"or choose another --out-dir")
 
     # --- DDP / device
-    ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(args.device, args.ddp_timeout)
+    ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(cfg["device"], cfg["ddp_timeout"])
     master_process = ddp_rank == 0
     device_type = "cuda" if "cuda" in device else "cpu"
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    ctx, fmt = speed_paths(device_type, args.bf16, args.channels_last, args.deterministic, args.width)
-    if args.batch_size % ddp_world_size or args.batch_size // ddp_world_size < 2:
-        sys.exit(f"error: --batch-size {args.batch_size} must split evenly over {ddp_world_size} DDP ranks, >= 2 each")
-    B = args.batch_size // ddp_world_size  # local batch
-    if ddp and args.eval_every and args.dataset in STREAMED:  # rank 0 alone would extract 1.28M images' features
-        sys.exit(f"error: --eval-every runs on rank 0 only; on --dataset {args.dataset} under DDP the other ranks would "
+    torch.manual_seed(cfg["seed"])
+    random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    ctx, fmt = speed_paths(device_type, cfg["bf16"], cfg["channels_last"], cfg["deterministic"], cfg["width"])
+    if cfg["batch_size"] % ddp_world_size or cfg["batch_size"] // ddp_world_size < 2:
+        sys.exit(f"error: --batch-size {cfg['batch_size']} must split evenly over {ddp_world_size} DDP ranks, "
+                 f">= 2 each")
+    B = cfg["batch_size"] // ddp_world_size  # local batch
+    if ddp and cfg["eval_every"] and cfg["dataset"] in STREAMED:  # rank 0 alone would extract 1.28M images' features
+        sys.exit(f"error: --eval-every runs on rank 0 only; on --dataset {cfg['dataset']} under DDP the other ranks would "
                  f"wait past --ddp-timeout. Evaluate the checkpoint with eval_linear.py instead")
 
     # --- data
-    aug = AUG[DATASETS[args.dataset][0] if args.aug == "auto" else args.aug]
+    aug = AUG[DATASETS[cfg["dataset"]][0] if cfg["aug"] == "auto" else cfg["aug"]]
     # --jitter s scales the preset's ranges (SimCLR's colour strength); s = 0 skips the op and its random draws
-    aug = dict(aug, jitter=tuple(args.jitter * t for t in aug["jitter"]), jitter_p=aug["jitter_p"] * (args.jitter > 0))
-    mean, std = (torch.tensor(v, device=device)[:, None, None] for v in DATASETS[args.dataset][2:4])  # (C, 1, 1)
-    if args.dataset in STREAMED:
-        size = args.img_size or 224
-        train_data = load_dataset(args.dataset, args.data_dir, "pretrain")
-        train_data.transform = TwoCrops(size, (args.crop_min, 1.0))
+    aug = dict(aug, jitter=tuple(cfg["jitter"] * t for t in aug["jitter"]),
+               jitter_p=aug["jitter_p"] * (cfg["jitter"] > 0))
+    mean, std = (torch.tensor(v, device=device)[:, None, None] for v in DATASETS[cfg["dataset"]][2:4])  # (C, 1, 1)
+    if cfg["dataset"] in STREAMED:
+        size = cfg["img_size"] or 224
+        train_data = load_dataset(cfg["dataset"], cfg["data_dir"], "pretrain")
+        train_data.transform = TwoCrops(size, (cfg["crop_min"], 1.0))
         n_train, in_chans = len(train_data), 3
     else:
-        images, labels = load_split(args.dataset, args.data_dir, "pretrain", args.split, args.fake_size)
+        images, labels = load_split(cfg["dataset"], cfg["data_dir"], "pretrain", cfg["split"], cfg["fake_size"])
         images, labels = images.to(device), labels.to(device)  # (N, C, H, W) uint8, resident on the device
         train_data = (images, labels)
         n_train, in_chans = images.shape[0], images.shape[1]
-        size = args.img_size or images.shape[-1]
-    steps_per_epoch = n_train // args.batch_size
+        size = cfg["img_size"] or images.shape[-1]
+    steps_per_epoch = n_train // cfg["batch_size"]
     if steps_per_epoch == 0:
-        sys.exit(f"error: --batch-size {args.batch_size} is larger than the {n_train} training images")
-    total_steps = args.epochs * steps_per_epoch
-    max_steps = min(args.max_steps, total_steps) if args.max_steps > 0 else total_steps
+        sys.exit(f"error: --batch-size {cfg['batch_size']} is larger than the {n_train} training images")
+    total_steps = cfg["epochs"] * steps_per_epoch
+    max_steps = min(cfg["max_steps"], total_steps) if cfg["max_steps"] > 0 else total_steps
 
     knn_sets = None  # kNN monitor: (labelled train split, test split), the same evaluation as eval_linear.py's
-    if args.eval_every and master_process:
-        if args.dataset in STREAMED:
-            knn_sets = (load_dataset(args.dataset, args.data_dir, "train"), load_dataset(args.dataset, args.data_dir, "test"))
+    if cfg["eval_every"] and master_process:
+        if cfg["dataset"] in STREAMED:
+            knn_sets = tuple(load_dataset(cfg["dataset"], cfg["data_dir"], s) for s in ("train", "test"))
         else:
             keep = labels >= 0  # STL-10's unlabeled images have y = -1
-            x_test, y_test = load_split(args.dataset, args.data_dir, "eval", args.split, args.fake_size)
+            x_test, y_test = load_split(cfg["dataset"], cfg["data_dir"], "eval", cfg["split"], cfg["fake_size"])
             knn_sets = ((images[keep], labels[keep]), (x_test.to(device), y_test.to(device)))
 
     # --- model: online (DDP-wrapped), EMA target (never wrapped), DirectPred state
     online = build_model(cfg, in_chans).to(device)
     target = build_target(online, cfg, in_chans)  # never wrapped in DDP
-    if ddp and args.sync_bn and device_type == "cuda":
+    if ddp and cfg["sync_bn"] and device_type == "cuda":
         online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
         target = nn.SyncBatchNorm.convert_sync_batchnorm(target) if target is not None else None
-    elif ddp and args.sync_bn and master_process:
+    elif ddp and cfg["sync_bn"] and master_process:
         print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch statistics")
     online = online.to(memory_format=fmt)
     target = target.to(memory_format=fmt) if target is not None else None
-    if args.bf16 == "auto" and device_type == "cpu" and cpu_has_bf16():  # bf16 only where it is measured faster
+    if cfg["bf16"] == "auto" and device_type == "cpu" and cpu_has_bf16():  # bf16 only where it is measured faster
         x_probe = torch.rand(B, in_chans, size, size, device=device).contiguous(memory_format=fmt)
-        use_bf16, line = bf16_if_faster(online, target, cfg, x_probe)
+        use_bf16, line = bf16_if_faster(online, target, lambda o, t, x: ssl_loss(o, t, x, x, cfg)[0], x_probe)
         if ddp:  # every rank runs rank 0's choice
             use_bf16 = torch.tensor(int(use_bf16))
             dist.broadcast(use_bf16, 0)
@@ -1196,16 +949,11 @@ if __name__ == "__main__":
     # --- resume
     step, knn_init = 0, None  # knn_init: kNN top-1 at random init (--eval-every), kept in the checkpoint
     monitor_stats = None  # feature_stats of the predictor's input: the collapse diagnostics' running E[f f^T], E[f]
-    if args.resume:
+    if cfg["resume"]:
         ckpt = load_checkpoint(ckpt_path, "--resume")
-        saved = {**vars(get_parser().parse_args([])), **ckpt["config"]}  # a key older than the checkpoint: default
-        diff = [k for k in cfg if k not in RESUME_FREE and saved[k] != cfg[k]]
-        if diff:
-            sys.exit(f"error: --resume: --{diff[0].replace('_', '-')} is {cfg[diff[0]]!r} here but "
-                     f"{saved[diff[0]]!r} in {ckpt_path}")
-        if ckpt.get("n_train", n_train) != n_train:  # e.g. --data-dir now points at another copy of the data
-            sys.exit(f"error: --resume: --data-dir {args.data_dir} holds {n_train} training images, but {ckpt_path} "
-                     f"was trained on {ckpt['n_train']}")
+        err = resume_error(ckpt, cfg, vars(get_parser().parse_args([])), RESUME_FREE, n_train, ckpt_path)
+        if err:  # the same run, or one line naming the flag that differs
+            sys.exit(f"error: {err}")
         online.load_state_dict(ckpt["online"])
         if target is not None:
             target.load_state_dict(ckpt["target"])
@@ -1221,27 +969,25 @@ if __name__ == "__main__":
 
     # --- compile, DDP
     raw_model = online  # what gets saved: no "_orig_mod." or "module." in the keys
-    if args.compile and ddp and args.sync_bn and device_type == "cuda" and master_process:
+    if cfg["compile"] and ddp and cfg["sync_bn"] and device_type == "cuda" and master_process:
         print("warning: --compile 1 with DDP and SyncBatchNorm: dynamo breaks the graph at every SyncBatchNorm "
               "(pytorch#161302) and the combination has failed (pytorch#107372); --sync-bn 0 compiles whole")
-    model = torch.compile(online) if args.compile else online
+    model = torch.compile(online) if cfg["compile"] else online
     if ddp:
         model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
     ema = ema_pairs(target, raw_model)
 
-    F_stats = dp if dp is not None else getattr(raw_model.predictor, "dp", None)  # DirectPred state, if any
-    bad_step = torch.zeros((), dtype=torch.long, device=device)  # first step whose loss or F_hat was nan/inf (0: none)
-    last_ckpt = f"step {step} in {ckpt_path}" if args.resume else "none written"
+    # F_hat of DirectPred (partitioned: of its regions, inside the predictor), watched for nan/inf; None: trained Wp
+    F_hat = dp.F_hat if dp is not None else getattr(getattr(raw_model.predictor, "dp", None), "F_hat", None)
+    guard = DivergenceGuard(device)  # the first step whose loss or F_hat went nan/inf, on the device
+    last_ckpt = f"step {step} in {ckpt_path}" if cfg["resume"] else "none written"
 
     def stop_if_diverged(sync_ranks):
-        """Never train on, or save, a diverged run: one host sync, at logging / checkpoint steps only. sync_ranks:
-        take the worst over the DDP ranks (a collective, so every rank must call it at the same steps)."""
-        bad = bad_step.clone()
-        if sync_ranks:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if bad.item():
+        """Never train on, or save, a diverged run: one host sync, at logging / checkpoint steps only."""
+        bad = guard.first_bad_step(sync_ranks)
+        if bad:
             pbar.close()
-            sys.exit(f"error: training diverged: the loss (or F_hat) became nan/inf at step {bad.item()} (--lr {args.lr}); "
+            sys.exit(f"error: training diverged: the loss (or F_hat) became nan/inf at step {bad} (--lr {cfg['lr']}); "
                      f"last good checkpoint: {last_ckpt}")
 
     def checkpoint(path):
@@ -1250,7 +996,7 @@ if __name__ == "__main__":
         bad = nonfinite(state[0]) or nonfinite(state[1])  # e.g. BatchNorm running statistics gone to inf
         if bad:
             pbar.close()
-            sys.exit(f"error: training diverged: {bad} became nan/inf by step {step} (--lr {args.lr}); "
+            sys.exit(f"error: training diverged: {bad} became nan/inf by step {step} (--lr {cfg['lr']}); "
                      f"last good checkpoint: {last_ckpt}")
         save_checkpoint({
             "online": state[0], "target": state[1] if target is not None else None,
@@ -1263,81 +1009,69 @@ if __name__ == "__main__":
         """One record to log.jsonl (and to W&B with --wandb-project), rank 0."""
         log.write(json.dumps(rec) + "\n")
         log.flush()
-        if args.wandb_project:
+        if cfg["wandb_project"]:
             wandb.log(rec, step=rec["step"])
 
     def knn_monitor():
         """kNN top-1 of the online backbone (rank 0), the same evaluation as eval_linear.py's kNN."""
         pbar.set_description("kNN monitor")  # feature extraction takes a while on a CPU: say so
-        feats = [extract_features(raw_model.backbone, d, mean, std, device, ctx, size, workers=args.workers, fmt=fmt)
+        feats = [extract_features(raw_model.backbone, d, mean, std, device, ctx, size, workers=cfg["workers"], fmt=fmt)
                  for d in knn_sets]
         pbar.set_description(None)
         return knn_eval(*feats[0], *feats[1])
 
     # --- training loop
-    os.makedirs(args.out_dir, exist_ok=True)
+    os.makedirs(cfg["out_dir"], exist_ok=True)
     log = None
-    if master_process:  # one run at a time per out_dir: the lock is held until this process ends, however it ends
-        lock = open(os.path.join(args.out_dir, "lock"), "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            sys.exit(f"error: another run is writing --out-dir {args.out_dir} (it holds {lock.name})")
-        if args.wandb_project:  # imported only when asked for (not in requirements.txt)
+    if master_process:
+        lock = refuse_busy_out_dir(cfg["out_dir"])  # one run per out_dir, until this process ends
+        if cfg["wandb_project"]:  # imported only when asked for (not in requirements.txt)
             try:
                 import wandb
             except ImportError:
                 sys.exit("error: --wandb-project needs the wandb package: pip install wandb")
-            wandb.init(project=args.wandb_project, name=args.wandb_run_name or None, config=cfg)
-        log_path = os.path.join(args.out_dir, "log.jsonl")
-        old = open(log_path).readlines() if args.resume and os.path.exists(log_path) else []
-        with open(log_path + ".tmp", "w") as fh:  # resumed: the lines up to the checkpoint's step (no duplicates)
-            fh.writelines(line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step)
-        os.replace(log_path + ".tmp", log_path)
-        log = open(log_path, "a")
-    stop = []  # SIGINT (Ctrl-C) / SIGTERM received: save a checkpoint after the current step and stop
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.append(signum))
+            wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or None, config=cfg)
+        log = open_log(cfg["out_dir"], cfg["resume"], step)  # resumed: cut back to the checkpoint's step
+    stop = stop_after_the_step_on_signal()  # Ctrl-C / SIGTERM: checkpoint after this step, then stop
     gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
     if master_process:
-        print(f"{args.dataset}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} -> {max_steps}, "
+        print(f"{cfg['dataset']}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} -> {max_steps}, "
               f"{ddp_world_size} rank(s) x batch {B}, device {device}")
     # progress on stdout: stderr carries errors alone, so a failure is exactly one line there
     pbar = tqdm(total=max_steps, initial=step, disable=not master_process, dynamic_ncols=True, file=sys.stdout)
     if knn_sets is not None and step == 0:  # the same network at random init: the baseline the run must beat
         knn_init = knn_monitor()
-    log_step = lambda k: k % args.log_every == 0 or k <= args.log_early and k % 10 == 0 or k == max_steps
+    log_step = lambda k: k % cfg["log_every"] == 0 or k <= cfg["log_early"] and k % 10 == 0 or k == max_steps
     t0, step0, t_eval, rec = time.time(), step, 0.0, {}
     collapsed, warned = 0, False  # log lines in a row that looked collapsed; whether a warning is standing
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
-        for x, _ in epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size, device,
-                                  start=k, workers=args.workers):
-            gen.manual_seed(step_seed(args.seed, step, ddp_rank))
+        for x, _ in epoch_batches(train_data, cfg["batch_size"], epoch, cfg["seed"], ddp_rank, ddp_world_size, device,
+                                  start=k, workers=cfg["workers"]):
+            gen.manual_seed(step_seed(cfg["seed"], step, ddp_rank))
             crop = x.dim() == 4  # (B, C, H, W): crop here; (B, 2, C, H, W): two crops made by the DataLoader
-            x1 = augment(x if crop else x[:, 0], aug, 0, gen, size, (args.crop_min, 1.0), mean, std, crop)
-            x2 = augment(x if crop else x[:, 1], aug, 1, gen, size, (args.crop_min, 1.0), mean, std, crop)
+            x1 = augment(x if crop else x[:, 0], aug, 0, gen, size, (cfg["crop_min"], 1.0), mean, std, crop)
+            x2 = augment(x if crop else x[:, 1], aug, 1, gen, size, (cfg["crop_min"], 1.0), mean, std, crop)
             x1, x2 = x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt)
             lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_mult"]
-            # forward, DirectPred statistics, backward, optimizer step, Wp, EMA (train_step, the paper's order)
+            # the paper's order: forward, DirectPred statistics (F all-reduced over the ranks), backward, step, Wp, EMA
             loss, z1, z2 = train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, tau, ema)
             monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d): both views' predictor input
             if master_process and step == 0:  # step 0: the random init (this step's forward ran before its update)
                 write_log({"step": 0, "epoch": 0.0, "loss": loss.item(), **diagnostics(monitor_stats, None, z1),
                            **({"knn_top1": knn_init} if knn_init is not None else {})})
-            finite = torch.isfinite(loss.detach()) & (torch.isfinite(F_stats.F_hat).all() if F_stats is not None else True)
-            bad_step = torch.where((bad_step == 0) & ~finite, step + 1, bad_step)  # on the device: no sync
+            guard.record(step, loss, F_hat)  # on the device: no host sync
             step += 1
             pbar.update(1)
-            if master_process and step < args.log_every and step & (step - 1) == 0:  # steps 1, 2, 4, 8, ...: the
+            if master_process and step < cfg["log_every"] and step & (step - 1) == 0:  # steps 1, 2, 4, 8, ...: the
                 pbar.set_postfix(loss=f"{loss.item():.4f}")  # loss before the first log line, at few host syncs
 
-            if log_step(step) or step % args.ckpt_every == 0:
+            if log_step(step) or step % cfg["ckpt_every"] == 0:
                 stop_if_diverged(sync_ranks=ddp)
             rec = {"step": step, "epoch": step / steps_per_epoch}
-            if knn_sets is not None and (step % args.eval_every == 0 or step == max_steps):
+            if knn_sets is not None and (step % cfg["eval_every"] == 0 or step == max_steps):
                 te = time.time()
                 rec["knn_top1"] = knn_monitor()
                 t_eval += time.time() - te  # left out of img/s
@@ -1345,7 +1079,7 @@ if __name__ == "__main__":
             if master_process and log_step(step):
                 if device_type == "cuda":
                     torch.cuda.synchronize()
-                imgs = (step - step0) * args.batch_size / (time.time() - t0 - t_eval)
+                imgs = (step - step0) * cfg["batch_size"] / (time.time() - t0 - t_eval)
                 step0 = step
                 Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors (not mlp, not partitioned)
                 rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=imgs, **diagnostics(monitor_stats, Wp, z1))
@@ -1358,8 +1092,8 @@ if __name__ == "__main__":
                 if collapsed == COLLAPSE_INTERVALS and not warned:  # once per streak, on stdout (stderr: errors)
                     warned = True
                     pbar.write(f"warning: step {step}: the run looks collapsed: effective rank {rec['erank']:.2f} of "
-                               f"{len(rec['F_eig'])}, z_std {rec['z_std']:.3f} for {collapsed} log lines in a row (README: "
-                               f"'Has my run collapsed?' lists what to try)")
+                               f"{len(rec['F_eig'])}, z_std {rec['z_std']:.3f} for {collapsed} log lines in a row "
+                               f"(docs/reference.md, 'has my run collapsed?', lists what to try)")
                 if collapsed == -COLLAPSE_INTERVALS and warned:  # a slow predictor can dip and recover: say so
                     warned = False
                     pbar.write(f"note: step {step}: the run recovered: effective rank {rec['erank']:.2f}, z_std "
@@ -1367,12 +1101,12 @@ if __name__ == "__main__":
                 t0, t_eval = time.time(), 0.0  # the next interval's clock starts after this one's diagnostics
             if master_process and len(rec) > 2:
                 write_log(rec)
-            if step % args.ckpt_every == 0 or step == max_steps or stop:
+            if step % cfg["ckpt_every"] == 0 or step == max_steps or stop:
                 if master_process:
                     checkpoint(ckpt_path)
                     last_ckpt = f"step {step} in {ckpt_path}"
-                if args.save_every_rank:
-                    checkpoint(os.path.join(args.out_dir, f"ckpt_rank{ddp_rank}.pt"))
+                if cfg["save_every_rank"]:
+                    checkpoint(os.path.join(cfg["out_dir"], f"ckpt_rank{ddp_rank}.pt"))
             if stop:  # each rank stops at its own next step; torchrun ends any rank still waiting on the others
                 pbar.close()
                 sys.exit(f"error: stopped by {signal.Signals(stop[0]).name} at step {step}"
@@ -1380,7 +1114,7 @@ if __name__ == "__main__":
             if step >= max_steps:
                 break
     pbar.close()
-    if master_process and args.wandb_project:
+    if master_process and cfg["wandb_project"]:
         wandb.finish()
     if master_process:
         print(f"done: step {step}, checkpoint {ckpt_path}")
