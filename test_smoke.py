@@ -1527,8 +1527,8 @@ def test_the_readme_claims_table_is_the_committed_verdicts():
     assert brief in (ROOT / "README.md").read_text()
     assert table + "\n" == (ROOT / "results" / "laptop" / "claims.md").read_text()
     assert len(table.splitlines()) == len(brief.splitlines()) == 2 + len(R.CLAIMS)
-    verdict = lambda line: line.rsplit(" | ", 1)[1]
-    assert [verdict(a) for a in table.splitlines()[2:]] == [verdict(b) for b in brief.splitlines()[2:]]
+    kind = lambda line: re.split(r"[:;(]", line.rsplit(" | ", 1)[1])[0].strip()  # holds / does not show / untestable ...
+    assert [kind(a) for a in table.splitlines()[2:]] == [kind(b) for b in brief.splitlines()[2:]]
 
 
 @pytest.mark.parametrize("argv, needle", [
