@@ -354,5 +354,5 @@ if __name__ == "__main__":
               f"epochs={args.epochs} seconds={res['seconds']} ckpt={args.ckpt or '-'} json={out}", flush=True)
         with open(out, "w") as fh:  # after the RESULT line: a failure here cannot lose the numbers
             json.dump(res, fh, indent=1)
-    if ddp:
-        dist.destroy_process_group()
+    if ddp:  # past gloo's random abort at interpreter exit (plumbing.end_distributed)
+        plumbing.end_distributed()

@@ -142,7 +142,8 @@ for center in (False, True):
     dp.set_predictor(W)
     out[center] = (dp.F_hat, W)
 torch.save(out, f"{sys.argv[2]}/rank{r}.pt")
-dist.destroy_process_group()
+from plumbing import end_distributed
+end_distributed()
 """
 
 def test_directpred_ddp_F_hat_is_the_global_batch_one(tmp_path):

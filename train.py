@@ -35,9 +35,10 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from directpred import DirectPred, PartitionedPredictor, full_fp32
-from plumbing import (STREAMED, ArgumentParser, DivergenceGuard, bf16_if_faster, cpu_has_bf16, image_batches,
-                      init_distributed, load_checkpoint, load_dataset, nonfinite, open_log, out_dir_error, range_error,
-                      refuse_busy_out_dir, resume_error, save_checkpoint, speed_paths, stop_after_the_step_on_signal)
+from plumbing import (STREAMED, ArgumentParser, DivergenceGuard, bf16_if_faster, cpu_has_bf16, end_distributed,
+                      image_batches, init_distributed, load_checkpoint, load_dataset, nonfinite, open_log, out_dir_error,
+                      range_error, refuse_busy_out_dir, resume_error, save_checkpoint, speed_paths,
+                      stop_after_the_step_on_signal)
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
@@ -1121,5 +1122,7 @@ if __name__ == "__main__":
         if knn_init is not None and "knn_top1" in rec:  # the gain over the same network at random init, in one line
             print(f"kNN top-1: random init {100 * knn_init:.2f} -> trained {100 * rec['knn_top1']:.2f} "
                   f"({100 * (rec['knn_top1'] - knn_init):+.2f}) after {step} steps")
-    if ddp:
-        dist.destroy_process_group()
+    if log is not None:
+        log.close()
+    if ddp:  # leave the process group and exit 0, past gloo's random abort at interpreter exit
+        end_distributed()
