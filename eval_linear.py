@@ -99,16 +99,16 @@ def topk(logits, y, k):
 
 
 def shard_features(backbone, data, rank, world_size, **kw):
-    """train.extract_features of one split, split over the DDP ranks: each rank extracts a contiguous shard, so no
+    """plumbing.extract_features of one split, split over the DDP ranks: each rank extracts a contiguous shard, so no
     rank waits for another's long solo pass (past --ddp-timeout on ImageNet). Rank 0 gathers and returns (features,
     labels) of the whole split; the other ranks return None."""
     if world_size == 1:
-        return T.extract_features(backbone, data, **kw)
+        return plumbing.extract_features(backbone, data, **kw)
     n = len(data[0]) if isinstance(data, tuple) else len(data)
     per = math.ceil(n / world_size)
     a, b = min(n, rank * per), min(n, (rank + 1) * per)
     part = (data[0][a:b], data[1][a:b]) if isinstance(data, tuple) else torch.utils.data.Subset(data, range(a, b))
-    f, y = T.extract_features(backbone, part, **kw)  # (b - a, D), (b - a,)
+    f, y = plumbing.extract_features(backbone, part, **kw)  # (b - a, D), (b - a,)
     pad = torch.cat([f, y[:, None].to(f.dtype)], 1)  # labels ride along as a last column (exact below 2^24)
     pad = nnf.pad(pad, (0, 0, 0, per - len(pad)))  # every rank sends `per` rows
     # rank 0 gathers into one buffer (world_size * per, D + 1): rank r's rows land at r * per, so the n real rows are

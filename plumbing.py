@@ -25,10 +25,12 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.distributed as dist
+import torch.nn.functional as nnf
 import torchvision
+from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
-# bad flags: one line
+# bad flags: one line; train.py's flag ranges, its meaningless flag combinations and its --resume rules
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -45,6 +47,66 @@ def range_error(cfg, ranges):
         if isinstance(v, float) and not math.isfinite(v) or not ok(v):
             return f"--{k.replace('_', '-')} must be {rule}{' and finite' if isinstance(v, float) else ''}, got {v}"
     return None
+
+
+TRAIN_RANGES = {  # train.py's flag: (valid?, what it must be). Every float flag must also be finite.
+    "batch_size": (lambda v: v >= 2, ">= 2 (BatchNorm needs two samples)"), "epochs": (lambda v: v >= 1, ">= 1"),
+    "max_steps": (lambda v: v >= 0, ">= 0 (0 = run --epochs)"), "width": (lambda v: v >= 1, ">= 1"),
+    "proj_hidden": (lambda v: v >= 1, ">= 1"), "proj_dim": (lambda v: v >= 1, ">= 1"),
+    "pred_hidden": (lambda v: v >= 1, ">= 1"), "fake_size": (lambda v: v >= 2, ">= 2"),
+    "img_size": (lambda v: v == 0 or v >= 8, "0 (the dataset's own size) or >= 8 pixels"),
+    "crop_min": (lambda v: 0 < v <= 1, "in (0, 1]"), "jitter": (lambda v: v >= 0, ">= 0"),
+    "rho": (lambda v: 0 <= v < 1, "in [0, 1)"), "eps": (lambda v: v >= 0, ">= 0"),
+    "exponent": (lambda v: v > 0, "> 0"), "offset": (lambda v: v < 1, "< 1 (the eigenvalues are max-normalised to 1)"),
+    "freq": (lambda v: v >= 1, ">= 1"), "partitions": (lambda v: v >= 1, ">= 1"),
+    "pred_lr_ratio": (lambda v: v > 0, "> 0"), "wd": (lambda v: v >= 0, ">= 0"), "pred_wd": (lambda v: v >= 0, ">= 0"),
+    "ema": (lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (lambda v: v > 0, "> 0"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ckpt_every": (lambda v: v >= 1, ">= 1"), "log_every": (lambda v: v >= 1, ">= 1"),
+    "log_early": (lambda v: v >= 0, ">= 0"),
+    "eval_every": (lambda v: v >= 0, ">= 0 (0 = off)"), "seed": (lambda v: v >= 0, ">= 0"),
+    "workers": (lambda v: v >= 0, ">= 0"), "ddp_timeout": (lambda v: v > 0, "> 0 seconds"),
+}
+
+
+DIRECT_ONLY = {  # DirectPred options and the predictors they apply to
+    "rho": ("direct", "directcopy", "optimal"), "eps": ("direct", "directcopy", "optimal"),
+    "freq": ("direct", "directcopy", "optimal"), "exponent": ("direct",), "offset": ("direct",),
+    "center": ("direct", "directcopy"), "partitions": ("direct",)}
+
+
+def train_config_error(cfg, defaults, val_sets):
+    """train.py's first out-of-range flag or meaningless combination of flags, as one line, or None.
+    defaults: the parser's defaults (a flag left at its default is never an error); val_sets: the datasets that
+    --split val can hold images out of."""
+    err = range_error(cfg, TRAIN_RANGES)
+    if err:
+        return err
+    for k, predictors in DIRECT_ONLY.items():
+        if cfg["predictor"] not in predictors and cfg[k] != defaults[k]:
+            return f"--{k} is a DirectPred option; it needs --predictor {' or '.join(predictors)}"
+    if cfg["partitions"] > 1 and (cfg["freq"] != 1 or cfg["pred_bias"]):
+        return "--partitions > 1 sets every side's Wp at every step (no --freq, no --pred-bias), as the authors' code"
+    if cfg["predictor"] == "none":
+        for k in ("pred_bias", "sym_wp", "pred_lr_ratio"):
+            if cfg[k] != defaults[k]:
+                return f"--{k.replace('_', '-')} needs a predictor (--predictor is none)"
+    if cfg["pred_bias"] and cfg["predictor"] == "mlp":
+        return "--pred-bias is for the linear predictors (the mlp predictor has its biases)"
+    if not cfg["stop_grad"] and cfg["ema"] > 0:
+        return "--stop-grad 0 needs --ema 0 (an EMA target has no gradient to stop)"
+    if cfg["target_init"] == "random" and cfg["ema"] == 0:
+        return "--target-init random needs --ema > 0 (with --ema 0 the target is the online network)"
+    if cfg["split"] == "val" and cfg["dataset"] not in val_sets:
+        return f"--split val holds out labelled training images: it needs --dataset {' / '.join(val_sets)}"
+    return None
+
+
+# train.py's keys that may differ between a run and its --resume (they do not change what is computed)
+RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "log_early",
+               "eval_every", "workers",
+               "compile", "device", "ddp_timeout", "data_dir", "out_dir", "bf16", "channels_last", "deterministic",
+               "wandb_project", "wandb_run_name"}
 
 
 # -----------------------------------------------------------------------------
@@ -152,6 +214,62 @@ def image_batches(loader):
         sys.exit(f"error: --data-dir: {str(e).strip().splitlines()[-1].split('BadImage: ', 1)[-1]}")
 
 
+class TwoCrops:
+    """Streamed sets: decode, then two independent RandomResizedCrops to uint8 (the colour ops run on the device)."""
+
+    def __init__(self, size, scale):
+        T = torchvision.transforms
+        self.crop = T.Compose([T.RandomResizedCrop(size, scale=scale), T.PILToTensor()])
+
+    def __call__(self, img):
+        img = img.convert("RGB")
+        return torch.stack([self.crop(img), self.crop(img)])  # (2, 3, size, size) uint8
+
+
+class EvalCrop:
+    """Streamed sets, evaluation: resize to size * 256/224, centre crop (the standard ImageNet test view), uint8."""
+
+    def __init__(self, size):
+        T = torchvision.transforms
+        self.t = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
+
+    def __call__(self, img):
+        return self.t(img.convert("RGB"))
+
+
+@torch.no_grad()
+def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_size=512, workers=8, desc=None,
+                     fmt=torch.contiguous_format):
+    """Frozen features of a labelled split, no augmentation, backbone in eval mode (BN running statistics).
+    data: (x uint8 (N, C, H, W), y (N,)) or an ImageFolder (or a Subset of one). size: the training crop size;
+    in-memory images are resized to it when it differs from theirs (--img-size), None = as stored (224 for an
+    ImageFolder).
+    desc: show a progress bar with this title. fmt: the memory format the backbone runs in.
+    Returns (features (N, D) float32, labels (N,)) on device."""
+    was_training = backbone.training
+    backbone.eval()
+    if isinstance(data, tuple):
+        x, y = data
+        batches = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
+    else:  # an ImageFolder, or a Subset of one (eval_linear's shard of it)
+        (data.dataset if isinstance(data, torch.utils.data.Subset) else data).transform = EvalCrop(size or 224)
+        batches = image_batches(torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers,
+                                                            pin_memory="cuda" in str(device)))
+    feats, labels = [], []
+    n_batches = math.ceil((len(data[0]) if isinstance(data, tuple) else len(data)) / batch_size)
+    for xb, yb in tqdm(batches, desc, total=n_batches, disable=desc is None, leave=False, dynamic_ncols=True,
+                       file=sys.stdout):
+        xb = xb.to(device, non_blocking=True).float() / 255  # (pinned when streamed to a GPU)
+        if size and xb.shape[-1] != size:  # the views were resized to size in training: the same scale here
+            xb = nnf.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
+        xb = ((xb - mean) / std).contiguous(memory_format=fmt)
+        with ctx:
+            feats.append(backbone(xb).float())
+        labels.append(yb.to(device, non_blocking=True))
+    backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
 # -----------------------------------------------------------------------------
 # DDP start-up, precision and memory format
 
@@ -236,12 +354,12 @@ def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0,
     return ctx, torch.channels_last if int(channels_last) else torch.contiguous_format
 
 
-def bf16_if_faster(online, target, loss_fn, x, n=3):
+def bf16_if_faster(online, target, loss_fn, x, sync_ranks=False, n=3):
     """--bf16 auto on a CPU with bf16 instructions: whether bf16 autocast is faster than fp32 for this run's networks
     (bf16 instructions do not make every network faster: at small widths the convolutions can lose). Times n forward +
     backward passes, loss_fn(online, target, x) -> loss, of copies of online and target (the run's weights and BN
-    statistics are left untouched) on the batch x in each precision, interleaved, after one warm-up each. Returns
-    (use bf16?, one line with the numbers)."""
+    statistics are left untouched) on the batch x in each precision, interleaved, after one warm-up each. sync_ranks: under DDP every rank
+    takes rank 0's choice (a broadcast: every rank calls this). Returns (use bf16?, one line with rank 0's numbers)."""
     online, target = copy.deepcopy(online), copy.deepcopy(target)
     ctxs = {"fp32": nullcontext(), "bf16": torch.autocast(x.device.type, dtype=torch.bfloat16)}
     ms = {k: [] for k in ctxs}
@@ -254,12 +372,15 @@ def bf16_if_faster(online, target, loss_fn, x, n=3):
             if i:  # the first pass of each builds oneDNN's kernels
                 ms[k].append(1000 * (time.perf_counter() - t))
     fp32, bf16 = min(ms["fp32"]), min(ms["bf16"])
-    return bf16 < fp32, (f"--bf16 auto: a forward + backward of this network takes {fp32:.0f} ms in fp32, {bf16:.0f} ms "
+    use_bf16 = torch.tensor(int(bf16 < fp32))
+    if sync_ranks:  # timings differ between ranks; the precision must not
+        dist.broadcast(use_bf16, 0)
+    return bool(use_bf16), (f"--bf16 auto: a forward + backward of this network takes {fp32:.0f} ms in fp32, {bf16:.0f} ms "
                          f"in bf16 (best of {n}): {'bf16' if bf16 < fp32 else 'fp32'}")
 
 
 # -----------------------------------------------------------------------------
-# checkpoints, the out-dir, signals, divergence
+# checkpoints, the out-dir, signals, divergence, the collapse warning
 
 
 def save_checkpoint(obj, path):
@@ -301,8 +422,9 @@ def nonfinite(state_dict):
                  and not torch.isfinite(v).all()), None)
 
 
-def out_dir_error(out_dir):
-    """Why --out-dir cannot hold a run (a file, or not writable), as one line, or None. Creates nothing."""
+def out_dir_error(out_dir, resume):
+    """Why --out-dir cannot hold this run, as one line, or None: a file, not writable, or it already holds a run
+    (ckpt.pt) and this is not --resume. Creates nothing."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         return f"--out-dir {out_dir} is a file, not a directory"
     p = os.path.abspath(out_dir)
@@ -310,15 +432,19 @@ def out_dir_error(out_dir):
         p = os.path.dirname(p)
     if not os.path.isdir(p) or not os.access(p, os.W_OK):
         return f"--out-dir {out_dir} cannot be written ({p} is {'not a directory' if not os.path.isdir(p) else 'read-only'})"
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if os.path.exists(ckpt_path) and not resume:  # never replace someone's run silently
+        return (f"--out-dir {out_dir} already holds a run ({ckpt_path}): add --resume to continue it, or choose another "
+                f"--out-dir")
     return None
 
 
-def resume_error(ckpt, cfg, defaults, free, n_train, path):
+def resume_error(ckpt, cfg, defaults, n_train, path):
     """Why a checkpoint cannot be resumed with this config, as one line naming the flag, or None: a flag outside
-    free (the keys that do not change what is computed) differs from the checkpoint's, or --data-dir now holds
+    RESUME_FREE (the keys that do not change what is computed) differs from the checkpoint's, or --data-dir now holds
     another number of training images. defaults: the parser's defaults (a key older than the checkpoint)."""
     saved = {**defaults, **ckpt["config"]}
-    diff = [k for k in cfg if k not in free and saved[k] != cfg[k]]
+    diff = [k for k in cfg if k not in RESUME_FREE and saved[k] != cfg[k]]
     if diff:
         return f"--resume: --{diff[0].replace('_', '-')} is {cfg[diff[0]]!r} here but {saved[diff[0]]!r} in {path}"
     if ckpt.get("n_train", n_train) != n_train:  # e.g. --data-dir now points at another copy of the data
@@ -350,6 +476,18 @@ def open_log(out_dir, resume, step):
     return open(path, "a")
 
 
+def start_wandb(project, name, config):
+    """--wandb-project (rank 0): a W&B run of this project, named name (empty: W&B picks one), with the config.
+    Returns the wandb module; the package is imported only here (it is not in requirements.txt), and a missing one
+    stops the run with one line."""
+    try:
+        import wandb
+    except ImportError:
+        sys.exit("error: --wandb-project needs the wandb package: pip install wandb")
+    wandb.init(project=project, name=name or None, config=config)
+    return wandb
+
+
 def stop_after_the_step_on_signal():
     """SIGINT (Ctrl-C) and SIGTERM no longer kill the run: they are recorded in the returned list, and the loop
     saves a checkpoint after the current step and stops."""
@@ -377,3 +515,36 @@ class DivergenceGuard:
         if sync_ranks:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         return bad.item()
+
+
+# the collapse warning: printed when, for COLLAPSE_INTERVALS log lines in a row, the effective rank of the
+# predictor input's centered covariance (train.py's diagnostics) is below COLLAPSE_ERANK or z_std below COLLAPSE_Z_STD, and a note when it
+# recovers for as many lines. From the laptop protocol search's validation runs (results/laptop-search/README.md):
+# the three collapse controls end at rank 1.28 / 1.00 / 1.00 and z_std 0.081 / 0.008 / 0.008; none of the 28 runs that
+# learned went below rank 1.35 or z_std 0.11 at any log line (a trained linear predictor dips to 1.35-1.9 early and
+# recovers); 3 lines in a row under (1.3, 0.1) flag the controls and none of the 28. It warns, never stops a run
+COLLAPSE_ERANK, COLLAPSE_Z_STD, COLLAPSE_INTERVALS = 1.3, 0.1, 3
+
+
+class CollapseWatch:
+    """The collapse warning of train.py's log lines: a warning once a run has looked collapsed (effective rank below
+    COLLAPSE_ERANK or z_std below COLLAPSE_Z_STD) for COLLAPSE_INTERVALS log lines in a row, once per streak, and a
+    note when it has looked healthy for as many again (a slow predictor can dip and recover)."""
+
+    def __init__(self):
+        self.streak, self.warned = 0, False  # > 0: low log lines in a row; < 0: healthy ones; a warning standing?
+
+    def line(self, step, erank, z_std, d):
+        """What to print for this log line (d: the dimension erank is out of), or None."""
+        low = erank < COLLAPSE_ERANK or z_std < COLLAPSE_Z_STD
+        self.streak = max(self.streak, 0) + 1 if low else min(self.streak, 0) - 1
+        if self.streak == COLLAPSE_INTERVALS and not self.warned:
+            self.warned = True
+            return (f"warning: step {step}: the run looks collapsed: effective rank {erank:.2f} of {d}, z_std "
+                    f"{z_std:.3f} for {self.streak} log lines in a row (docs/reference.md, 'has my run collapsed?', "
+                    f"lists what to try)")
+        if self.streak == -COLLAPSE_INTERVALS and self.warned:
+            self.warned = False
+            return (f"note: step {step}: the run recovered: effective rank {erank:.2f}, z_std {z_std:.3f} for "
+                    f"{-self.streak} log lines in a row")
+        return None

@@ -66,6 +66,11 @@ def log_lines(out_dir):
     return [json.loads(line) for line in open(Path(out_dir) / "log.jsonl")]
 
 
+def config_error(cfg):
+    """train.py's check of a parsed config (plumbing.train_config_error), as train.py calls it."""
+    return plumbing.train_config_error(cfg, vars(T.get_parser().parse_args([])), T.VAL_SETS)
+
+
 # -----------------------------------------------------------------------------
 # DirectPred against hand computations (directpred.py), in fp32 and under bf16 autocast
 
@@ -668,7 +673,7 @@ def test_presets_set_what_they_say_and_flags_override():
     assert (c["optimizer"], c["batch_size"], c["symmetric"], c["epochs"]) == ("sgd", 256, 0, 60)
     c = T.parse_config(["--preset", "simsiam-cifar"])
     assert (c["ema"], c["predictor"], c["dataset"]) == (0.0, "mlp", "cifar10")
-    assert all(T.config_error(T.parse_config(["--preset", p])) is None for p in T.PRESETS)
+    assert all(config_error(T.parse_config(["--preset", p])) is None for p in T.PRESETS)
 
 
 @pytest.mark.parametrize("flags", [
@@ -761,7 +766,7 @@ def test_a_collapsing_run_prints_one_warning_line(tmp_path):
                     "--max-steps", "16", "--out-dir", tmp_path])
     warn = [line for line in r.stdout.splitlines() if "looks collapsed" in line]
     assert len(warn) == 1 and "effective rank" in warn[0] and "z_std" in warn[0], r.stdout[-2000:]
-    assert log_lines(tmp_path)[-1]["step"] == 16 and log_lines(tmp_path)[-1]["erank"] < T.COLLAPSE_ERANK
+    assert log_lines(tmp_path)[-1]["step"] == 16 and log_lines(tmp_path)[-1]["erank"] < plumbing.COLLAPSE_ERANK
 
 
 WANDB_STANDIN = """
@@ -820,7 +825,7 @@ def test_directpred_learns_on_fashion_mnist(tmp_path):
     mean, std = (torch.tensor(v)[:, None, None] for v in T.DATASETS["fashion-mnist"][2:4])
 
     def knn(model):
-        f = [T.extract_features(model.backbone.eval(), d, mean, std, "cpu", torch.autocast("cpu", enabled=False))
+        f = [plumbing.extract_features(model.backbone.eval(), d, mean, std, "cpu", torch.autocast("cpu", enabled=False))
              for d in ((x_tr[:10000], y_tr[:10000]), (x_te[:2000], y_te[:2000]))]
         return T.knn_eval(*f[0], *f[1])
 
@@ -851,7 +856,7 @@ def test_directpred_learns_on_fashion_mnist(tmp_path):
     (["--partitions", "3", "--freq", "2"], "--partitions"),
 ])
 def test_meaningless_flag_combinations_name_the_flag(flags, needle):
-    err = T.config_error(T.parse_config(flags))
+    err = config_error(T.parse_config(flags))
     assert err and needle in err, err
 
 
@@ -882,7 +887,7 @@ OUT_OF_RANGE_FLAGS = {f for f, _ in OUT_OF_RANGE}
 
 @pytest.mark.parametrize("flag, value", OUT_OF_RANGE)
 def test_every_numeric_flag_is_range_checked(flag, value):
-    err = T.config_error(T.parse_config([flag, str(value)]))
+    err = config_error(T.parse_config([flag, str(value)]))
     assert err and err.startswith(flag + " must be"), err
 
 
@@ -1205,11 +1210,11 @@ def test_features_are_taken_at_the_training_crop_size():
     backbone = tiny_model(tiny_cfg()).backbone.eval()
     x, y = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8), torch.arange(6)
     mean, std = torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
-    f, _ = T.extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False), size=24)
+    f, _ = plumbing.extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False), size=24)
     with torch.no_grad():
         ref = backbone((TF.resize(x.float() / 255, [24, 24], antialias=False) - mean) / std)
     torch.testing.assert_close(f, ref)
-    f, _ = T.extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False))
+    f, _ = plumbing.extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False))
     with torch.no_grad():
         torch.testing.assert_close(f, backbone((x.float() / 255 - mean) / std))  # no size: as stored
 
@@ -1255,9 +1260,9 @@ SUPERVISED_MARGIN = 0.05  # 5 of the 13.3 points measured
 SHARD_WRAPPER = """
 import runpy, sys, time
 sys.path.insert(0, sys.argv[1])
-import train
-extract = train.extract_features
-train.extract_features = lambda *a, **k: (time.sleep(4), extract(*a, **k))[1]  # a slow feature pass
+import plumbing
+extract = plumbing.extract_features
+plumbing.extract_features = lambda *a, **k: (time.sleep(4), extract(*a, **k))[1]  # a slow feature pass
 sys.argv = ["eval_linear.py", *sys.argv[2:]]
 runpy.run_path(sys.path[0] + "/eval_linear.py", run_name="__main__")
 """
@@ -1470,7 +1475,7 @@ def test_every_rows_command_parses_and_passes_config_error(scale):
     for rid, seed in work:
         train, probe = R.commands(R.row(rid), args, seed)
         cfg = T.parse_config(train[train.index(R.script("train.py")) + 1:])
-        assert T.config_error(cfg) is None, (rid, T.config_error(cfg))
+        assert config_error(cfg) is None, (rid, config_error(cfg))
         assert cfg["seed"] == seed and probe[probe.index("--ckpt") + 1] == os.path.join(cfg["out_dir"], "ckpt.pt")
         if scale == "laptop":  # the protocol chosen on the validation split (results/laptop-search), in fp32
             assert (cfg["dataset"], cfg["split"], cfg["width"], cfg["stem"], cfg["crop_min"], cfg["lr"],

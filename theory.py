@@ -97,7 +97,7 @@ def config(**overrides):
     return {**cfg, **overrides}
 
 
-RANGES = {  # flag: (valid?, what it must be), checked by train.py's range_error (floats must also be finite)
+RANGES = {  # flag: (valid?, what it must be), checked by plumbing.range_error (floats must also be finite)
     "n1": (lambda v: v >= 1, ">= 1"), "n2": (lambda v: v >= 1, ">= 1"), "sigma2": (lambda v: v >= 0, ">= 0"),
     "wd": (lambda v: v >= 0, ">= 0 (eta)"), "pred_lr_ratio": (lambda v: v > 0, "> 0 (alpha_p)"),
     "lr": (lambda v: v > 0, "> 0"), "steps": (lambda v: v >= 1, ">= 1"), "batch_size": (lambda v: v >= 2, ">= 2"),

@@ -26,19 +26,17 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as nnf  # "F" is the paper's correlation matrix, so functional gets another name
-import torchvision
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 from tqdm import tqdm
 
 from directpred import DirectPred, PartitionedPredictor, full_fp32
-from plumbing import (STREAMED, ArgumentParser, DivergenceGuard, bf16_if_faster, cpu_has_bf16, end_distributed,
-                      image_batches, init_distributed, load_checkpoint, load_dataset, nonfinite, open_log, out_dir_error,
-                      range_error, refuse_busy_out_dir, resume_error, save_checkpoint, speed_paths,
-                      stop_after_the_step_on_signal)
+from plumbing import (STREAMED, ArgumentParser, CollapseWatch, DivergenceGuard, TwoCrops, bf16_if_faster,
+                      cpu_has_bf16, end_distributed, extract_features, image_batches, init_distributed, load_checkpoint,
+                      load_dataset, nonfinite, open_log, out_dir_error, refuse_busy_out_dir, resume_error,
+                      save_checkpoint, speed_paths, start_wandb, stop_after_the_step_on_signal, train_config_error)
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
@@ -184,72 +182,6 @@ def parse_config(argv=None):
     return cfg
 
 
-DIRECT_ONLY = {  # DirectPred options and the predictors they apply to
-    "rho": ("direct", "directcopy", "optimal"), "eps": ("direct", "directcopy", "optimal"),
-    "freq": ("direct", "directcopy", "optimal"), "exponent": ("direct",), "offset": ("direct",),
-    "center": ("direct", "directcopy"), "partitions": ("direct",)}
-
-
-RANGES = {  # flag: (valid?, what it must be). Every float flag must also be finite.
-    "batch_size": (lambda v: v >= 2, ">= 2 (BatchNorm needs two samples)"), "epochs": (lambda v: v >= 1, ">= 1"),
-    "max_steps": (lambda v: v >= 0, ">= 0 (0 = run --epochs)"), "width": (lambda v: v >= 1, ">= 1"),
-    "proj_hidden": (lambda v: v >= 1, ">= 1"), "proj_dim": (lambda v: v >= 1, ">= 1"),
-    "pred_hidden": (lambda v: v >= 1, ">= 1"), "fake_size": (lambda v: v >= 2, ">= 2"),
-    "img_size": (lambda v: v == 0 or v >= 8, "0 (the dataset's own size) or >= 8 pixels"),
-    "crop_min": (lambda v: 0 < v <= 1, "in (0, 1]"), "jitter": (lambda v: v >= 0, ">= 0"),
-    "rho": (lambda v: 0 <= v < 1, "in [0, 1)"), "eps": (lambda v: v >= 0, ">= 0"),
-    "exponent": (lambda v: v > 0, "> 0"), "offset": (lambda v: v < 1, "< 1 (the eigenvalues are max-normalised to 1)"),
-    "freq": (lambda v: v >= 1, ">= 1"), "partitions": (lambda v: v >= 1, ">= 1"),
-    "pred_lr_ratio": (lambda v: v > 0, "> 0"), "wd": (lambda v: v >= 0, ">= 0"), "pred_wd": (lambda v: v >= 0, ">= 0"),
-    "ema": (lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (lambda v: v > 0, "> 0"),
-    "warmup_epochs": (lambda v: v >= 0, ">= 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "ckpt_every": (lambda v: v >= 1, ">= 1"), "log_every": (lambda v: v >= 1, ">= 1"),
-    "log_early": (lambda v: v >= 0, ">= 0"),
-    "eval_every": (lambda v: v >= 0, ">= 0 (0 = off)"), "seed": (lambda v: v >= 0, ">= 0"),
-    "workers": (lambda v: v >= 0, ">= 0"), "ddp_timeout": (lambda v: v > 0, "> 0 seconds"),
-}
-
-
-def config_error(cfg):
-    """The first out-of-range flag or meaningless combination of flags, as one line, or None."""
-    err = range_error(cfg, RANGES)
-    if err:
-        return err
-    defaults = get_parser()
-    for k, predictors in DIRECT_ONLY.items():
-        if cfg["predictor"] not in predictors and cfg[k] != defaults.get_default(k):
-            return f"--{k} is a DirectPred option; it needs --predictor {' or '.join(predictors)}"
-    if cfg["partitions"] > 1 and (cfg["freq"] != 1 or cfg["pred_bias"]):
-        return "--partitions > 1 sets every side's Wp at every step (no --freq, no --pred-bias), as the authors' code"
-    if cfg["predictor"] == "none":
-        for k in ("pred_bias", "sym_wp", "pred_lr_ratio"):
-            if cfg[k] != defaults.get_default(k):
-                return f"--{k.replace('_', '-')} needs a predictor (--predictor is none)"
-    if cfg["pred_bias"] and cfg["predictor"] == "mlp":
-        return "--pred-bias is for the linear predictors (the mlp predictor has its biases)"
-    if not cfg["stop_grad"] and cfg["ema"] > 0:
-        return "--stop-grad 0 needs --ema 0 (an EMA target has no gradient to stop)"
-    if cfg["target_init"] == "random" and cfg["ema"] == 0:
-        return "--target-init random needs --ema > 0 (with --ema 0 the target is the online network)"
-    if cfg["split"] == "val" and cfg["dataset"] not in VAL_SETS:
-        return f"--split val holds out labelled training images: it needs --dataset {' / '.join(VAL_SETS)}"
-    return None
-
-
-# collapse warning: printed when, for COLLAPSE_INTERVALS log lines in a row, the effective rank of the predictor
-# input's centered covariance (diagnostics) is below COLLAPSE_ERANK or z_std below COLLAPSE_Z_STD, and a note when it
-# recovers for as many lines. From the laptop protocol search's validation runs (results/laptop-search/README.md):
-# the three collapse controls end at rank 1.28 / 1.00 / 1.00 and z_std 0.081 / 0.008 / 0.008; none of the 28 runs that
-# learned went below rank 1.35 or z_std 0.11 at any log line (a trained linear predictor dips to 1.35-1.9 early and
-# recovers); 3 lines in a row under (1.3, 0.1) flag the controls and none of the 28. It warns, never stops a run
-COLLAPSE_ERANK, COLLAPSE_Z_STD, COLLAPSE_INTERVALS = 1.3, 0.1, 3
-
-# keys that may differ between a run and its --resume (they do not change what is computed)
-RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "log_early",
-               "eval_every", "workers",
-               "compile", "device", "ddp_timeout", "data_dir", "out_dir", "bf16", "channels_last", "deterministic",
-               "wandb_project", "wandb_run_name"}
-
 # -----------------------------------------------------------------------------
 # data: small sets live on the device as one uint8 tensor; ImageNet-size sets stream through a DataLoader
 
@@ -292,18 +224,6 @@ def load_split(name, data_dir, role, split="test", fake_size=1024):
     x, y = load_dataset(name, data_dir, "train", fake_size)
     held_out = val_mask(y)
     return (x[held_out], y[held_out]) if role == "eval" else (x[~held_out], y[~held_out])
-
-
-class TwoCrops:
-    """Streamed sets: decode, then two independent RandomResizedCrops to uint8 (the colour ops run on the device)."""
-
-    def __init__(self, size, scale):
-        T = torchvision.transforms
-        self.crop = T.Compose([T.RandomResizedCrop(size, scale=scale), T.PILToTensor()])
-
-    def __call__(self, img):
-        img = img.convert("RGB")
-        return torch.stack([self.crop(img), self.crop(img)])  # (2, 3, size, size) uint8
 
 
 def epoch_indices(n, batch_size, epoch, seed, rank, world_size):
@@ -805,49 +725,6 @@ def diagnostics(stats, Wp, z):
     return out
 
 
-class EvalCrop:
-    """Streamed sets, evaluation: resize to size * 256/224, centre crop (the standard ImageNet test view), uint8."""
-
-    def __init__(self, size):
-        T = torchvision.transforms
-        self.t = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
-
-    def __call__(self, img):
-        return self.t(img.convert("RGB"))
-
-
-@torch.no_grad()
-def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_size=512, workers=8, desc=None,
-                     fmt=torch.contiguous_format):
-    """Frozen features of a labelled split, no augmentation, backbone in eval mode (BN running statistics).
-    data: (x uint8 (N, C, H, W), y (N,)) or an ImageFolder (or a Subset of one). size: the training crop size; in-memory images are
-    resized to it when it differs from theirs (--img-size), None = as stored (224 for an ImageFolder).
-    desc: show a progress bar with this title. fmt: the memory format the backbone runs in.
-    Returns (features (N, D) float32, labels (N,)) on device."""
-    was_training = backbone.training
-    backbone.eval()
-    if isinstance(data, tuple):
-        x, y = data
-        batches = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
-    else:  # an ImageFolder, or a Subset of one (eval_linear's shard of it)
-        (data.dataset if isinstance(data, torch.utils.data.Subset) else data).transform = EvalCrop(size or 224)
-        batches = image_batches(torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers,
-                                                            pin_memory="cuda" in str(device)))
-    feats, labels = [], []
-    n_batches = math.ceil((len(data[0]) if isinstance(data, tuple) else len(data)) / batch_size)
-    for xb, yb in tqdm(batches, desc, total=n_batches, disable=desc is None, leave=False, dynamic_ncols=True,
-                       file=sys.stdout):
-        xb = xb.to(device, non_blocking=True).float() / 255  # (pinned when streamed to a GPU)
-        if size and xb.shape[-1] != size:  # the views were resized to size in training: the same scale here
-            xb = nnf.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
-        xb = ((xb - mean) / std).contiguous(memory_format=fmt)
-        with ctx:
-            feats.append(backbone(xb).float())
-        labels.append(yb.to(device, non_blocking=True))
-    backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
-
-
 @torch.no_grad()
 def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
     """Weighted kNN top-1 (Wu et al. 2018; the usual SSL monitor): cosine similarity to the k nearest training
@@ -868,14 +745,11 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
 # -----------------------------------------------------------------------------
 if __name__ == "__main__":
     cfg = parse_config()  # the config dict: key == flag name with '_' for '-'
-    if config_error(cfg):  # every bad flag: one line, before any work
-        sys.exit(f"error: {config_error(cfg)}")
-    if out_dir_error(cfg["out_dir"]):
-        sys.exit(f"error: {out_dir_error(cfg['out_dir'])}")
+    defaults = vars(get_parser().parse_args([]))
+    err = train_config_error(cfg, defaults, VAL_SETS) or out_dir_error(cfg["out_dir"], cfg["resume"])
+    if err:  # every bad flag, and an out-dir that cannot take this run: one line, before any work
+        sys.exit(f"error: {err}")
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-    if os.path.exists(ckpt_path) and not cfg["resume"]:  # never replace someone's run silently
-        sys.exit(f"error: --out-dir {cfg['out_dir']} already holds a run ({ckpt_path}): add --resume to continue it, "
-                 f"or choose another --out-dir")
 
     # --- DDP / device
     ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(cfg["device"], cfg["ddp_timeout"])
@@ -937,11 +811,8 @@ if __name__ == "__main__":
     target = target.to(memory_format=fmt) if target is not None else None
     if cfg["bf16"] == "auto" and device_type == "cpu" and cpu_has_bf16():  # bf16 only where it is measured faster
         x_probe = torch.rand(B, in_chans, size, size, device=device).contiguous(memory_format=fmt)
-        use_bf16, line = bf16_if_faster(online, target, lambda o, t, x: ssl_loss(o, t, x, x, cfg)[0], x_probe)
-        if ddp:  # every rank runs rank 0's choice
-            use_bf16 = torch.tensor(int(use_bf16))
-            dist.broadcast(use_bf16, 0)
-        ctx = torch.autocast(device_type, dtype=torch.bfloat16) if int(use_bf16) else ctx
+        use_bf16, line = bf16_if_faster(online, target, lambda o, t, x: ssl_loss(o, t, x, x, cfg)[0], x_probe, ddp)
+        ctx = torch.autocast(device_type, dtype=torch.bfloat16) if use_bf16 else ctx  # every rank: rank 0's choice
         if master_process:
             print(line)
     dp = build_directpred(cfg, device)
@@ -952,7 +823,7 @@ if __name__ == "__main__":
     monitor_stats = None  # feature_stats of the predictor's input: the collapse diagnostics' running E[f f^T], E[f]
     if cfg["resume"]:
         ckpt = load_checkpoint(ckpt_path, "--resume")
-        err = resume_error(ckpt, cfg, vars(get_parser().parse_args([])), RESUME_FREE, n_train, ckpt_path)
+        err = resume_error(ckpt, cfg, defaults, n_train, ckpt_path)
         if err:  # the same run, or one line naming the flag that differs
             sys.exit(f"error: {err}")
         online.load_state_dict(ckpt["online"])
@@ -1010,7 +881,7 @@ if __name__ == "__main__":
         """One record to log.jsonl (and to W&B with --wandb-project), rank 0."""
         log.write(json.dumps(rec) + "\n")
         log.flush()
-        if cfg["wandb_project"]:
+        if wandb is not None:
             wandb.log(rec, step=rec["step"])
 
     def knn_monitor():
@@ -1023,15 +894,10 @@ if __name__ == "__main__":
 
     # --- training loop
     os.makedirs(cfg["out_dir"], exist_ok=True)
-    log = None
+    log, wandb = None, None  # rank 0's log.jsonl, and W&B with --wandb-project
     if master_process:
         lock = refuse_busy_out_dir(cfg["out_dir"])  # one run per out_dir, until this process ends
-        if cfg["wandb_project"]:  # imported only when asked for (not in requirements.txt)
-            try:
-                import wandb
-            except ImportError:
-                sys.exit("error: --wandb-project needs the wandb package: pip install wandb")
-            wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or None, config=cfg)
+        wandb = start_wandb(cfg["wandb_project"], cfg["wandb_run_name"], cfg) if cfg["wandb_project"] else None
         log = open_log(cfg["out_dir"], cfg["resume"], step)  # resumed: cut back to the checkpoint's step
     stop = stop_after_the_step_on_signal()  # Ctrl-C / SIGTERM: checkpoint after this step, then stop
     gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
@@ -1044,7 +910,7 @@ if __name__ == "__main__":
         knn_init = knn_monitor()
     log_step = lambda k: k % cfg["log_every"] == 0 or k <= cfg["log_early"] and k % 10 == 0 or k == max_steps
     t0, step0, t_eval, rec = time.time(), step, 0.0, {}
-    collapsed, warned = 0, False  # log lines in a row that looked collapsed; whether a warning is standing
+    collapse = CollapseWatch()  # a warning when the diagnostics look collapsed for a few log lines in a row
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
         for x, _ in epoch_batches(train_data, cfg["batch_size"], epoch, cfg["seed"], ddp_rank, ddp_world_size, device,
@@ -1088,17 +954,9 @@ if __name__ == "__main__":
                     rec["mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{imgs:.0f}", z_std=f"{rec['z_std']:.2f}",
                                  rank=f"{rec['erank']:.1f}", **({"knn": f"{rec['knn_top1']:.4f}"} if "knn_top1" in rec else {}))
-                low = rec["erank"] < COLLAPSE_ERANK or rec["z_std"] < COLLAPSE_Z_STD
-                collapsed = max(collapsed, 0) + 1 if low else min(collapsed, 0) - 1  # > 0: low lines in a row; < 0: healthy
-                if collapsed == COLLAPSE_INTERVALS and not warned:  # once per streak, on stdout (stderr: errors)
-                    warned = True
-                    pbar.write(f"warning: step {step}: the run looks collapsed: effective rank {rec['erank']:.2f} of "
-                               f"{len(rec['F_eig'])}, z_std {rec['z_std']:.3f} for {collapsed} log lines in a row "
-                               f"(docs/reference.md, 'has my run collapsed?', lists what to try)")
-                if collapsed == -COLLAPSE_INTERVALS and warned:  # a slow predictor can dip and recover: say so
-                    warned = False
-                    pbar.write(f"note: step {step}: the run recovered: effective rank {rec['erank']:.2f}, z_std "
-                               f"{rec['z_std']:.3f} for {-collapsed} log lines in a row")
+                alarm = collapse.line(step, rec["erank"], rec["z_std"], len(rec["F_eig"]))
+                if alarm:  # on stdout (stderr carries errors alone)
+                    pbar.write(alarm)
                 t0, t_eval = time.time(), 0.0  # the next interval's clock starts after this one's diagnostics
             if master_process and len(rec) > 2:
                 write_log(rec)
@@ -1115,7 +973,7 @@ if __name__ == "__main__":
             if step >= max_steps:
                 break
     pbar.close()
-    if master_process and cfg["wandb_project"]:
+    if wandb is not None:
         wandb.finish()
     if master_process:
         print(f"done: step {step}, checkpoint {ckpt_path}")
