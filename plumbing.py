@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import random
 import shutil
 import signal
 import sys
@@ -416,6 +417,24 @@ def load_checkpoint(path, flag):
     return ckpt
 
 
+def seed_all(seed):
+    """torch (CPU and CUDA), numpy and random: the init and anything a library draws."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def rng_state(device_type):
+    """The torch RNG states a checkpoint keeps (CPU, and CUDA's on a GPU), so a resume draws what the run would have."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+
+
+def restore_rng(state, device_type):
+    torch.set_rng_state(state["torch"].cpu())
+    if device_type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
 def nonfinite(state_dict):
     """Name of the first floating tensor holding nan/inf in a state dict, or None."""
     return next((k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()
@@ -465,27 +484,38 @@ def refuse_busy_out_dir(out_dir):
     return lock
 
 
-def open_log(out_dir, resume, step):
-    """out_dir/log.jsonl for appending. Resumed at `step`: the lines up to the checkpoint's step are kept (a run
-    killed after its last checkpoint logged steps it will log again: no duplicates), rewritten atomically."""
-    path = os.path.join(out_dir, "log.jsonl")
-    old = open(path).readlines() if resume and os.path.exists(path) else []
-    with open(path + ".tmp", "w") as fh:
-        fh.writelines(line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step)
-    os.replace(path + ".tmp", path)
-    return open(path, "a")
+class RunLog:
+    """Rank 0's log: out_dir/log.jsonl, one JSON record per line, and W&B with --wandb-project (the same records, with
+    their step, and the config). Resumed at `step`: the lines up to the checkpoint's step are kept (a run killed after
+    its last checkpoint logged steps it will log again: no duplicates), rewritten atomically. wandb is imported only
+    here (it is not in requirements.txt); a missing package stops the run with one line."""
 
+    def __init__(self, out_dir, resume, step, wandb_project="", wandb_run_name="", config=None):
+        self.wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                sys.exit("error: --wandb-project needs the wandb package: pip install wandb")
+            wandb.init(project=wandb_project, name=wandb_run_name or None, config=config)
+            self.wandb = wandb
+        path = os.path.join(out_dir, "log.jsonl")
+        old = open(path).readlines() if resume and os.path.exists(path) else []
+        with open(path + ".tmp", "w") as fh:
+            fh.writelines(line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step)
+        os.replace(path + ".tmp", path)
+        self.fh = open(path, "a")
 
-def start_wandb(project, name, config):
-    """--wandb-project (rank 0): a W&B run of this project, named name (empty: W&B picks one), with the config.
-    Returns the wandb module; the package is imported only here (it is not in requirements.txt), and a missing one
-    stops the run with one line."""
-    try:
-        import wandb
-    except ImportError:
-        sys.exit("error: --wandb-project needs the wandb package: pip install wandb")
-    wandb.init(project=project, name=name or None, config=config)
-    return wandb
+    def write(self, rec):
+        self.fh.write(json.dumps(rec) + "\n")
+        self.fh.flush()
+        if self.wandb is not None:
+            self.wandb.log(rec, step=rec["step"])
+
+    def close(self):
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.fh.close()
 
 
 def stop_after_the_step_on_signal():
@@ -498,23 +528,36 @@ def stop_after_the_step_on_signal():
 
 
 class DivergenceGuard:
-    """The first step whose loss or F_hat became nan/inf, kept on the device, so the step itself never waits for
-    the host; read (one sync) only at logging and checkpoint steps."""
+    """Never train on, or save, a diverged run. The first step whose loss or F_hat became nan/inf is kept on the
+    device, so the step itself never waits for the host; it is read (one sync) at logging and checkpoint steps only.
+    A diverged run stops with one line naming the step, --lr and the last good checkpoint (last_ckpt, which the
+    caller updates). on_stop: called first (e.g. to close a progress bar)."""
 
-    def __init__(self, device):
+    def __init__(self, device, lr, last_ckpt, on_stop=lambda: None):
         self.bad = torch.zeros((), dtype=torch.long, device=device)  # first bad step + 1 (0: none)
+        self.lr, self.last_ckpt, self.on_stop = lr, last_ckpt, on_stop
 
     def record(self, step, loss, F_hat=None):
         finite = torch.isfinite(loss.detach()) & (torch.isfinite(F_hat).all() if F_hat is not None else True)
         self.bad = torch.where((self.bad == 0) & ~finite, step + 1, self.bad)
 
-    def first_bad_step(self, sync_ranks=False):
-        """The first diverged step (0: none). sync_ranks: the worst over the DDP ranks (a collective: every rank
-        must call it at the same steps)."""
+    def stop(self, what):
+        self.on_stop()
+        sys.exit(f"error: training diverged: {what} (--lr {self.lr}); last good checkpoint: {self.last_ckpt}")
+
+    def stop_if_diverged(self, sync_ranks=False):
+        """sync_ranks: stop on the worst of the DDP ranks (a collective: every rank must call it at the same steps)."""
         bad = self.bad.clone()
         if sync_ranks:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return bad.item()
+        if bad.item():
+            self.stop(f"the loss (or F_hat) became nan/inf at step {bad.item()}")
+
+    def stop_if_nonfinite(self, step, *state_dicts):
+        """Weights or buffers about to be saved that are nan/inf (e.g. BatchNorm running statistics gone to inf)."""
+        bad = next((k for k in map(nonfinite, state_dicts) if k), None)
+        if bad:
+            self.stop(f"{bad} became nan/inf by step {step}")
 
 
 # the collapse warning: printed when, for COLLAPSE_INTERVALS log lines in a row, the effective rank of the

@@ -16,15 +16,12 @@ eval_linear.py imports the data and model pieces from here, so importing this fi
 import argparse
 import copy
 import hashlib
-import json
 import math
 import os
-import random
 import signal
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as nnf  # "F" is the paper's correlation matrix, so functional gets another name
@@ -33,10 +30,10 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from directpred import DirectPred, PartitionedPredictor, full_fp32
-from plumbing import (STREAMED, ArgumentParser, CollapseWatch, DivergenceGuard, TwoCrops, bf16_if_faster,
+from plumbing import (STREAMED, ArgumentParser, CollapseWatch, DivergenceGuard, RunLog, TwoCrops, bf16_if_faster,
                       cpu_has_bf16, end_distributed, extract_features, image_batches, init_distributed, load_checkpoint,
-                      load_dataset, nonfinite, open_log, out_dir_error, refuse_busy_out_dir, resume_error,
-                      save_checkpoint, speed_paths, start_wandb, stop_after_the_step_on_signal, train_config_error)
+                      load_dataset, out_dir_error, refuse_busy_out_dir, restore_rng, resume_error, rng_state,
+                      save_checkpoint, seed_all, speed_paths, stop_after_the_step_on_signal, train_config_error)
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
@@ -755,9 +752,7 @@ if __name__ == "__main__":
     ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(cfg["device"], cfg["ddp_timeout"])
     master_process = ddp_rank == 0
     device_type = "cuda" if "cuda" in device else "cpu"
-    torch.manual_seed(cfg["seed"])
-    random.seed(cfg["seed"])
-    np.random.seed(cfg["seed"])
+    seed_all(cfg["seed"])
     ctx, fmt = speed_paths(device_type, cfg["bf16"], cfg["channels_last"], cfg["deterministic"], cfg["width"])
     if cfg["batch_size"] % ddp_world_size or cfg["batch_size"] // ddp_world_size < 2:
         sys.exit(f"error: --batch-size {cfg['batch_size']} must split evenly over {ddp_world_size} DDP ranks, "
@@ -834,9 +829,7 @@ if __name__ == "__main__":
         optimizer.load_state_dict(ckpt["optimizer"])
         step, knn_init = ckpt["step"], ckpt.get("knn_init")
         monitor_stats = tuple(t.to(device) for t in ckpt["monitor_stats"]) if ckpt.get("monitor_stats") else None
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if device_type == "cuda" and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
+        restore_rng(ckpt["rng"], device_type)
         del ckpt
 
     # --- compile, DDP
@@ -851,38 +844,19 @@ if __name__ == "__main__":
 
     # F_hat of DirectPred (partitioned: of its regions, inside the predictor), watched for nan/inf; None: trained Wp
     F_hat = dp.F_hat if dp is not None else getattr(getattr(raw_model.predictor, "dp", None), "F_hat", None)
-    guard = DivergenceGuard(device)  # the first step whose loss or F_hat went nan/inf, on the device
-    last_ckpt = f"step {step} in {ckpt_path}" if cfg["resume"] else "none written"
-
-    def stop_if_diverged(sync_ranks):
-        """Never train on, or save, a diverged run: one host sync, at logging / checkpoint steps only."""
-        bad = guard.first_bad_step(sync_ranks)
-        if bad:
-            pbar.close()
-            sys.exit(f"error: training diverged: the loss (or F_hat) became nan/inf at step {bad} (--lr {cfg['lr']}); "
-                     f"last good checkpoint: {last_ckpt}")
+    # the first step whose loss or F_hat went nan/inf, on the device; the run stops at the next log / checkpoint step
+    guard = DivergenceGuard(device, cfg["lr"], f"step {step} in {ckpt_path}" if cfg["resume"] else "none written",
+                            on_stop=lambda: pbar.close())
 
     def checkpoint(path):
-        stop_if_diverged(sync_ranks=False)
-        state = [raw_model.state_dict(), target.state_dict() if target is not None else {}]
-        bad = nonfinite(state[0]) or nonfinite(state[1])  # e.g. BatchNorm running statistics gone to inf
-        if bad:
-            pbar.close()
-            sys.exit(f"error: training diverged: {bad} became nan/inf by step {step} (--lr {cfg['lr']}); "
-                     f"last good checkpoint: {last_ckpt}")
-        save_checkpoint({
-            "online": state[0], "target": state[1] if target is not None else None,
-            "directpred": dp.state_dict() if dp is not None else None, "optimizer": optimizer.state_dict(),
-            "step": step, "config": cfg, "knn_init": knn_init, "n_train": n_train, "monitor_stats": monitor_stats,
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
-        }, path)
-
-    def write_log(rec):
-        """One record to log.jsonl (and to W&B with --wandb-project), rank 0."""
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-        if wandb is not None:
-            wandb.log(rec, step=rec["step"])
+        """Everything a resume needs (online, target, F_hat, optimizer, step, RNG, config), written atomically."""
+        guard.stop_if_diverged()
+        online_sd, target_sd = raw_model.state_dict(), target.state_dict() if target is not None else None
+        guard.stop_if_nonfinite(step, online_sd, target_sd or {})
+        save_checkpoint({"online": online_sd, "target": target_sd, "optimizer": optimizer.state_dict(),
+                         "directpred": dp.state_dict() if dp is not None else None, "step": step, "config": cfg,
+                         "knn_init": knn_init, "n_train": n_train, "monitor_stats": monitor_stats,
+                         "rng": rng_state(device_type)}, path)
 
     def knn_monitor():
         """kNN top-1 of the online backbone (rank 0), the same evaluation as eval_linear.py's kNN."""
@@ -894,11 +868,10 @@ if __name__ == "__main__":
 
     # --- training loop
     os.makedirs(cfg["out_dir"], exist_ok=True)
-    log, wandb = None, None  # rank 0's log.jsonl, and W&B with --wandb-project
+    log = None  # rank 0's log.jsonl (and W&B with --wandb-project)
     if master_process:
         lock = refuse_busy_out_dir(cfg["out_dir"])  # one run per out_dir, until this process ends
-        wandb = start_wandb(cfg["wandb_project"], cfg["wandb_run_name"], cfg) if cfg["wandb_project"] else None
-        log = open_log(cfg["out_dir"], cfg["resume"], step)  # resumed: cut back to the checkpoint's step
+        log = RunLog(cfg["out_dir"], cfg["resume"], step, cfg["wandb_project"], cfg["wandb_run_name"], cfg)
     stop = stop_after_the_step_on_signal()  # Ctrl-C / SIGTERM: checkpoint after this step, then stop
     gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
     if master_process:
@@ -927,7 +900,7 @@ if __name__ == "__main__":
             loss, z1, z2 = train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, tau, ema)
             monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d): both views' predictor input
             if master_process and step == 0:  # step 0: the random init (this step's forward ran before its update)
-                write_log({"step": 0, "epoch": 0.0, "loss": loss.item(), **diagnostics(monitor_stats, None, z1),
+                log.write({"step": 0, "epoch": 0.0, "loss": loss.item(), **diagnostics(monitor_stats, None, z1),
                            **({"knn_top1": knn_init} if knn_init is not None else {})})
             guard.record(step, loss, F_hat)  # on the device: no host sync
             step += 1
@@ -936,7 +909,7 @@ if __name__ == "__main__":
                 pbar.set_postfix(loss=f"{loss.item():.4f}")  # loss before the first log line, at few host syncs
 
             if log_step(step) or step % cfg["ckpt_every"] == 0:
-                stop_if_diverged(sync_ranks=ddp)
+                guard.stop_if_diverged(sync_ranks=ddp)
             rec = {"step": step, "epoch": step / steps_per_epoch}
             if knn_sets is not None and (step % cfg["eval_every"] == 0 or step == max_steps):
                 te = time.time()
@@ -959,11 +932,11 @@ if __name__ == "__main__":
                     pbar.write(alarm)
                 t0, t_eval = time.time(), 0.0  # the next interval's clock starts after this one's diagnostics
             if master_process and len(rec) > 2:
-                write_log(rec)
+                log.write(rec)
             if step % cfg["ckpt_every"] == 0 or step == max_steps or stop:
                 if master_process:
                     checkpoint(ckpt_path)
-                    last_ckpt = f"step {step} in {ckpt_path}"
+                    guard.last_ckpt = f"step {step} in {ckpt_path}"
                 if cfg["save_every_rank"]:
                     checkpoint(os.path.join(cfg["out_dir"], f"ckpt_rank{ddp_rank}.pt"))
             if stop:  # each rank stops at its own next step; torchrun ends any rank still waiting on the others
@@ -973,14 +946,12 @@ if __name__ == "__main__":
             if step >= max_steps:
                 break
     pbar.close()
-    if wandb is not None:
-        wandb.finish()
     if master_process:
         print(f"done: step {step}, checkpoint {ckpt_path}")
         if knn_init is not None and "knn_top1" in rec:  # the gain over the same network at random init, in one line
             print(f"kNN top-1: random init {100 * knn_init:.2f} -> trained {100 * rec['knn_top1']:.2f} "
                   f"({100 * (rec['knn_top1'] - knn_init):+.2f}) after {step} steps")
     if log is not None:
-        log.close()
+        log.close()  # (and W&B's run)
     if ddp:  # leave the process group and exit 0, past gloo's random abort at interpreter exit
         end_distributed()
