@@ -1,9 +1,11 @@
 """
-What a training run needs besides the method: reading the datasets' files, one-line errors for bad flags and
-files, DDP start-up with a timeout, the precision and memory-format choice, atomic checkpoints, the out-dir lock,
-the stop on Ctrl-C / SIGTERM and the divergence guard. train.py, eval_linear.py, theory.py and bench.py import
-from here; nothing in this file knows the method (no model, no loss), so it can be read, or skipped, on its own.
-Every failure it handles ends in one line on stderr naming the flag or path, never a traceback.
+What a training run needs besides the method: train.py's flag ranges and meaningless flag combinations, reading the
+datasets' files (and the crops and frozen features of the streamed sets), DDP start-up with a timeout and a clean
+exit, the precision and memory-format choice, seeds and RNG state, atomic checkpoints, the out-dir lock, the log
+(log.jsonl, W&B), the stop on Ctrl-C / SIGTERM, the divergence guard and the collapse warning. train.py,
+eval_linear.py, theory.py, reproduce.py and bench.py import from here; nothing in this file knows the method (no
+model, no loss), so it can be read, or skipped, on its own. Every failure it handles ends in one line on stderr naming
+the flag or path, never a traceback.
 """
 import argparse
 import copy
@@ -112,7 +114,7 @@ RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank",
 
 # -----------------------------------------------------------------------------
 # dataset files: read into (uint8 images, labels), or an ImageFolder for the streamed sets; missing or damaged files
-# stop with one line naming --data-dir and the layout expected there
+# stop with one line naming --data-dir and the layout expected there. The streamed sets' crops, and frozen features
 
 STREAMED = ("imagenet", "imagefolder")  # too large for memory: decoded and cropped in DataLoader workers
 FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
@@ -359,8 +361,9 @@ def bf16_if_faster(online, target, loss_fn, x, sync_ranks=False, n=3):
     """--bf16 auto on a CPU with bf16 instructions: whether bf16 autocast is faster than fp32 for this run's networks
     (bf16 instructions do not make every network faster: at small widths the convolutions can lose). Times n forward +
     backward passes, loss_fn(online, target, x) -> loss, of copies of online and target (the run's weights and BN
-    statistics are left untouched) on the batch x in each precision, interleaved, after one warm-up each. sync_ranks: under DDP every rank
-    takes rank 0's choice (a broadcast: every rank calls this). Returns (use bf16?, one line with rank 0's numbers)."""
+    statistics are left untouched) on the batch x in each precision, interleaved, after one warm-up each.
+    sync_ranks: under DDP every rank takes rank 0's choice (a broadcast: every rank calls this).
+    Returns (use bf16?, one line with this rank's numbers)."""
     online, target = copy.deepcopy(online), copy.deepcopy(target)
     ctxs = {"fp32": nullcontext(), "bf16": torch.autocast(x.device.type, dtype=torch.bfloat16)}
     ms = {k: [] for k in ctxs}
@@ -376,12 +379,12 @@ def bf16_if_faster(online, target, loss_fn, x, sync_ranks=False, n=3):
     use_bf16 = torch.tensor(int(bf16 < fp32))
     if sync_ranks:  # timings differ between ranks; the precision must not
         dist.broadcast(use_bf16, 0)
-    return bool(use_bf16), (f"--bf16 auto: a forward + backward of this network takes {fp32:.0f} ms in fp32, {bf16:.0f} ms "
-                         f"in bf16 (best of {n}): {'bf16' if bf16 < fp32 else 'fp32'}")
+    return bool(use_bf16), (f"--bf16 auto: a forward + backward of this network takes {fp32:.0f} ms in fp32, "
+                            f"{bf16:.0f} ms in bf16 (best of {n}): {'bf16' if bf16 < fp32 else 'fp32'}")
 
 
 # -----------------------------------------------------------------------------
-# checkpoints, the out-dir, signals, divergence, the collapse warning
+# seeds, checkpoints, the out-dir, the log, signals, divergence, the collapse warning
 
 
 def save_checkpoint(obj, path):
@@ -561,11 +564,12 @@ class DivergenceGuard:
 
 
 # the collapse warning: printed when, for COLLAPSE_INTERVALS log lines in a row, the effective rank of the
-# predictor input's centered covariance (train.py's diagnostics) is below COLLAPSE_ERANK or z_std below COLLAPSE_Z_STD, and a note when it
-# recovers for as many lines. From the laptop protocol search's validation runs (results/laptop-search/README.md):
-# the three collapse controls end at rank 1.28 / 1.00 / 1.00 and z_std 0.081 / 0.008 / 0.008; none of the 28 runs that
-# learned went below rank 1.35 or z_std 0.11 at any log line (a trained linear predictor dips to 1.35-1.9 early and
-# recovers); 3 lines in a row under (1.3, 0.1) flag the controls and none of the 28. It warns, never stops a run
+# predictor input's centered covariance (train.py's diagnostics) is below COLLAPSE_ERANK or z_std below
+# COLLAPSE_Z_STD, and a note when it recovers for as many lines. From the laptop protocol search's validation runs
+# (results/laptop-search/README.md): the three collapse controls end at rank 1.28 / 1.00 / 1.00 and z_std
+# 0.081 / 0.008 / 0.008; none of the 28 runs that learned went below rank 1.35 or z_std 0.11 at any log line (a
+# trained linear predictor dips to 1.35-1.9 early and recovers); 3 lines in a row under (1.3, 0.1) flag the controls
+# and none of the 28. It warns, never stops a run
 COLLAPSE_ERANK, COLLAPSE_Z_STD, COLLAPSE_INTERVALS = 1.3, 0.1, 3
 
 

@@ -42,20 +42,17 @@ from plumbing import (STREAMED, ArgumentParser, CollapseWatch, DivergenceGuard, 
 def get_parser():
     P = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = P.add_argument
-    a("--preset", default="none", choices=["none", *PRESETS], help="the paper's setups (see PRESETS); "
-      "explicit flags override")
+    a("--preset", default="none", choices=["none", *PRESETS], help="the paper's setups (PRESETS); flags given win")
     # data
     a("--dataset", default="cifar10", choices=list(DATASETS), help="fake = random images made in memory (tests)")
     a("--data-dir", default="data", help="dataset root; see docs/reference.md, Data, for the layout each dataset expects")
-    a("--split", default="test", choices=["test", "val"], help="what the kNN monitor reports on: the dataset's test "
-      "split, or val = 10k training images held out (stratified by class, fixed seed) and not trained on, for "
-      "choosing knobs without touching the test split (in-memory labelled sets)")
+    a("--split", default="test", choices=["test", "val"], help="what the kNN monitor reports on: the test split, or "
+      "val = 10k training images held out (by class, fixed seed), not trained on, to choose knobs on")
     a("--img-size", type=int, default=0, help="crop size; 0 = the dataset's own size (224 for imagenet/imagefolder)")
-    a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (AUG below: the paper's CIFAR / "
-      "STL-10 recipes, BYOL's for ImageNet); auto = by dataset")
+    a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (AUG); auto = by dataset")
     a("--crop-min", type=float, default=0.08, help="RandomResizedCrop minimum area fraction")
-    a("--jitter", type=float, default=1.0, help="colour-jitter strength, a multiplier on the preset's brightness/"
-      "contrast/saturation/hue ranges (SimCLR's s, relative); 0 = no jitter")
+    a("--jitter", type=float, default=1.0, help="colour-jitter strength (SimCLR's s), times the "
+      "preset's ranges; 0 = none")
     a("--workers", type=int, default=8, help="DataLoader workers per rank (imagenet/imagefolder only)")
     a("--fake-size", type=int, default=1024, help="number of images of --dataset fake")
     # model
@@ -80,26 +77,22 @@ def get_parser():
       "diagonal; optimal: ridge, times lambda_max)")
     a("--freq", type=int, default=1, help="DirectPred: set Wp every freq steps, SGD in between")
     a("--exponent", type=float, default=0.5, help="DirectPred: p_j = s_j^exponent (1 = DirectSet(1))")
-    a("--offset", type=float, default=0.0, help="DirectPred: offset c inside the root, p_j = (s_j - c)_+^a (Table 7; "
-      "use with --eps 0)")
+    a("--offset", type=float, default=0.0, help="DirectPred: p_j = (s_j - c)_+^exponent (Table 7; --eps 0)")
     a("--center", type=int, default=0, choices=[0, 1], help="DirectPred: center F (subtract mean outer product)")
-    a("--partitions", type=int, default=1, help="DirectPred: feature-dependent Wp (Sec. 5) with n random projections, "
-      "each splitting the batch at its mean, one F_hat per side; a sample's Wp is the mean over projections of its "
-      "side's (the authors' code); 1 = one Wp for all")
+    a("--partitions", type=int, default=1, help="DirectPred: feature-dependent Wp (Sec. 5): n random "
+      "projections split the batch at their mean, one F_hat per side (the authors' code); 1 = one Wp")
     # target and loss
     a("--ema", type=float, default=0.996, help="target EMA momentum tau; 0 = SimSiam (target = online, stop-grad)")
     a("--ema-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine to 1 (BYOL)")
-    a("--target-init", default="copy", choices=["copy", "random"],
-      help="EMA target starts as a copy of the online net (BYOL) or random (the paper's released code)")
+    a("--target-init", default="copy", choices=["copy", "random"], help="EMA target starts as a copy of the online "
+      "net (BYOL) or random (the paper's released code)")
     a("--stop-grad", type=int, default=1, choices=[0, 1], help="0: gradient flows into the target branch "
       "(needs --ema 0; Theorem 2's negative control, collapses)")
-    a("--loss", default="cosine", choices=["cosine", "l2"],
-      help="cosine: 2 - 2cos(p, z) (normalised; the loss of Bao et al.'s analysis); l2: 1/2 ||p - z||^2 (the loss of "
-      "Tian et al.'s linear theory, Sec. 3)")
+    a("--loss", default="cosine", choices=["cosine", "l2"], help="cosine: 2 - 2cos(p, z) (normalised, Bao et al.'s "
+      "analysis); l2: 1/2 ||p - z||^2 (Tian et al.'s linear theory, Sec. 3)")
     a("--symmetric", type=int, default=1, choices=[0, 1], help="loss over both view pairings, summed (0: p1 vs z2 only)")
     # optimisation
-    a("--optimizer", default="sgd", choices=["sgd", "lars"], help="sgd (the paper's STL-10/CIFAR runs) or lars "
-      "(large-batch ImageNet, BYOL)")
+    a("--optimizer", default="sgd", choices=["sgd", "lars"], help="sgd (the paper's runs) or lars (BYOL's ImageNet)")
     a("--lr", type=float, default=0.03, help="used as given; linear scaling rule: lr = base_lr * batch_size / 256")
     a("--lr-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine decay")
     a("--warmup-epochs", type=float, default=0.0, help="linear lr warmup")
@@ -107,33 +100,28 @@ def get_parser():
     a("--wd", type=float, default=4e-4, help="weight decay eta_s of the trunk (paper: 4e-4 on every parameter)")
     a("--batch-size", type=int, default=128, help="global batch size, split evenly over DDP ranks")
     a("--epochs", type=int, default=100, help="passes over the pretraining set (the paper: 100; Table 8: 300, 500)")
-    a("--max-steps", type=int, default=0, help="stop after this many optimizer steps in all (0 = epochs); "
-      "the schedules still span --epochs")
+    a("--max-steps", type=int, default=0, help="stop after this many steps (0: --epochs); schedules "
+      "still span --epochs")
     # system
     a("--out-dir", default="out", help="where ckpt.pt and log.jsonl go")
     a("--resume", action="store_true", help="continue from out_dir/ckpt.pt")
     a("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also written at the end)")
     a("--save-every-rank", action="store_true", help="every DDP rank writes ckpt_rank{r}.pt too (to check ranks agree)")
-    a("--log-every", type=int, default=50, help="steps between log lines (out_dir/log.jsonl); step 0 (the random "
-      "init) is logged too")
-    a("--log-early", type=int, default=200, help="the first this many steps are logged every 10 steps (where a "
-      "collapse starts), then every --log-every")
-    a("--eval-every", type=int, default=0, help="steps between kNN monitors (k=200, t=0.1, labelled train -> test "
-      "split) on rank 0; 0 = off")
+    a("--log-every", type=int, default=50, help="steps between log.jsonl lines (and step 0, the init)")
+    a("--log-early", type=int, default=200, help="log every 10 steps up to here (where collapse starts)")
+    a("--eval-every", type=int, default=0, help="steps between kNN monitors (k=200, t=0.1; rank 0); 0 = off")
     a("--seed", type=int, default=0, help="seeds the init, the batch order and the augmentations")
     a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
-    a("--ddp-timeout", type=float, default=600, help="seconds a DDP collective may wait for a stalled or dead rank "
-      "before the job stops")
-    a("--bf16", default="auto", choices=["auto", "0", "1"], help="bf16 autocast of the networks, projector and "
-      "predictor included (the loss, F_hat and its eigh stay fp32); auto = on CUDA GPUs with native bf16, and on a "
-      "CPU only where a few timed passes of this network at start-up find bf16 faster")
+    a("--ddp-timeout", type=float, default=600, help="seconds a DDP collective waits for a stalled rank, then stops")
+    a("--bf16", default="auto", choices=["auto", "0", "1"], help="bf16 autocast of the networks (the loss, F_hat "
+      "and its eigh stay fp32); auto = on GPUs with native bf16, on a CPU where timed passes find it faster")
     a("--channels-last", default="auto", choices=["auto", "0", "1"], help="channels_last memory format for the "
       "convolutions; auto = on CUDA, and on CPUs for --width >= 16 (faster; narrower nets hit a oneDNN bug)")
     a("--deterministic", type=int, default=0, choices=[0, 1], help="CUDA: deterministic cuDNN / cuBLAS kernels, no "
       "autotuning, no TF32, so that two runs (and a resume) give the same bits, at a speed cost; the CPU is already")
     a("--compile", type=int, default=0, choices=[0, 1], help="torch.compile the online network")
-    a("--wandb-project", default="", help="also log to Weights & Biases under this project (rank 0; the keys of "
-      "log.jsonl and the config; needs pip install wandb); empty = off")
+    a("--wandb-project", default="", help="also log to W&B under this project (rank 0; pip install "
+      "wandb); empty = off")
     a("--wandb-run-name", default="", help="the W&B run's name (empty: W&B picks one)")
     return P
 
@@ -736,7 +724,6 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
             votes = torch.zeros(len(sim), n_cls, device=sim.device).scatter_add_(1, train_y[idx], (sim / t).exp())
             correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
     return correct / len(test_f)
-
 
 
 # -----------------------------------------------------------------------------
