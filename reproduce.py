@@ -495,7 +495,7 @@ PAPER_LR_WD = 82_100 * 0.03 * 4e-4  # the paper's STL-10 run: steps x lr x wd (1
 
 
 def collapsed(res):
-    """Whether one run ended collapsed (train.py's collapse warning thresholds, at its last log line)."""
+    """Whether one run ended collapsed (the thresholds of train.py's collapse warning, at its last log line)."""
     from plumbing import COLLAPSE_ERANK, COLLAPSE_Z_STD  # only here: it imports torch
     return res["final_erank"] < COLLAPSE_ERANK or res["final_z_std"] < COLLAPSE_Z_STD
 

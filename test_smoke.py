@@ -769,6 +769,19 @@ def test_a_collapsing_run_prints_one_warning_line(tmp_path):
     assert log_lines(tmp_path)[-1]["step"] == 16 and log_lines(tmp_path)[-1]["erank"] < plumbing.COLLAPSE_ERANK
 
 
+
+def test_the_collapse_warning_fires_once_per_streak_and_notes_a_recovery():
+    """CollapseWatch on a hand-made sequence of log lines (L = collapsed-looking, H = healthy; one L by erank, one by
+    z_std): a warning at the 3rd L in a row and no more while it stands, none for 2 L broken by an H, a note after 3 H
+    in a row, and a new warning for a new streak."""
+    L1, L2, H = (1.1, 0.5), (4.0, 0.05), (4.0, 0.5)  # low rank; low z_std; neither
+    seq = [L1, L2, H, L1, L2, L1, L1, L1, H, H, L1, H, H, H, H, L2, L2, L2]
+    watch = plumbing.CollapseWatch()
+    said = {i: watch.line(i, *v, 16) for i, v in enumerate(seq)}
+    said = {i: s.split(":")[0] for i, s in said.items() if s}
+    assert said == {5: "warning", 13: "note", 17: "warning"}, said
+
+
 WANDB_STANDIN = """
 import json, os
 def _record(*call):
