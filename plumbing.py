@@ -78,13 +78,19 @@ DIRECT_ONLY = {  # DirectPred options and the predictors they apply to
     "center": ("direct", "directcopy"), "partitions": ("direct",)}
 
 
-def train_config_error(cfg, defaults, val_sets):
+def train_config_error(cfg, defaults, val_sets, world_size=None):
     """train.py's first out-of-range flag or meaningless combination of flags, as one line, or None.
     defaults: the parser's defaults (a flag left at its default is never an error); val_sets: the datasets that
-    --split val can hold images out of."""
+    --split val can hold images out of; world_size: the number of DDP ranks (None: torchrun's, 1 without it)."""
     err = range_error(cfg, TRAIN_RANGES)
     if err:
         return err
+    world_size = world_size or torchrun_world_size()
+    if cfg["batch_size"] % world_size or cfg["batch_size"] // world_size < 2:
+        return f"--batch-size {cfg['batch_size']} must split evenly over {world_size} DDP ranks, >= 2 each"
+    if world_size > 1 and cfg["eval_every"] and cfg["dataset"] in STREAMED:  # rank 0 alone would extract 1.28M images
+        return (f"--eval-every runs on rank 0 only; on --dataset {cfg['dataset']} under DDP the other ranks would wait "
+                f"past --ddp-timeout. Evaluate the checkpoint with eval_linear.py instead")
     for k, predictors in DIRECT_ONLY.items():
         if cfg["predictor"] not in predictors and cfg[k] != defaults[k]:
             return f"--{k} is a DirectPred option; it needs --predictor {' or '.join(predictors)}"
@@ -275,6 +281,11 @@ def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_si
 
 # -----------------------------------------------------------------------------
 # DDP start-up, precision and memory format
+
+
+def torchrun_world_size():
+    """The number of DDP ranks torchrun started (it sets RANK / LOCAL_RANK / WORLD_SIZE); 1 for a plain launch."""
+    return int(os.environ["WORLD_SIZE"]) if int(os.environ.get("RANK", -1)) != -1 else 1
 
 
 def init_distributed(device, timeout=600):

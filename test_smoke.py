@@ -66,9 +66,9 @@ def log_lines(out_dir):
     return [json.loads(line) for line in open(Path(out_dir) / "log.jsonl")]
 
 
-def config_error(cfg):
+def config_error(cfg, world_size=1):
     """train.py's check of a parsed config (plumbing.train_config_error), as train.py calls it."""
-    return plumbing.train_config_error(cfg, vars(T.get_parser().parse_args([])), T.VAL_SETS)
+    return plumbing.train_config_error(cfg, vars(T.get_parser().parse_args([])), T.VAL_SETS, world_size)
 
 
 # -----------------------------------------------------------------------------
@@ -871,6 +871,17 @@ def test_directpred_learns_on_fashion_mnist(tmp_path):
 def test_meaningless_flag_combinations_name_the_flag(flags, needle):
     err = config_error(T.parse_config(flags))
     assert err and needle in err, err
+
+
+def test_the_global_batch_must_split_over_the_ranks_and_a_streamed_set_has_no_rank_0_monitor():
+    """Checked before the process group starts, for torchrun's number of ranks: the global --batch-size splits
+    evenly, >= 2 per rank (BatchNorm); --eval-every on ImageNet under DDP would keep the other ranks waiting."""
+    cfg = lambda *flags: T.parse_config(["--batch-size", "128", *flags])
+    assert config_error(cfg(), 2) is None and config_error(cfg(), 64) is None
+    assert config_error(cfg(), 3) == "--batch-size 128 must split evenly over 3 DDP ranks, >= 2 each"
+    assert config_error(cfg(), 128).startswith("--batch-size 128 must split evenly over 128 DDP ranks")
+    imagenet = cfg("--dataset", "imagenet", "--eval-every", "100")
+    assert config_error(imagenet, 1) is None and config_error(imagenet, 2).startswith("--eval-every runs on rank 0")
 
 
 @pytest.mark.parametrize("flags, needle", [

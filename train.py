@@ -731,7 +731,7 @@ if __name__ == "__main__":
     cfg = parse_config()  # the config dict: key == flag name with '_' for '-'
     defaults = vars(get_parser().parse_args([]))
     err = train_config_error(cfg, defaults, VAL_SETS) or out_dir_error(cfg["out_dir"], cfg["resume"])
-    if err:  # every bad flag, and an out-dir that cannot take this run: one line, before any work
+    if err:  # every bad flag (for torchrun's number of ranks), an out-dir that cannot take the run: one line, first
         sys.exit(f"error: {err}")
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
 
@@ -741,13 +741,7 @@ if __name__ == "__main__":
     device_type = "cuda" if "cuda" in device else "cpu"
     seed_all(cfg["seed"])
     ctx, fmt = speed_paths(device_type, cfg["bf16"], cfg["channels_last"], cfg["deterministic"], cfg["width"])
-    if cfg["batch_size"] % ddp_world_size or cfg["batch_size"] // ddp_world_size < 2:
-        sys.exit(f"error: --batch-size {cfg['batch_size']} must split evenly over {ddp_world_size} DDP ranks, "
-                 f">= 2 each")
-    B = cfg["batch_size"] // ddp_world_size  # local batch
-    if ddp and cfg["eval_every"] and cfg["dataset"] in STREAMED:  # rank 0 alone would extract 1.28M images' features
-        sys.exit(f"error: --eval-every runs on rank 0 only; on --dataset {cfg['dataset']} under DDP the other ranks would "
-                 f"wait past --ddp-timeout. Evaluate the checkpoint with eval_linear.py instead")
+    B = cfg["batch_size"] // ddp_world_size  # local batch (train_config_error: it splits evenly, >= 2 per rank)
 
     # --- data
     aug = AUG[DATASETS[cfg["dataset"]][0] if cfg["aug"] == "auto" else cfg["aug"]]
