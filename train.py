@@ -51,8 +51,7 @@ def get_parser():
     a("--img-size", type=int, default=0, help="crop size; 0 = the dataset's own size (224 for imagenet/imagefolder)")
     a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (AUG); auto = by dataset")
     a("--crop-min", type=float, default=0.08, help="RandomResizedCrop minimum area fraction")
-    a("--jitter", type=float, default=1.0, help="colour-jitter strength (SimCLR's s), times the "
-      "preset's ranges; 0 = none")
+    a("--jitter", type=float, default=1.0, help="colour-jitter strength (SimCLR's s) x the preset's ranges; 0 = none")
     a("--workers", type=int, default=8, help="DataLoader workers per rank (imagenet/imagefolder only)")
     a("--fake-size", type=int, default=1024, help="number of images of --dataset fake")
     # model
@@ -100,15 +99,14 @@ def get_parser():
     a("--wd", type=float, default=4e-4, help="weight decay eta_s of the trunk (paper: 4e-4 on every parameter)")
     a("--batch-size", type=int, default=128, help="global batch size, split evenly over DDP ranks")
     a("--epochs", type=int, default=100, help="passes over the pretraining set (the paper: 100; Table 8: 300, 500)")
-    a("--max-steps", type=int, default=0, help="stop after this many steps (0: --epochs); schedules "
-      "still span --epochs")
+    a("--max-steps", type=int, default=0, help="stop after this many steps (0: --epochs); schedules span --epochs")
     # system
     a("--out-dir", default="out", help="where ckpt.pt and log.jsonl go")
     a("--resume", action="store_true", help="continue from out_dir/ckpt.pt")
     a("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also written at the end)")
     a("--save-every-rank", action="store_true", help="every DDP rank writes ckpt_rank{r}.pt too (to check ranks agree)")
     a("--log-every", type=int, default=50, help="steps between log.jsonl lines (and step 0, the init)")
-    a("--log-early", type=int, default=200, help="log every 10 steps up to here (where collapse starts)")
+    a("--log-early", type=int, default=200, help="the first this many steps log every 10th (where collapse starts)")
     a("--eval-every", type=int, default=0, help="steps between kNN monitors (k=200, t=0.1; rank 0); 0 = off")
     a("--seed", type=int, default=0, help="seeds the init, the batch order and the augmentations")
     a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
@@ -120,8 +118,7 @@ def get_parser():
     a("--deterministic", type=int, default=0, choices=[0, 1], help="CUDA: deterministic cuDNN / cuBLAS kernels, no "
       "autotuning, no TF32, so that two runs (and a resume) give the same bits, at a speed cost; the CPU is already")
     a("--compile", type=int, default=0, choices=[0, 1], help="torch.compile the online network")
-    a("--wandb-project", default="", help="also log to W&B under this project (rank 0; pip install "
-      "wandb); empty = off")
+    a("--wandb-project", default="", help="also log to W&B under this project (rank 0; pip install wandb); empty = off")
     a("--wandb-run-name", default="", help="the W&B run's name (empty: W&B picks one)")
     return P
 
