@@ -564,8 +564,9 @@ class DivergenceGuard:
         bad = self.bad.clone()
         if sync_ranks:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if bad.item():  # the one host sync
-            self.stop(f"the loss (or F_hat) became nan/inf at step {int(bad)}")
+        bad = bad.item()  # the one host sync
+        if bad:
+            self.stop(f"the loss (or F_hat) became nan/inf at step {bad}")
 
     def stop_if_nonfinite(self, step, *state_dicts):
         """Weights or buffers about to be saved that are nan/inf (e.g. BatchNorm running statistics gone to inf)."""

@@ -769,7 +769,6 @@ def test_a_collapsing_run_prints_one_warning_line(tmp_path):
     assert log_lines(tmp_path)[-1]["step"] == 16 and log_lines(tmp_path)[-1]["erank"] < plumbing.COLLAPSE_ERANK
 
 
-
 def test_the_collapse_warning_fires_once_per_streak_and_notes_a_recovery():
     """CollapseWatch on a hand-made sequence of log lines (L = collapsed-looking, H = healthy; one L by erank, one by
     z_std): a warning at the 3rd L in a row and no more while it stands, none for 2 L broken by an H, a note after 3 H
