@@ -131,8 +131,7 @@ def real_step(flags, dev):
     target = target.to(memory_format=fmt) if target is not None else None
     opt, dp = T.build_optimizer(model, cfg), T.build_directpred(cfg, dev)
     ema = T.ema_pairs(target, model)
-    tau = cfg["ema"]
-    step = lambda x1, x2: T.train_step(model, model, target, dp, opt, x1, x2, cfg, ctx, tau, ema)
+    step = lambda x1, x2: T.train_step(model, model, target, dp, opt, x1, x2, cfg, ctx, cfg["lr"], cfg["ema"], ema)
     return step, cfg, ctx, fmt
 
 

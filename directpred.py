@@ -6,7 +6,8 @@ ICML 2021 (arXiv 2102.06810), Sec. 5 / Eq. 18, implemented exactly as the author
 
     every step:       F_hat <- rho * F_hat + (1 - rho) * mean_i f_i f_i^T     (f: predictor input, both views)
     every freq steps: s, U = eigh(F_hat);  s <- max(s, 0) / max(s)
-                      p_j = (s_j - c)_+ ** a + eps,  p_j <- max(p_j, 1e-4)     (a = 1/2, c = 0, eps = 0.1)
+                      p_j = max(s_j ** a + eps, 1e-4)                         (a = 1/2, eps = 0.1)
+                      (Table 7's offset c > 0 or < 0: p_j = max(s_j - c, 1e-4) ** a, eps = 0)
                       Wp  = U diag(p) U^T   -> written into the bias-free Linear(d, d) predictor
 
 Note Eq. 18 prints "+ eps * max_j s_j"; the code adds eps after normalising by the max (compute_w_corr in
@@ -20,7 +21,8 @@ GPU's own batch, so each GPU ends up with its own predictor: github.com/varun142
 (solo/methods/directpred.py, Halvagal et al. 2023).
 
 Variants, all in the one class:
-- exponent a (a = 1 is DirectSet(1)), offset c inside the root (Table 7: eps = 0, c = +-0.05, +-0.1);
+- exponent a (a = 1 is DirectSet(1)), offset c inside the root (Table 7: eps = 0, c = +-0.05, +-0.1; floored at
+  1e-4 inside the root, as compute_w_corr's dyn_eps_inside branch; eps, if also given, is added after the root);
 - center: F = E[f f^T] - E[f] E[f]^T (the paper finds centering hurts; off by default);
 - mode "directcopy" (Wang, Chen, Du, Tian 2021, arXiv 2110.04947): Wp = F_hat / lambda_max(F_hat) + eps I;
 - mode "optimal" (Table 1, "plug in the optimal solution"): with C_hat the EMA of E[z f^T] (z = the target the
@@ -104,19 +106,20 @@ class DirectPred(nn.Module):
     def accumulate(self, f, z=None, region=None):
         """update() without the batch counter: tensor work only, so a compiled forward that calls it every step
         (PartitionedPredictor) keeps one graph instead of recompiling on a changed Python int.
-        In fp32 whatever the autocast and TF32 settings (under bf16 autocast the sums of f f^T would be rounded to bf16)."""
+        In F_hat's precision whatever the autocast and TF32 settings: fp32, or float64 after .double() (an exact
+        reference); under bf16 autocast the sums of f f^T would otherwise be rounded to bf16."""
         with full_fp32(f.device.type):
-            return self._accumulate(f.detach().float(), z, region)
+            return self._accumulate(f.detach().to(self.F_hat.dtype), z, region)
 
     def _accumulate(self, f, z, region):
         N, d = f.shape
-        member = torch.ones(N, 1, device=f.device) if region is None else region.float()  # (N, K)
+        member = torch.ones(N, 1, device=f.device, dtype=f.dtype) if region is None else region.to(f.dtype)  # (N, K)
         fk = member[:, :, None] * f[:, None]  # (N, K, d): f where the row is in region k, else 0
         stats = [member.sum(0), torch.einsum("nki,nj->kij", fk, f)]  # counts (K,), sums of f f^T (K, d, d)
         if self.center:
             stats.append(fk.sum(0))  # (K, d) sums of f
         if self.mode == "optimal":
-            stats.append(torch.einsum("nj,nki->kji", z.detach().float(), fk))  # (K, d, d) sums of z f^T
+            stats.append(torch.einsum("nj,nki->kji", z.detach().to(f.dtype), fk))  # (K, d, d) sums of z f^T
         flat = torch.cat([s.flatten() for s in stats])
         if dist.is_available() and dist.is_initialized():  # sums and counts over all ranks: the global batch
             dist.all_reduce(flat)
@@ -157,8 +160,11 @@ class DirectPred(nn.Module):
             s, U = torch.linalg.eigh(F)  # ascending eigenvalues, orthonormal columns U
             s = s.clamp(min=0)
             s = s / s.max(-1, keepdim=True).values.clamp(min=1e-12)  # max-normalise: the top eigenvalue becomes 1
-            p = (s - self.offset).clamp(min=0).pow(self.exponent) + self.eps
-            p = p.clamp(min=1e-4)
+            if self.offset:  # Table 7's offset inside the root, floored before it: compute_w_corr's dyn_eps_inside
+                # branch, (s + dyn_eps).clamp(1e-4).pow(1 / 2) with dyn_eps = -c, so the smallest p_j is 1e-2 there
+                p = (s - self.offset).clamp(min=1e-4).pow(self.exponent) + self.eps
+            else:  # the branch of every other table: the root, then eps, then the floor
+                p = (s.pow(self.exponent) + self.eps).clamp(min=1e-4)
             return (U * p[:, None, :]) @ U.mT  # U diag(p) U^T
 
     @torch.no_grad()

@@ -394,6 +394,22 @@ def bf16_if_faster(online, target, loss_fn, x, sync_ranks=False, n=3):
                             f"{bf16:.0f} ms in bf16 (best of {n}): {'bf16' if bf16 < fp32 else 'fp32'}")
 
 
+def decide_bf16(saved, device_type, measure):
+    """--bf16 auto, decided once per run. saved: the choice recorded in the checkpoint being resumed ("0" / "1"; None
+    on a fresh run, "auto" in a checkpoint older than this rule); measure: () -> (use bf16?, line), bf16_if_faster on
+    the run's networks, called only on a CPU with bf16 instructions. Returns ("0" or "1", one line saying how it was
+    decided): reused from the checkpoint, GPU capability, no bf16 instructions, or measured."""
+    if saved in ("0", "1"):
+        return saved, f"--bf16 auto: {'bf16' if saved == '1' else 'fp32'}, reused from the checkpoint (decided at the run's start)"
+    if device_type == "cuda":  # native bf16 only (pre-Ampere GPUs emulate it, slower)
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return str(int(native)), f"--bf16 auto: {'bf16 (native on this GPU)' if native else 'fp32 (this GPU emulates bf16)'}"
+    if not cpu_has_bf16():
+        return "0", "--bf16 auto: fp32 (this CPU has no bf16 instructions)"
+    use_bf16, line = measure()
+    return str(int(use_bf16)), line + " (measured)"
+
+
 # -----------------------------------------------------------------------------
 # seeds, checkpoints, the out-dir, the log, signals, divergence, the collapse warning
 

@@ -2,6 +2,7 @@
 CPU tests against independent references: hand-computed predictors, a second DDP rank's weights, torchvision.
 Run: python -m pytest -q test_smoke.py
 """
+import copy
 import importlib.util
 import json
 import math
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +208,225 @@ def test_bf16_rounding_of_the_predictor_input_moves_wp_by_less_than_1e_3():
         W.append(torch.zeros(128, 128))
         dp.set_predictor(W[-1])
     assert (W[1] - W[0]).norm() / W[0].norm() < 1e-3
+
+
+# -----------------------------------------------------------------------------
+# the whole training step against an independent float64 reference: train.py's train_step and a plain rewrite of the
+# paper's step (Tian, Chen, Ganguli 2021, Sec. 4, Eq. 18, in the authors' order) share only the network definition
+# (the same initial modules, deep-copied) and the two views
+
+
+def ref_wp(F, cfg):
+    """Wp from F (d, d) by the paper's rule, as the authors' compute_w_corr (byol_trainer.py, balance_type
+    boost_scale): eigenvalues clamped at 0 and max-normalised; p_j = s_j^1/2 + eps floored at 1e-4, or with Table 7's
+    offset (dyn_eps_inside, dyn_eps = -c) p_j = max(s_j - c, 1e-4)^1/2. DirectCopy (arXiv 2110.04947): F / lambda_max
+    + eps I."""
+    s, U = torch.linalg.eigh(F)
+    if cfg["predictor"] == "directcopy":
+        return F / s[-1] + cfg["eps"] * torch.eye(len(F), dtype=F.dtype)
+    s = s.clamp(min=0) / s.max()
+    if cfg["offset"]:
+        p = (s - cfg["offset"]).clamp(min=1e-4).sqrt()
+    else:
+        p = (s.sqrt() + cfg["eps"]).clamp(min=1e-4)
+    return U @ torch.diag(p) @ U.T
+
+
+def ref_ema(F_hat, F, rho):
+    """F_hat <- rho F_hat + (1 - rho) F; the first batch sets it."""
+    return F if F_hat is None else rho * F_hat + (1 - rho) * F
+
+
+def reference_run(online, target, cfg, views, shards=1):
+    """The paper's step in float64, steps t = 0, 1, ...: online z = projector(backbone(x)) of both views; DirectPred's
+    F = mean f f^T of both views' z (every rank's rows), F_hat its rho-EMA, taken before backward; p = Wp z (or the
+    2-layer predictor; or, with --partitions n, the mean over n random projections of the Wp of the side of each
+    projection's mean the sample lies on, one F_hat per side); targets from the EMA network under no_grad (SimSiam:
+    the online z), detached; loss 2 - 2 cos(p, t) (or 1/2 ||p - t||^2) per pair, batch-averaged, summed over the two
+    pairings; SGD (momentum, weight decay, the predictor's lr ratio); --sym-wp; Wp <- U diag(p) U^T every freq steps
+    after the SGD step; target <- tau target + (1 - tau) online, predictor excluded. shards > 1: DDP without SyncBN,
+    each rank's shard normalised by its own BN statistics, gradients averaged, F over the global batch, BN running
+    statistics those of rank 0. Returns (online, target, F_hat, Wp)."""
+    net, tgt = copy.deepcopy(online), copy.deepcopy(target)
+    pred = net.predictor
+    trunk = [p for n, p in net.named_parameters() if not n.startswith("predictor.")]
+    groups = [dict(params=trunk, weight_decay=cfg["wd"])]
+    if list(pred.parameters()):
+        groups.append(dict(params=list(pred.parameters()), lr=cfg["lr"] * cfg["pred_lr_ratio"],
+                           weight_decay=cfg["pred_wd"]))
+    opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
+    n_part = cfg["partitions"]
+    F_hat = [None] * (2 * n_part if n_part > 1 else 1)
+
+    def embed(m, x):
+        return m.projector(m.backbone(x))
+
+    def loss_fn(p, t):
+        if cfg["loss"] == "cosine":
+            return 2 - 2 * torch.nn.functional.cosine_similarity(p, t, dim=-1).mean()
+        return 0.5 * (p - t).pow(2).sum(-1).mean()
+
+    for t, (x1, x2) in enumerate(views):
+        bn_rank0 = None
+        losses, fs = [], []
+        for x1s, x2s in zip(x1.chunk(shards), x2.chunk(shards)):
+            z1, z2 = embed(net, x1s), embed(net, x2s)
+            if tgt is not None:
+                with torch.no_grad():
+                    t1, t2 = embed(tgt, x1s), embed(tgt, x2s)
+            else:
+                t1, t2 = z1, z2
+            t1, t2 = t1.detach(), t2.detach()
+            fs.append(torch.cat([z1, z2]).detach())
+            if n_part > 1:  # statistics of every side first (both views), then each sample's mean Wp
+                R = pred.directions
+                sides = [z.detach() @ R >= (z.detach() @ R).mean(0) for z in (z1, z2)]  # (N, n) positive side
+                for i in range(n_part):
+                    for k, side in ((2 * i, True), (2 * i + 1, False)):
+                        rows = torch.cat([z.detach()[s[:, i] == side] for z, s in zip((z1, z2), sides)])
+                        F_hat[k] = ref_ema(F_hat[k], rows.T @ rows / len(rows), cfg["rho"])
+                Wps = [ref_wp(F, cfg) for F in F_hat]
+                p1, p2 = (torch.stack([sum(Wps[2 * i + (0 if s[n, i] else 1)] @ z[n] for i in range(n_part)) / n_part
+                                       for n in range(len(z))]) for z, s in zip((z1, z2), sides))
+            else:
+                p1, p2 = pred(z1), pred(z2)
+            losses.append(loss_fn(p1, t2) + loss_fn(p2, t1) if cfg["symmetric"] else loss_fn(p1, t2))
+            if bn_rank0 is None:  # rank 0's BN running statistics (DDP broadcasts rank 0's buffers)
+                bn_rank0 = [b.clone() for m in (net, tgt) if m is not None for b in m.buffers()]
+        if cfg["predictor"] in ("direct", "directcopy") and n_part == 1:  # before backward: this step's F
+            f = torch.cat(fs)  # (2N, d) the global batch's predictor inputs
+            F_hat[0] = ref_ema(F_hat[0], f.T @ f / len(f), cfg["rho"])
+        opt.zero_grad()
+        (sum(losses) / shards).backward()  # DDP averages the ranks' gradients
+        opt.step()
+        with torch.no_grad():
+            for b, b0 in zip([b for m in (net, tgt) if m is not None for b in m.buffers()], bn_rank0):
+                b.copy_(b0)  # (after backward: batch norm saves its running statistics for it)
+            if cfg["sym_wp"] and cfg["predictor"] == "mlp":
+                W = 0.5 * (pred[0].weight + pred[3].weight.T)
+                pred[0].weight.copy_(W)
+                pred[3].weight.copy_(W.T)
+            elif cfg["sym_wp"]:
+                pred.weight.copy_(0.5 * (pred.weight + pred.weight.T))
+            if cfg["predictor"] in ("direct", "directcopy") and n_part == 1 and t % cfg["freq"] == 0:
+                pred.weight.copy_(ref_wp(F_hat[0], cfg))
+            if tgt is not None:
+                for pt, po in zip(tgt.parameters(), trunk):
+                    pt.copy_(cfg["ema"] * pt + (1 - cfg["ema"]) * po)
+    Wp = torch.stack([ref_wp(F, cfg) for F in F_hat]) if n_part > 1 else getattr(pred, "weight", None)
+    return net, tgt, F_hat, Wp
+
+
+REF_BASE = TINY + ["--ema", "0.9", "--lr", "0.05"]  # a target that moves 10% a step: an EMA mistake shows
+REF_VIEWS = 10
+
+
+def ref_init(cfg):
+    """float64 online and target networks from one seed, and the 10 steps' views (16 images of 3 x 16 x 16 each)."""
+    torch.manual_seed(0)
+    online = T.build_model(cfg, 3).double()
+    target = T.build_target(online, cfg, 3)
+    g = torch.Generator().manual_seed(1)
+    views = [tuple(torch.randn(16, 3, 16, 16, generator=g, dtype=torch.float64) for _ in range(2))
+             for _ in range(REF_VIEWS)]
+    return online, target, views
+
+
+def train_py_run(online, target, cfg, views, model=None, shard=slice(None)):
+    """train.py's own pieces: build_directpred, build_optimizer, ema_pairs, tau_at and train_step, in float64.
+    model: the online network as called (DDP-wrapped), shard: this rank's rows of each view."""
+    dp = T.build_directpred(cfg, "cpu")
+    dp = dp.double() if dp is not None else None
+    optimizer, ema = T.build_optimizer(online, cfg), T.ema_pairs(target, online)
+    for step, (x1, x2) in enumerate(views):
+        T.train_step(model or online, online, target, dp, optimizer, x1[shard], x2[shard], cfg, nullcontext(),
+                     T.lr_at(step, cfg, 1000, 100), T.tau_at(step, cfg, 1000), ema)
+    pred = online.predictor
+    if dp is not None:
+        F_hat, Wp = dp.F_hat, pred.weight
+    elif cfg["partitions"] > 1:
+        F_hat, Wp = pred.dp.F_hat, pred.dp.compute_Wp()
+    else:
+        F_hat, Wp = None, getattr(pred, "weight", None)
+    return dict(online=online.state_dict(), target=target.state_dict() if target is not None else None,
+                F_hat=F_hat, Wp=Wp)
+
+
+def assert_matches_reference(got, ref):
+    net, tgt, F_hat, Wp = ref
+    close = dict(atol=1e-10, rtol=0)
+    assert got["online"].keys() == net.state_dict().keys()
+    for k, v in net.state_dict().items():
+        if k.startswith("predictor.dp."):  # the partitioned predictor's own statistics: compared as F_hat below
+            continue
+        torch.testing.assert_close(got["online"][k], v, **close, msg=lambda m: f"online {k}: {m}")
+    assert (got["target"] is None) == (tgt is None)
+    if tgt is not None:
+        assert got["target"].keys() == tgt.state_dict().keys()
+        for k, v in tgt.state_dict().items():
+            torch.testing.assert_close(got["target"][k], v, **close, msg=lambda m: f"target {k}: {m}")
+    if F_hat[0] is not None:
+        torch.testing.assert_close(got["F_hat"], torch.stack(F_hat), **close)
+    if Wp is not None:
+        torch.testing.assert_close(got["Wp"].view_as(Wp), Wp, **close)
+
+
+REF_CONFIGS = {
+    "direct freq 1": [], "direct freq 3 (Wp trained between sets)": ["--freq", "3"],
+    "offset 0.1, eps 0 (Table 7)": ["--offset", "0.1", "--eps", "0"], "directcopy": ["--predictor", "directcopy"],
+    "2 partitions": ["--partitions", "2"], "asymmetric loss": ["--symmetric", "0"], "SimSiam": ["--ema", "0"],
+    "2-layer predictor, sym-wp": ["--predictor", "mlp", "--sym-wp", "1"],
+    "linear predictor, l2 loss, alpha_p 3": ["--predictor", "linear", "--loss", "l2", "--pred-lr-ratio", "3"],
+}
+
+
+@pytest.mark.parametrize("flags", REF_CONFIGS.values(), ids=REF_CONFIGS.keys())
+def test_the_training_step_equals_a_float64_reference_of_the_papers_step(flags):
+    """10 steps of train.py's train_step and of reference_run from one init on the same views, in float64: online and
+    target weights (and BN statistics), F_hat and Wp equal to 1e-10."""
+    cfg = T.parse_config(REF_BASE + flags)
+    online, target, views = ref_init(cfg)
+    ref = reference_run(online, target, cfg, views)
+    init = {k: v.clone() for k, v in online.state_dict().items() if torch.is_tensor(v)}
+    got = train_py_run(online, target, cfg, views)
+    moved = max((got["online"][k] - v).abs().max() for k, v in init.items() if v.is_floating_point())
+    assert moved > 1e-3  # the weights did move: a step that did nothing would not pass as equal
+    assert_matches_reference(got, ref)
+
+
+REF_DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from contextlib import nullcontext
+from torch.nn.parallel import DistributedDataParallel as DDP
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+import test_smoke, train as T, plumbing
+dist.init_process_group("gloo")
+r = dist.get_rank()
+cfg = T.parse_config(test_smoke.REF_BASE)
+online, target, views = test_smoke.ref_init(cfg)
+B = len(views[0][0]) // 2
+got = test_smoke.train_py_run(online, target, cfg, views, model=DDP(online), shard=slice(r * B, (r + 1) * B))
+if r == 0:
+    torch.save(got, sys.argv[3])
+plumbing.end_distributed()
+"""
+
+
+def test_a_2_rank_ddp_step_equals_the_float64_reference_on_the_global_batch(tmp_path):
+    """2 gloo ranks, each with half of every view, against reference_run on the whole batch in 2 shards: gradients
+    averaged over the ranks, F_hat of the global batch, BN statistics per rank (no SyncBN on a CPU)."""
+    script = tmp_path / "ref_ddp.py"
+    script.write_text(REF_DDP_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(ROOT), str(Path(__file__).parent), str(tmp_path / "got.pt")],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = T.parse_config(REF_BASE)
+    online, target, views = ref_init(cfg)
+    assert_matches_reference(load(tmp_path / "got.pt"), reference_run(online, target, cfg, views, shards=2))
+    with pytest.raises(AssertionError):  # the 2-rank run is not the single-process one (per-rank BN statistics)
+        assert_matches_reference(load(tmp_path / "got.pt"), reference_run(online, target, cfg, views, shards=1))
 
 
 # -----------------------------------------------------------------------------

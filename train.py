@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from directpred import DirectPred, PartitionedPredictor, full_fp32
 from plumbing import (STREAMED, ArgumentParser, CollapseWatch, DivergenceGuard, RunLog, TwoCrops, bf16_if_faster,
-                      cpu_has_bf16, end_distributed, extract_features, image_batches, init_distributed, load_checkpoint,
+                      decide_bf16, end_distributed, extract_features, image_batches, init_distributed, load_checkpoint,
                       load_dataset, out_dir_error, refuse_busy_out_dir, restore_rng, resume_error, rng_state,
                       save_checkpoint, seed_all, speed_paths, stop_after_the_step_on_signal, train_config_error)
 
@@ -542,14 +543,19 @@ def symmetrize_predictor(predictor):
 # loss, optimizer, schedules
 
 
+def at_least_fp32(x):
+    """x in fp32 if it is bf16 / fp16 (autocast's outputs), float64 kept (the float64 reference step of the tests)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def cosine_loss(p, z):
-    """2 - 2 cos(p, z), averaged over the batch, in fp32 (the normalised loss used in practice)."""
-    return 2 - 2 * nnf.cosine_similarity(p.float(), z.float(), dim=-1).mean()
+    """2 - 2 cos(p, z), averaged over the batch, in fp32 at least (the normalised loss used in practice)."""
+    return 2 - 2 * nnf.cosine_similarity(at_least_fp32(p), at_least_fp32(z), dim=-1).mean()
 
 
 def l2_loss(p, z):
-    """1/2 ||p - z||^2, averaged over the batch, in fp32 (the un-normalised loss of Tian et al.'s theory, Sec. 3)."""
-    return 0.5 * (p.float() - z.float()).pow(2).sum(-1).mean()
+    """1/2 ||p - z||^2, averaged over the batch, in fp32 at least (the un-normalised loss of Tian et al.'s theory)."""
+    return 0.5 * (at_least_fp32(p) - at_least_fp32(z)).pow(2).sum(-1).mean()
 
 
 def ssl_loss(model, target, x1, x2, cfg):
@@ -628,13 +634,14 @@ def tau_at(step, cfg, total_steps):
 # the step: the paper's order in one function (train.py's loop and bench.py call it)
 
 
-def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, tau, ema):
+def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, tau, ema):
     """One optimizer step, in the order of the paper (Tian et al. 2021, Sec. 4) and the authors' code: the online and
     target forwards of both views (ssl_loss); DirectPred's statistics of the raw predictor inputs, before backward;
     backward (through Wp into the trunk) and the optimizer step; --sym-wp; Wp set in closed form after the step, so
     the new Wp is used from the next step on; the EMA target last, keyed to optimizer steps.
     model: the online network as called (compiled and/or DDP-wrapped); raw_model: the same module unwrapped;
-    dp: DirectPred or None; ema: (target tensors, online tensors), target <- tau target + (1 - tau) online.
+    dp: DirectPred or None; lr: the scheduled lr (each parameter group takes lr x its lr_mult); ema: (target tensors,
+    online tensors), target <- tau target + (1 - tau) online.
     Returns (loss, z1, z2) for the caller's diagnostics. bench.py times this same function."""
     with ctx:
         loss, z1, z2, t1, t2 = ssl_loss(model, target, x1, x2, cfg)
@@ -643,6 +650,8 @@ def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, tau, e
         with record_function("directpred statistics"):
             dp.update(torch.cat([z1, z2]), torch.cat([t2, t1]) if cfg["predictor"] == "optimal" else None)
     optimizer.zero_grad(set_to_none=True)
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g["lr_mult"]  # the predictor's group: alpha_p x lr (Fig. 6)
     with record_function("backward"):
         loss.backward()
     optimizer.step()
@@ -782,18 +791,13 @@ if __name__ == "__main__":
         print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch statistics")
     online = online.to(memory_format=fmt)
     target = target.to(memory_format=fmt) if target is not None else None
-    if cfg["bf16"] == "auto" and device_type == "cpu" and cpu_has_bf16():  # bf16 only where it is measured faster
-        x_probe = torch.rand(B, in_chans, size, size, device=device).contiguous(memory_format=fmt)
-        use_bf16, line = bf16_if_faster(online, target, lambda o, t, x: ssl_loss(o, t, x, x, cfg)[0], x_probe, ddp)
-        ctx = torch.autocast(device_type, dtype=torch.bfloat16) if use_bf16 else ctx  # every rank: rank 0's choice
-        if master_process:
-            print(line)
     dp = build_directpred(cfg, device)
     optimizer = build_optimizer(online, cfg)
 
     # --- resume
     step, knn_init = 0, None  # knn_init: kNN top-1 at random init (--eval-every), kept in the checkpoint
     monitor_stats = None  # feature_stats of the predictor's input: the collapse diagnostics' running E[f f^T], E[f]
+    saved_bf16 = None  # the precision --bf16 auto chose at the run's start (a resume reuses it)
     if cfg["resume"]:
         ckpt = load_checkpoint(ckpt_path, "--resume")
         err = resume_error(ckpt, cfg, defaults, n_train, ckpt_path)
@@ -808,7 +812,20 @@ if __name__ == "__main__":
         step, knn_init = ckpt["step"], ckpt.get("knn_init")
         monitor_stats = tuple(t.to(device) for t in ckpt["monitor_stats"]) if ckpt.get("monitor_stats") else None
         restore_rng(ckpt["rng"], device_type)
+        saved_bf16 = ckpt["config"]["bf16"]
         del ckpt
+
+    # --- precision: --bf16 auto is decided once per run and recorded as "0" / "1" in its config (the checkpoint, the
+    # log's first record): measured at the start (on a CPU with bf16 instructions), reused by every --resume, so a run
+    # never switches precision midway and a resume replays the same bits
+    if cfg["bf16"] == "auto":
+        x_probe = lambda: torch.rand(B, in_chans, size, size, generator=torch.Generator(device).manual_seed(0),
+                                     device=device).contiguous(memory_format=fmt)  # its own RNG: the run's is untouched
+        measure = lambda: bf16_if_faster(online, target, lambda o, t, x: ssl_loss(o, t, x, x, cfg)[0], x_probe(), ddp)
+        cfg["bf16"], line = decide_bf16(saved_bf16, device_type, measure)  # under DDP: rank 0's choice on every rank
+        ctx = torch.autocast(device_type, dtype=torch.bfloat16) if cfg["bf16"] == "1" else nullcontext()
+        if master_process:
+            print(line)
 
     # --- compile, DDP
     raw_model = online  # what gets saved: no "_orig_mod." or "module." in the keys
@@ -872,13 +889,12 @@ if __name__ == "__main__":
             x2 = augment(x if crop else x[:, 1], aug, 1, gen, size, (cfg["crop_min"], 1.0), mean, std, crop)
             x1, x2 = x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt)
             lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_mult"]
             # the paper's order: forward, DirectPred statistics (F all-reduced over the ranks), backward, step, Wp, EMA
-            loss, z1, z2 = train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, tau, ema)
+            loss, z1, z2 = train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, tau, ema)
             monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d): both views' predictor input
             if master_process and step == 0:  # step 0: the random init (this step's forward ran before its update)
-                log.write({"step": 0, "epoch": 0.0, "loss": loss.item(), **diagnostics(monitor_stats, None, z1),
+                log.write({"step": 0, "epoch": 0.0, "bf16": cfg["bf16"], "loss": loss.item(),
+                           **diagnostics(monitor_stats, None, z1),
                            **({"knn_top1": knn_init} if knn_init is not None else {})})
             guard.record(step, loss, F_hat)  # on the device: no host sync
             step += 1
