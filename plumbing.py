@@ -29,7 +29,6 @@ import PIL.Image
 import torch
 import torch.distributed as dist
 import torch.nn.functional as nnf
-import torchvision
 from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
@@ -139,13 +138,14 @@ LAYOUTS = {  # what each --dataset expects under --data-dir
 def load_dataset(name, data_dir, split, fake_size=1024):
     """split: pretrain | train | test. Returns (images uint8 (N, C, H, W), labels long (N,)) for the small
     sets, or a torchvision ImageFolder for the streamed ones. Exits with one line if the files are missing."""
-    tv = torchvision.datasets
     train = split != "test"
+    if name == "fake":  # random images, labels 0..9; a different draw for the test split
+        g = torch.Generator().manual_seed(1234 + (split == "test"))
+        return torch.randint(0, 256, (fake_size, 3, 32, 32), dtype=torch.uint8, generator=g), \
+            torch.randint(0, 10, (fake_size,), generator=g)
+    import torchvision  # here, not at the top: it imports torch._dynamo, 1.7 s of every start that needs no file
+    tv = torchvision.datasets
     try:
-        if name == "fake":  # random images, labels 0..9; a different draw for the test split
-            g = torch.Generator().manual_seed(1234 + (split == "test"))
-            return torch.randint(0, 256, (fake_size, 3, 32, 32), dtype=torch.uint8, generator=g), \
-                torch.randint(0, 10, (fake_size,), generator=g)
         if name in STREAMED:
             return tv.ImageFolder(os.path.join(data_dir, "train" if train else "val"), loader=load_image)
         if name in ("cifar10", "cifar100"):  # the python pickle batches, read as torchvision reads them
@@ -227,6 +227,7 @@ class TwoCrops:
     """Streamed sets: decode, then two independent RandomResizedCrops to uint8 (the colour ops run on the device)."""
 
     def __init__(self, size, scale):
+        import torchvision  # (see load_dataset)
         T = torchvision.transforms
         self.crop = T.Compose([T.RandomResizedCrop(size, scale=scale), T.PILToTensor()])
 
@@ -239,6 +240,7 @@ class EvalCrop:
     """Streamed sets, evaluation: resize to size * 256/224, centre crop (the standard ImageNet test view), uint8."""
 
     def __init__(self, size):
+        import torchvision  # (see load_dataset)
         T = torchvision.transforms
         self.t = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import random
 import re
 import shutil
 import resource
@@ -94,7 +95,11 @@ def wp_from(F, **kw):
     (dict(eps=0.1), [1.1, 0.6, 0.35, 0.1, 0.1]),
     (dict(eps=0.0), [1.0, 0.5, 0.25, 1e-4, 1e-4]),  # the 1e-4 floor
     (dict(eps=0.1, exponent=1.0), [1.1, 0.35, 0.1625, 0.1, 0.1]),  # DirectSet(1)
-    (dict(eps=0.0, offset=0.1), [0.9 ** 0.5, 0.15 ** 0.5, 1e-4, 1e-4, 1e-4]),  # offset inside the root
+    # Table 7's offset c inside the root, floored at 1e-4 BEFORE the root, as the authors' code: byol_trainer.py,
+    # compute_w_corr, dyn_eps_inside branch, `(eigen_values + self.dyn_eps).clamp(1e-4).pow(1/self.dyn_convert)`
+    # with dyn_eps = -c: s - c = [0.9, 0.15, -0.0375, -0.1, -0.1] -> the floor gives sqrt(1e-4) = 1e-2, not 1e-4
+    (dict(eps=0.0, offset=0.1), [0.9 ** 0.5, 0.15 ** 0.5, 1e-2, 1e-2, 1e-2]),
+    (dict(eps=0.0, offset=-0.1), [1.1 ** 0.5, 0.35 ** 0.5, 0.1625 ** 0.5, 0.1 ** 0.5, 0.1 ** 0.5]),  # c < 0: no floor
     (dict(eps=0.1, mode="directcopy"), [1.1, 0.35, 0.1625, 0.1, 0.075]),  # F / lambda_max + eps I, no clamp
 ])
 def test_directpred_matches_hand_computed_predictor(kw, p_hand):
@@ -1393,6 +1398,75 @@ def test_bf16_auto_times_copies_and_picks_the_faster_precision():
     assert all(p.grad is None for p in online.parameters())
     fp32, bf16 = (float(w) for w in re.findall(r"(\d+) ms in", line))
     assert line.endswith("bf16" if use_bf16 else "fp32") and (bf16 <= fp32 if use_bf16 else fp32 <= bf16)
+
+
+BF16_STANDIN = """
+import os, runpy, sys
+import plumbing
+# this CPU as the test says it is, and bf16_if_faster's verdict forced, each call counted
+plumbing.cpu_has_bf16 = lambda: os.environ["HAS_BF16"] == "1"
+def forced(*args, **kwargs):
+    with open(os.environ["TIMED"], "a") as fh:
+        fh.write("timed\\n")
+    return os.environ["FASTER"] == "bf16", "--bf16 auto: forced " + os.environ["FASTER"]
+plumbing.bf16_if_faster = forced
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_forced(tmp_path, args, has_bf16, faster, timed, kill=False):
+    """train.py with --bf16 auto through BF16_STANDIN; kill: SIGKILL it at a random moment after its next new
+    checkpoint (or let it finish if it ends first). Returns its stdout, or None if it was killed."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HAS_BF16=str(int(has_bf16)), FASTER=faster, TIMED=str(timed))
+    standin = tmp_path / "standin.py"
+    standin.write_text(BF16_STANDIN)
+    p = subprocess.Popen([sys.executable, str(standin), str(ROOT / "train.py"), *map(str, args)], env=env, cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if kill:
+        ckpt = Path(args[args.index("--out-dir") + 1]) / "ckpt.pt"
+        seen = ckpt.stat().st_ino if ckpt.exists() else None
+        while p.poll() is None and (not ckpt.exists() or ckpt.stat().st_ino == seen):
+            time.sleep(0.005)  # each checkpoint is a new file renamed over the old one: a new inode
+        time.sleep(random.uniform(0, 0.2))
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+            return None
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("has_bf16, first, later", [(True, "bf16", "fp32"), (True, "fp32", "bf16"),
+                                                    (False, "bf16", "bf16")],
+                         ids=["bf16 CPU, bf16 faster at the start", "bf16 CPU, fp32 faster at the start", "no bf16 CPU"])
+def test_bf16_auto_is_decided_once_and_a_run_killed_at_random_resumes_bitwise(tmp_path, has_bf16, first, later):
+    """--bf16 auto (the default) times the precisions at the run's start only: the choice goes into the checkpoint's
+    config and the log's first record, and every --resume reuses it without timing again, even where the timing would
+    now go the other way. A run SIGKILLed at random moments and resumed ends bitwise equal to an uninterrupted one."""
+    random.seed(f"{has_bf16}{first}")
+    flags = [f for f in TINY if f not in ("--bf16", "0")] + ["--ema", "0.99", "--max-steps", "12", "--ckpt-every", "2"]
+    expect = "1" if has_bf16 and first == "bf16" else "0"
+    run_forced(tmp_path, flags + ["--out-dir", tmp_path / "straight"], has_bf16, first, tmp_path / "timed_straight")
+    run_forced(tmp_path, flags + ["--out-dir", tmp_path / "killed"], has_bf16, first, tmp_path / "timed_killed",
+               kill=True)
+    out = None
+    for kill in (True, False):  # resumed (timing would now pick `later`), killed again, resumed to the end
+        out = out or run_forced(tmp_path, flags + ["--out-dir", tmp_path / "killed", "--resume"], has_bf16, later,
+                                tmp_path / "timed_killed", kill=kill)
+    a, b = load(tmp_path / "straight" / "ckpt.pt"), load(tmp_path / "killed" / "ckpt.pt")
+    assert a["step"] == b["step"] == 12 and a["config"]["bf16"] == b["config"]["bf16"] == expect
+    assert log_lines(tmp_path / "killed")[0]["bf16"] == expect
+    for key in ("online", "target"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}"
+    assert torch.equal(a["directpred"]["F_hat"], b["directpred"]["F_hat"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert "reused from the checkpoint" in out
+    for timed in ("timed_straight", "timed_killed"):  # timed once per run, at its start, on a CPU with bf16 only
+        assert ((tmp_path / timed).read_text() if (tmp_path / timed).exists() else "") == ("timed\n" if has_bf16 else "")
 
 
 def test_bf16_channels_last_cpu_training_resumes_bitwise_and_saves_plain_keys(tmp_path):
