@@ -425,7 +425,7 @@ def markdown(res):
 
 def precision_suite(args):
     """fp32 / bf16 autocast / channels_last / both on the main job's network at width 32 (ResNet-18, ImageNet stem,
-    28 px, 1 channel, batch 128: the width results/speed/ab.md measured), 3 runs of each interleaved; then
+    28 px, 1 channel, batch 128: the width paper/results/speed/ab.md measured), 3 runs of each interleaved; then
     DirectPred's Wp under bf16 against fp32."""
     main = MAIN_JOB + ["--width", "32", "--data-dir", args.data_dir]
     modes = {"fp32": ("0", "0"), "bf16": ("1", "0"), "channels_last": ("0", "1"), "both": ("1", "1")}

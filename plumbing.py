@@ -596,7 +596,7 @@ class DivergenceGuard:
 # the collapse warning: printed when, for COLLAPSE_INTERVALS log lines in a row, the effective rank of the
 # predictor input's centered covariance (train.py's diagnostics) is below COLLAPSE_ERANK or z_std below
 # COLLAPSE_Z_STD, and a note when it recovers for as many lines. From the laptop protocol search's validation runs
-# (results/laptop-search/README.md): the three collapse controls end at rank 1.28 / 1.00 / 1.00 and z_std
+# (paper/results/laptop-search/README.md): the three collapse controls end at rank 1.28 / 1.00 / 1.00 and z_std
 # 0.081 / 0.008 / 0.008; none of the 28 runs that learned went below rank 1.35 or z_std 0.11 at any log line (a
 # trained linear predictor dips to 1.35-1.9 early and recovers); 3 lines in a row under (1.3, 0.1) flag the controls
 # and none of the 28. It warns, never stops a run

@@ -3,15 +3,15 @@ The linear-network theory of non-contrastive SSL, simulated in seconds on a CPU:
 Tian, Chen, Ganguli (ICML 2021, arXiv 2102.06810, Sec. 3-4, Appendix D) and the cosine (feature-normalised)
 loss of Bao (arXiv 2309.16109).
 
-    python theory.py fig3           # (p, s) phase portraits, eta = 0 / 0.01 / 1 (Fig. 3), into out/theory
-    python theory.py fig4           # p-dot against p on the invariant parabola (Fig. 4)
-    python theory.py fig5           # eta and beta sweeps of the matrix model, symmetric Wp (Fig. 5)
-    python theory.py thm2           # ||W|| with / without stop-gradient, without predictor
-    python theory.py thm3           # ||[F, Wp]|| against Theorem 3's bound
-    python theory.py l2-vs-cosine   # the same model under both losses, and an eta sweep
-    python theory.py all            # every figure above (the repo's own copies: --out-dir assets)
-    python theory.py simulate --predictor direct --loss cosine --out-dir out/toy   # one run -> out/toy/log.jsonl
-    python theory.py plot out/toy/log.jsonl         # Fig. 2 diagnostics of any train.py or theory.py log
+    python -m paper.theory fig3           # (p, s) phase portraits, eta = 0 / 0.01 / 1 (Fig. 3), into out/theory
+    python -m paper.theory fig4           # p-dot against p on the invariant parabola (Fig. 4)
+    python -m paper.theory fig5           # eta and beta sweeps of the matrix model, symmetric Wp (Fig. 5)
+    python -m paper.theory thm2           # ||W|| with / without stop-gradient, without predictor
+    python -m paper.theory thm3           # ||[F, Wp]|| against Theorem 3's bound
+    python -m paper.theory l2-vs-cosine   # the same model under both losses, and an eta sweep
+    python -m paper.theory all            # every figure above (the repo's own copies: --out-dir paper/assets)
+    python -m paper.theory simulate --predictor direct --loss cosine --out-dir out/toy   # one run -> out/toy/log.jsonl
+    python -m paper.theory plot out/toy/log.jsonl         # Fig. 2 diagnostics of any train.py or theory.py log
 
 The model (Tian et al., Lemma 1): x ~ N(0, X), two views x1, x2 = x + noise of covariance X' (isotropic:
 X = I, X' = sigma2 I). Online f = W x (W: n2 x n1), prediction p = Wp f (Wp: n2 x n2), target z = Wa x (Wa: the
@@ -554,7 +554,7 @@ if __name__ == "__main__":
         sys.exit(f"error: {err}")
     if cfg["what"] == "plot":
         if not cfg["log"]:
-            sys.exit("error: plot needs a log.jsonl: python theory.py plot out/run/log.jsonl")
+            sys.exit("error: plot needs a log.jsonl: python -m paper.theory plot out/run/log.jsonl")
         plot_log(cfg["log"])
         sys.exit(0)
     pyplot()  # fail on a missing matplotlib before any work

@@ -3,13 +3,13 @@ The paper's experiments with this code: every row of Tian, Chen, Ganguli (ICML 2
 run at the paper's scale (GPUs, STL-10 / CIFAR-10 / ImageNet) or at laptop scale (Fashion-MNIST on a CPU), with
 baselines, per-run result files, a markdown table and figures.
 
-    python reproduce.py --scale laptop --dry-run                # the exact commands, the row count, a time estimate
-    python reproduce.py --scale laptop                          # every row; finished runs skipped, unfinished resumed
-    python reproduce.py --scale laptop --rows predictors,table3 --seeds 0,1,2
-    python reproduce.py --scale paper --data-dir /data --rows table6 --dry-run      # with GPU-hours per row
-    python reproduce.py --scale paper --data-dir /data --rows table8 --download     # one run per GPU, data fetched
-    python reproduce.py --scale paper --data-dir /data --rows table9                # each ImageNet run on all GPUs
-    python reproduce.py --scale laptop --report                 # only the table and figures, from the result files
+    python -m paper.reproduce --scale laptop --dry-run                # the exact commands, the row count, a time estimate
+    python -m paper.reproduce --scale laptop                          # every row; finished runs skipped, unfinished resumed
+    python -m paper.reproduce --scale laptop --rows predictors,table3 --seeds 0,1,2
+    python -m paper.reproduce --scale paper --data-dir /data --rows table6 --dry-run      # with GPU-hours per row
+    python -m paper.reproduce --scale paper --data-dir /data --rows table8 --download     # one run per GPU, data fetched
+    python -m paper.reproduce --scale paper --data-dir /data --rows table9                # each ImageNet run on all GPUs
+    python -m paper.reproduce --scale laptop --report                 # only the table and figures, from the result files
 
 On a GPU node (--gpus, default every GPU torch sees) single-GPU runs go side by side, one per GPU
 (CUDA_VISIBLE_DEVICES); each ImageNet row runs alone on all of them through --launcher (torchrun). On a CPU,
@@ -20,7 +20,7 @@ what torchvision can).
 Each (row, seed) is `python train.py <scale's base flags> <row's flags> --seed S --out-dir WORK/<row>/s<S>`, then
 `python eval_linear.py --ckpt WORK/<row>/s<S>/ckpt.pt`, exactly what a user would type (--dry-run prints them). Its
 result (linear and kNN top-1, wall time, final z_std and effective rank, the kNN curve) goes to a small JSON file
-under --results (default results/<scale>/), meant to be committed: a run with a result file is never recomputed,
+under --results (default paper/results/<scale>/), meant to be committed: a run with a result file is never recomputed,
 so a suite stopped half way is continued, here or on another machine, by running the same command again (an
 unfinished run continues from its last checkpoint in WORK with --resume, where WORK survived).
 Baselines, once per scale and seed, with the same probe: the same network at random init, raw pixels, and the same
@@ -38,7 +38,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))  # paper/
+ROOT = os.path.dirname(HERE)  # the repository: train.py, eval_linear.py, bench.py
 
 # -----------------------------------------------------------------------------
 # the rows: Tian et al. 2021, STL-10 top-1 of the linear probe (100 epochs, 5 seeds) unless the table says otherwise.
@@ -169,7 +170,7 @@ GROUPS = {  # --rows names a table or a group as well as row ids
 
 # the two scales: train.py's base flags and the probe (seeds: each row's own at laptop scale; 5 at paper scale, 1 for
 # the ImageNet rows, parse() below). The laptop protocol was chosen on the validation split by a rule written down
-# before the search (results/laptop-search/README.md): a width-16 ResNet-18, the paper's constant lr 0.03, crop
+# before the search (paper/results/laptop-search/README.md): a width-16 ResNet-18, the paper's constant lr 0.03, crop
 # scale 0.4-1, 5 epochs (2,340 steps of batch 128), alpha_p 10 on the predictor rows (LAPTOP_AP); fp32 (--bf16 0), so
 # that a verdict does not depend on whether the CPU has bf16 instructions; a checkpoint every 500 steps, so that a
 # stopped suite resumes
@@ -414,7 +415,7 @@ def aggregate(scale, results):
 
 
 def table_markdown(scale, results):
-    """The markdown table of one scale (results/paper/table.md is this, at the paper scale)."""
+    """The markdown table of one scale (paper/results/paper/table.md is this, at the paper scale)."""
     rows, base = aggregate(scale, results)
     if scale == "paper":
         lines = ["| paper | row | flags (after `python train.py --preset paper-stl10`; a row's own --preset replaces it) "
@@ -608,7 +609,7 @@ def write_tables(scale, results):
 def lead_figure(runs, rows, out_dir, name, title):
     """The lead figure: the predictor input's effective rank and the kNN monitor over steps, one line per run of
     each row (collapse against not). runs: {row id: {seed: result}}. Returns the PNG's path."""
-    from theory import pyplot, save  # the repo's one plotting module; matplotlib is imported there
+    from paper.theory import pyplot, save  # the repo's one plotting module; matplotlib is imported there
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, rid in enumerate(rows):
@@ -630,7 +631,7 @@ def lead_figure(runs, rows, out_dir, name, title):
 
 def figures(scale, results):
     """Bar charts (one panel per table, seeds as dots), the predictors' kNN curves, the Fig. 2 panels of a linear Wp."""
-    from theory import plot_log, pyplot, save  # the repo's one plotting module; matplotlib is imported there
+    from paper.theory import plot_log, pyplot, save  # the repo's one plotting module; matplotlib is imported there
     plt = pyplot()
     rows, base = aggregate(scale, results)
     runs, _ = load_results(results)
@@ -693,7 +694,7 @@ def get_parser():
                    "SCALES in reproduce.py), e.g. the laptop recipe with --epochs 2")
     P.add_argument("--work", default=None, help="checkpoints and logs (default out/reproduce/<scale>)")
     P.add_argument("--results", default=None, help="per-run result files, table and figures (default "
-                   "results/<scale>): small, meant to be committed")
+                   "paper/results/<scale>): small, meant to be committed")
     P.add_argument("--launcher", default=None, help="paper scale: how the ImageNet rows (Table 9) start train.py "
                    "and eval_linear.py (default: torchrun --standalone --nproc_per_node=<number of --gpus>)")
     P.add_argument("--baselines", default="all", choices=["all", "random", "none"], help="the baselines probed after "
@@ -717,7 +718,7 @@ def parse(argv=None):
         args.base = args.base if args.base is not None else f"{SCALES['laptop']['base']} {DEMO_FLAGS}"
         args.jobs = str(len(DEMO_ROWS)) if args.jobs == "auto" else args.jobs
     args.work = args.work or os.path.join("out", "reproduce", args.scale)
-    args.results = args.results or os.path.join("results", args.scale)
+    args.results = args.results or os.path.relpath(os.path.join(HERE, "results", args.scale))
     args.base = args.base if args.base is not None else SCALES[args.scale]["base"]
     if args.jobs != "auto" and not (args.jobs.isdigit() and int(args.jobs) >= 1):
         sys.exit(f"error: --jobs must be auto or an integer >= 1, got {args.jobs!r}")
@@ -728,7 +729,7 @@ def parse(argv=None):
         name = name.strip()
         if name not in ROW_IDS and name not in GROUPS and name != "all":
             sys.exit(f"error: --rows: unknown row or group {name!r} (groups: {', '.join(GROUPS)}; ids: "
-                     f"python reproduce.py --dry-run)")
+                     f"python -m paper.reproduce --dry-run)")
         ids += ROW_IDS if name == "all" else GROUPS.get(name, [name])
     seeds = None
     if args.seeds is not None:

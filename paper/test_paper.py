@@ -1,0 +1,445 @@
+"""
+Tests of the paper's tooling (paper/theory.py, paper/reproduce.py) against independent references: the theory's
+closed forms, hand-aggregated suites, stand-in GPUs. Run from the repository's root with the core's tests:
+    python -m pytest -q test_smoke.py paper/test_paper.py
+"""
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train as T
+from paper import reproduce as R
+from paper import theory as TH
+from test_smoke import ROOT, TINY, config_error, one_line_error, run
+
+# -----------------------------------------------------------------------------
+# theory.py: the linear-network theory against its closed forms (Tian et al. 2021, Sec. 3-4; Bao 2023)
+
+
+def test_eigenmode_ode_reaches_the_fixed_points_of_the_formula():
+    """sigma2 = 0.5, eta = 0.05, tau = 1, alpha_p = 1: starts on the parabola s = p^2 above p- end at p+, below p- at 0
+    (to 1e-3); starts above the parabola (c > 0) end at p+ too; above eta_c every start collapses."""
+    p_minus, p_plus = TH.fixed_points(1.0, 0.5, 0.05)
+    assert (p_minus, p_plus) == pytest.approx(((1 - 0.7 ** 0.5) / 3, (1 + 0.7 ** 0.5) / 3))
+    p0 = np.array([0.02, 0.05, 0.06, 0.3, 1.0, 2.0, 0.1, 0.5])
+    s0 = np.concatenate([p0[:6] ** 2, p0[6:] ** 2 + 0.5])  # the last two start off the parabola
+    _, p, s, _ = TH.integrate_modes(p0, s0, 200, dt=0.02, sigma2=0.5, eta=0.05, record_every=10_000)
+    expect = np.array([0, 0, p_plus, p_plus, p_plus, p_plus, p_plus, p_plus])
+    assert np.abs(p[-1] - expect).max() < 1e-3, p[-1]
+    assert np.abs(s[-1] - expect ** 2).max() < 1e-3, s[-1]
+    eta = 1.2 * TH.eta_critical(1.0, 0.5)
+    _, p, s, _ = TH.integrate_modes(p0, s0, 400, dt=0.02, sigma2=0.5, eta=eta, record_every=10_000)
+    assert np.abs(p[-1]).max() < 1e-3 and np.abs(s[-1]).max() < 1e-3, (p[-1], s[-1])
+
+
+def test_eigenmode_invariant_and_byol_tau():
+    """s - p^2/alpha_p = c e^{-2 eta t} (to 1e-6 relative), with tau fixed and with BYOL's tau dynamics (Eq. 13);
+    BYOL from tau(0) = 0.1 ends at tau = 1 and p = p+(tau = 1)."""
+    p0, s0, eta, ap = np.array([0.3, 0.8, 1.5]), np.array([0.4, 2.0, 0.5]), 0.03, 2.0
+    for beta in (None, 0.5):
+        t, p, s, tau = TH.integrate_modes(p0, s0, 30, dt=0.002, tau0=1.0 if beta is None else 0.1, beta=beta,
+                                          sigma2=0.3, eta=eta, alpha_p=ap, record_every=100)
+        c = TH.invariant(p0, s0, ap)
+        np.testing.assert_allclose(TH.invariant(p, s, ap), c * np.exp(-2 * eta * t)[:, None], rtol=1e-6)
+    _, p, _, tau = TH.integrate_modes(p0, s0, 300, dt=0.01, tau0=0.1, beta=0.5, sigma2=0.3, eta=eta, alpha_p=ap,
+                                      record_every=10_000)
+    assert np.abs(tau[-1] - 1).max() < 1e-3 and np.abs(p[-1] - TH.fixed_points(1.0, 0.3, eta)[1]).max() < 1e-3
+
+
+def test_matrix_model_expected_gradient_is_lemma_1():
+    """Autograd of the closed-form expected L2 loss (what --mode flow steps on) equals Lemma 1's right-hand side,
+    non-isotropic X and X' included, stop-gradient on Wa."""
+    g = torch.Generator().manual_seed(0)
+    W, Wp, Wa = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((4, 6), (4, 4), (4, 6)))
+    X = torch.diag(torch.rand(6, generator=g, dtype=torch.float64) + 0.5)
+    Xp = torch.diag(torch.rand(6, generator=g, dtype=torch.float64))
+    W.requires_grad_(), Wp.requires_grad_()
+    gW, gWp = torch.autograd.grad(TH.expected_l2(Wp @ W, Wa, X, X + Xp), [W, Wp])
+    dW, dWp = TH.lemma1_rhs(W.detach(), Wp.detach(), Wa, X, Xp, eta=0.0, alpha_p=1.0)
+    torch.testing.assert_close(-gW, dW, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(-gWp, dWp, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["l2", "cosine"])
+def test_expected_flow_and_sampled_sgd_agree(loss):
+    """200 steps at lr 0.01 from the same init: the expected-gradient flow and SGD on fresh batches of 20k agree on
+    W and Wp, relative to their norm and to how far they moved (W by ~20%, Wp by ~115%). L2: the flow is exact, the
+    gap is SGD noise (measured 0.12% of the norm, 0.6% of the move). Cosine: the flow averages over a fixed 20k
+    sample, whose error ~ 1/sqrt(20k) persists step after step (measured 1.9% of the norm, 8% of W's move)."""
+    cfg = TH.config(loss=loss, steps=200, log_every=200, lr=0.01, n1=8, n2=4, wd=0.02, wp_init=0.5, mc_samples=20_000)
+    _, flow = TH.simulate(cfg)
+    _, sgd = TH.simulate(dict(cfg, mode="sgd", batch_size=20_000))
+    _, start = TH.simulate(dict(cfg, steps=1))
+    tol_norm, tol_move = {"l2": (0.005, 0.02), "cosine": (0.03, 0.15)}[loss]
+    norm = torch.linalg.matrix_norm
+    for k in ("W", "Wp"):
+        gap = norm(flow[k] - sgd[k]).item()
+        assert gap < tol_norm * norm(flow[k]) and gap < tol_move * norm(flow[k] - start[k]), (k, gap)
+
+
+def test_theorem_2_collapse_without_stop_grad_or_predictor():
+    """No predictor (Wp = I) with stop-gradient: W_k = (1 - lr (sigma2 + eta))^k W_0 exactly (Theorem 2's
+    dW/dt = -(X' + eta I) W, in Euler steps). No stop-gradient: ||W|| -> 0. The same model with stop-gradient and a
+    trained predictor does not collapse."""
+    cfg = TH.config(predictor="none", wd=0.01, steps=500, log_every=500)
+    recs, none = TH.simulate(cfg)
+    assert recs[-1]["W_norm2"] == pytest.approx(recs[0]["W_norm2"] * (1 - 0.01 * 0.51) ** 1000, rel=1e-10)
+    recs, _ = TH.simulate(TH.config(stop_grad=0, wd=0.01, steps=3000, log_every=3000))
+    assert recs[-1]["W_norm2"] < 1e-3 * recs[0]["W_norm2"]
+    recs, _ = TH.simulate(TH.config(wd=0.01, steps=3000, log_every=3000))
+    assert recs[-1]["W_norm2"] > 0.3 * recs[0]["W_norm2"]
+
+
+def test_theorem_3_commutator_decays_at_least_as_fast_as_the_bound():
+    """Symmetric Wp, SimSiam, L2: with lambda_min(K) >= l0 > 0 along the run, ||[F, Wp]||_F <= e^{-2 l0 t} ||[F0, Wp0]||_F."""
+    recs, _ = TH.simulate(TH.thm3_config())
+    l0 = min(r["lambda_min_K"] for r in recs)
+    assert l0 > 0.1
+    for r in recs[1:]:
+        assert r["comm"] <= recs[0]["comm"] * math.exp(-2 * l0 * r["t"]) * 1.001, r
+
+
+def test_cosine_loss_norm_decays_exactly_and_survives_weight_decay_above_eta_c():
+    """Cosine loss: scale-blind, so in gradient flow ||W||_F^2 = ||W(0)||_F^2 e^{-2 eta t} (1e-3, small lr).
+    At eta = 0.3 > eta_c = 1/6, same init and knobs: the L2 model collapses (||W||_F^2 falls by > 1e5, every mode ->
+    0, as Tian et al. predict); the cosine model keeps all n2 modes (eigenvalues of F >= 1% of the top one) with an
+    equalised spectrum (effective rank of F / tr F > 0.95 n2), its norm settling where the lr-squared term of the
+    Euler step balances weight decay."""
+    recs, _ = TH.simulate(TH.config(loss="cosine", lr=0.002, wd=0.2, steps=2000, log_every=500, mc_samples=1024))
+    for r in recs:
+        assert r["W_norm2"] == pytest.approx(recs[0]["W_norm2"] * math.exp(-0.4 * r["t"]), rel=1e-3)
+    l2, _ = TH.simulate(TH.l2_vs_cosine_config("l2", 0.3, log_every=3000))
+    cos, _ = TH.simulate(TH.l2_vs_cosine_config("cosine", 0.3, log_every=3000, mc_samples=1024))
+    assert l2[-1]["W_norm2"] < 1e-5 * l2[0]["W_norm2"]
+    assert TH.surviving_modes(cos[-1]["F_eig"]) == 10 and TH.effective_rank(cos[-1]["F_eig"]) > 9.5
+
+
+def test_directpred_in_the_toy_keeps_every_mode_where_trained_symmetric_wp_loses_some():
+    """The paper's Table 3 logic in the toy, as the toy shows it (cosine loss, eta 0.04, small init W(0) ~ 0.2):
+    a trained symmetric Wp without EMA loses the modes whose p started below p- (dimensional collapse); DirectPred
+    keeps all 10. In the toy the EMA does not rescue the symmetric Wp (it does on STL-10). Under the L2 loss
+    DirectPred collapses outright: its max-normalised p_max = 1 + eps exceeds tau / (1 + sigma2), where every mode
+    shrinks; DirectPred needs the normalised loss."""
+    base = dict(loss="cosine", wd=0.04, w_init=0.2, wp_init=0.5, steps=2000, log_every=2000, mc_samples=1024)
+    sym = [TH.simulate(TH.config(predictor="linear", sym_wp=1, ema=e, **base))[0][-1] for e in (0.0, 0.996)]
+    direct = TH.simulate(TH.config(predictor="direct", **base))[0][-1]
+    assert all(TH.surviving_modes(r["F_eig"]) <= 7 for r in sym), [r["F_eig"] for r in sym]
+    assert TH.surviving_modes(direct["F_eig"]) == 10, direct["F_eig"]
+    l2, _ = TH.simulate(TH.config(predictor="direct", **dict(base, loss="l2")))
+    assert l2[-1]["W_norm2"] < 1e-6 * l2[0]["W_norm2"]
+
+
+@pytest.mark.parametrize("knobs, needle", [
+    (dict(sigma2=-1.0), "--sigma2"), (dict(wd=-0.1), "--wd"), (dict(pred_lr_ratio=0.0), "--pred-lr-ratio"),
+    (dict(n1=0), "--n1"), (dict(n2=0), "--n2"), (dict(data_cov="1,1"), "--data-cov"),
+    (dict(aug_cov=",".join(["-1"] * 20)), "--aug-cov"), (dict(lr=float("nan")), "--lr"),
+])
+def test_theory_out_of_range_knobs_name_the_flag(knobs, needle):
+    err = TH.config_error(TH.config(**knobs))
+    assert err and err.startswith(needle), err
+    with pytest.raises(ValueError, match=needle):
+        TH.simulate(TH.config(**knobs))
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--aug-cov=-1," + ",".join(["1"] * 19)], "--aug-cov"),  # a non-PSD covariance
+    (["--n1", "x"], "--n1"),  # argparse's own error, in one line too
+    (["--lr", "50", "--steps", "200"], "--lr"),  # diverges: names the step and the knob, draws nothing
+])
+def test_theory_bad_input_gives_one_line(tmp_path, flags, needle):
+    r = subprocess.run([sys.executable, "-m", "paper.theory", "simulate", "--out-dir", str(tmp_path / "o"), *flags],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    one_line_error(r, needle)
+    assert not list(tmp_path.rglob("*.png"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="pip install matplotlib")
+def test_theory_figures_and_the_fig2_plot_of_a_train_log(tmp_path):
+    """fig4 is drawn; `theory.py plot` draws the Fig. 2 panels from a train.py log.jsonl and from a theory.py one."""
+    for args in (["fig4", "--out-dir", tmp_path], ["simulate", "--predictor", "direct", "--loss", "cosine", "--steps", "100",
+                                                  "--mc-samples", "256", "--out-dir", tmp_path / "toy"]):
+        r = subprocess.run([sys.executable, "-m", "paper.theory", *map(str, args)], capture_output=True, text=True,
+                           cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr
+    assert coloured_panels(tmp_path / "fig4_pdot.png", 1) == [True]
+    assert coloured_panels(tmp_path / "toy" / "fig2_diagnostics.png", 6) == [True] * 6
+    run(TINY + ["--max-steps", "3", "--out-dir", tmp_path / "run"])
+    r = subprocess.run([sys.executable, "-m", "paper.theory", "plot", str(tmp_path / "run" / "log.jsonl")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert coloured_panels(tmp_path / "run" / "fig2_diagnostics.png", 6) == [True] * 6  # F, Wp, align, asym, rank, z
+
+
+def coloured_panels(png, n):
+    """For a figure of n side-by-side panels: which of n equal vertical strips of the PNG hold coloured pixels, i.e.
+    a plotted line (matplotlib's C0-C9), not only the black / grey / white of axes, ticks and titles."""
+    import matplotlib.image
+    img = matplotlib.image.imread(str(png))[..., :3]  # (H, W, 3) in [0, 1]
+    coloured = (img.max(-1) - img.min(-1)) > 0.25  # (H, W): saturated
+    return [bool(strip.any()) for strip in np.array_split(coloured.any(0), n)]
+
+def test_theory_without_matplotlib_says_how_to_get_it(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; sys.argv = ['theory.py', 'fig4', '--out-dir', %r]; "
+            "import runpy; runpy.run_module('paper.theory', run_name='__main__')" % str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode != 0 and r.stderr.strip() == "error: figures need matplotlib: pip install matplotlib", r.stderr
+
+
+# -----------------------------------------------------------------------------
+# reproduce.py: the paper's rows as data, the suite runner, its tables, the README's generated parts
+
+
+
+FAKE_BASE = ("--dataset fake --fake-size 128 --width 4 --proj-hidden 32 --proj-dim 16 --batch-size 32 --epochs 12 "
+             "--ckpt-every 2 --log-every 2 --device cpu")
+
+@pytest.mark.parametrize("scale", ["laptop", "paper"])
+def test_every_rows_command_parses_and_passes_config_error(scale):
+    args, work = R.parse(["--scale", scale])
+    assert len(work) == {"laptop": 80, "paper": 54 * 5 + 6}[scale]  # paper: 5 seeds, the 6 ImageNet rows 1 (Table 9)
+    if scale == "paper":
+        assert sorted({s for rid, s in work if R.row(rid).get("imagenet")}) == [0]
+    for rid, seed in work:
+        train, probe = R.commands(R.row(rid), args, seed)
+        cfg = T.parse_config(train[train.index(R.script("train.py")) + 1:])
+        assert config_error(cfg) is None, (rid, config_error(cfg))
+        assert cfg["seed"] == seed and probe[probe.index("--ckpt") + 1] == os.path.join(cfg["out_dir"], "ckpt.pt")
+        if scale == "laptop":  # the protocol chosen on the validation split (paper/results/laptop-search), in fp32
+            assert (cfg["dataset"], cfg["split"], cfg["width"], cfg["stem"], cfg["crop_min"], cfg["lr"],
+                    cfg["lr_schedule"], cfg["epochs"], cfg["bf16"]) == \
+                ("fashion-mnist", "test", 16, "imagenet", 0.4, 0.03, "const", 5, "0")
+            ap = 10 if rid in ("pred-linear", "pred-mlp", "thm2-no-stop-grad") else \
+                float(rid[len("f6-ap"):]) if rid.startswith("f6-") else 1  # the protocol's alpha_p, Fig. 6's own
+            assert cfg["pred_lr_ratio"] == ap, rid
+        else:
+            assert cfg["pred_lr_ratio"] == (float(rid[len("f6-ap"):]) if rid.startswith("f6-") else 1), rid
+        if scale == "paper" and R.row(rid).get("imagenet"):
+            assert cfg["dataset"] == "imagenet" and cfg["arch"] == "resnet50"
+
+
+def test_the_paper_table_file_is_reproduce_pys():
+    """paper/results/paper/table.md (the README links it) is reproduce.py's paper-scale table of the committed result
+    files, row for row: one source for both."""
+    table = R.table_markdown("paper", str(ROOT / "paper" / "results" / "paper"))
+    assert (ROOT / "paper" / "results" / "paper" / "table.md").read_text() == table + "\n"
+    assert len(table.splitlines()) == 2 + len(R.ROWS)
+    assert "paper/results/paper/table.md" in (ROOT / "README.md").read_text()
+
+
+def test_the_readme_claims_table_is_the_committed_verdicts():
+    """The README's laptop verdicts are reproduce.py's brief claims table of the committed result files
+    (paper/results/laptop), line for line, and claims.md its full one: a verdict cannot be edited by hand or go stale when
+    results land, and the two tables give each claim the same verdict."""
+    table = R.claims_markdown("laptop", str(ROOT / "paper" / "results" / "laptop"))
+    brief = R.claims_markdown("laptop", str(ROOT / "paper" / "results" / "laptop"), brief=True)
+    assert brief in (ROOT / "README.md").read_text()
+    assert table + "\n" == (ROOT / "paper" / "results" / "laptop" / "claims.md").read_text()
+    assert len(table.splitlines()) == len(brief.splitlines()) == 2 + len(R.CLAIMS)
+    kind = lambda line: re.split(r"[:;(]", line.rsplit(" | ", 1)[1])[0].strip()  # holds / does not show / untestable ...
+    assert [kind(a) for a in table.splitlines()[2:]] == [kind(b) for b in brief.splitlines()[2:]]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--rows", "table3,nope"], "--rows"), (["--seeds", "0,x"], "--seeds"), (["--seeds", "-1"], "--seeds"),
+    (["--jobs", "0"], "--jobs"), (["--jobs", "two"], "--jobs"), (["--gpus", "0,0"], "--gpus"),
+    (["--scale", "paper", "--rows", "table6", "--data-dir", "/nonexistent", "--gpus", "none"], "--download"),
+    (["--scale", "paper", "--rows", "t9-60-direct", "--data-dir", "/nonexistent", "--gpus", "none"], "val/<class>"),
+])
+def test_reproduce_bad_input_gives_one_line_and_starts_nothing(tmp_path, argv, needle):
+    r = subprocess.run([sys.executable, "-m", "paper.reproduce", *argv, "--work", str(tmp_path / "w"),
+                        "--results", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    one_line_error(r, needle)
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+
+
+def test_claims_are_judged_seed_by_seed_against_the_spread(tmp_path):
+    """The verdicts from hand-made result files: C9 (pred-direct - pred-linear) with paired differences +2, +3, +4
+    (mean 3 > std 1: holds); C13 (pred-direct - t1-optimal) with -3, -2, -4 (the opposite); C7 (eps 0.1 - eps 0.5)
+    with +1, -1, +0.5 (|mean| 0.17 < std: within noise); C3 (pred-mlp, 1 seed): no verdict; C1: pred-none collapsed on
+    every seed, DirectPred on none; C4 untestable with the run's summed lr x wd."""
+    def put(rid, seed, lin, rank=20.0, z=0.9):
+        R.write_json(str(tmp_path / rid / f"s{seed}.json"), dict(
+            row=rid, seed=seed, linear_top1=lin, knn_top1=lin - 0.01, final_erank=rank, final_z_std=z, steps=2340,
+            command="python train.py --lr 0.03 --wd 4e-4", curve=[]))
+    for s, d in enumerate((0.70, 0.71, 0.72)):
+        put("pred-direct", s, d)
+        put("pred-linear", s, d - (0.02, 0.03, 0.04)[s])
+        put("t1-optimal", s, d + (0.03, 0.02, 0.04)[s])
+        put("t6-rho0.3-eps0.5", s, d - (0.01, -0.01, 0.005)[s])
+        put("pred-none", s, 0.6, rank=1.2, z=0.05)
+    put("pred-mlp", 0, 0.75)
+    recs = {(r["claim"], r.get("b")): r for r in R.verdicts("laptop", str(tmp_path)) if "thm2" not in str(r)}
+    c9 = recs[("C9", "pred-linear")]
+    assert c9["linear"] == {s: pytest.approx(v) for s, v in enumerate((0.02, 0.03, 0.04))} and c9["verdict"] == "holds"
+    assert recs[("C13", "t1-optimal")]["verdict"] == "the opposite"
+    assert recs[("C7", "t6-rho0.3-eps0.5")]["verdict"] == "does not show (within noise)"
+    assert recs[("C3", "pred-linear")]["verdict"].startswith("no verdict (n = 1")
+    assert recs[("C1", "pred-direct")]["verdict"] == "holds"
+    wd = 2340 * 0.03 * 4e-4
+    assert recs[("C4", "t2-ema-nobias")]["verdict"].startswith(f"untestable at this scale: summed lr x wd {wd:.3f}")
+    assert f"{math.exp(-2 * wd):.2f} here" in recs[("C4", "t2-ema-nobias")]["verdict"]
+
+
+def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
+    """Two rows x two seeds on fake data with --jobs 2. Killed (SIGTERM to the whole process group) once the first
+    run has its result: re-run, the finished runs are not recomputed, an unfinished one continues from its checkpoint
+    (train.py's 'steps K -> 48' with K > 0), and the table's mean and sample std equal a hand computation."""
+    argv = [sys.executable, "-m", "paper.reproduce", "--rows", "pred-direct,pred-linear", "--seeds", "0,1",
+            "--jobs", "2", "--base", FAKE_BASE, "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    unfinished = lambda: [c for c in (tmp_path / "w").glob("*/s*/ckpt.pt")  # a checkpoint and no result yet
+                          if not (tmp_path / "r" / c.parent.parent.name / f"{c.parent.name}.json").exists()]
+    while not (list((tmp_path / "r").rglob("s*.json")) and unfinished()):  # (the two side-by-side runs can end
+        assert proc.poll() is None, proc.communicate()  # together: then wait for the next one's checkpoint)
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # Ctrl-C-like: train.py saves a checkpoint and stops
+    proc.communicate(timeout=120)
+    done = {p: p.read_bytes() for p in (tmp_path / "r").rglob("s*.json")}
+    assert 1 <= len(done) < 4
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert all(p.read_bytes() == b for p, b in done.items())  # not recomputed
+    logs = [p.read_text() for p in (tmp_path / "w").rglob("s?.train.txt")]
+    assert any("steps 0 -> 48" not in t and "-> 48" in t for t in logs), "no run continued from a checkpoint"
+    rows = {r["id"]: r for r in R.aggregate("laptop", str(tmp_path / "r"))[0]}
+    for rid in ("pred-direct", "pred-linear"):
+        res = [json.load(open(tmp_path / "r" / rid / f"s{s}.json")) for s in (0, 1)]
+        lin = [x["linear_top1"] for x in res]
+        rand = [json.load(open(tmp_path / "r" / "baselines" / f"random-s{s}.json"))["linear_top1"] for s in (0, 1)]
+        mean, std = sum(lin) / 2, math.sqrt(((lin[0] - lin[1]) ** 2) / 2)  # sample std of two numbers
+        assert rows[rid]["linear"] == (pytest.approx(mean), pytest.approx(std), 2)
+        assert rows[rid]["gain_linear"][0] == pytest.approx(mean - sum(rand) / 2)
+    table = (tmp_path / "r" / "table.md").read_text()
+    assert f"{100 * rows['pred-direct']['linear'][0]:.2f} ± {100 * rows['pred-direct']['linear'][1]:.2f} (n=2)" in table
+
+
+def test_reproduce_demo_prints_each_rows_rank_and_knn_and_draws_them(tmp_path):
+    """--demo on fake data (its base replaced by a tiny one): the three rows side by side, one line each whose
+    numbers are the first and last of that run's committed curve, and the figure."""
+    r = subprocess.run([sys.executable, "-m", "paper.reproduce", "--demo", "--base", FAKE_BASE + " --max-steps 8 "
+                        "--eval-every 4", "--work", str(tmp_path / "w")], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for rid in R.DEMO_ROWS:
+        cur = json.load(open(tmp_path / "w" / "results" / rid / "s0.json"))["curve"]
+        rank, knn = [c for c in cur if "erank" in c], [c["knn_top1"] for c in cur if "knn_top1" in c]
+        line = next(x for x in r.stdout.splitlines() if x.startswith(rid + " "))
+        assert f"{rank[0]['erank']:5.1f} -> {rank[-1]['erank']:5.1f}" in line and f"{100 * knn[-1]:.2f}" in line
+    assert coloured_panels(tmp_path / "w" / "results" / "demo.png", 2) == [True, True]  # rank and kNN, drawn
+
+
+STAND_IN = r'''
+import importlib.util, json, os, sys, time
+
+
+def main():
+    argv, name = sys.argv[1:], os.path.basename(__file__)
+    flag = lambda f: argv[argv.index(f) + 1]
+    rec = dict(script=name, argv=argv, gpus=os.environ.get("CUDA_VISIBLE_DEVICES"), launched_by=os.environ.get("VIA"),
+               start=time.time())
+    if name == "train.py":  # a checkpoint at once (as if the run had saved one), then "training", then the log
+        os.makedirs(flag("--out-dir"), exist_ok=True)
+        open(os.path.join(flag("--out-dir"), "ckpt.pt"), "w").write("stand-in")
+        time.sleep(1.5)
+        with open(os.path.join(flag("--out-dir"), "log.jsonl"), "w") as fh:
+            fh.write(json.dumps(dict(step=10, loss=1.0, z_std=0.9, erank=5.0)) + "\n")
+    else:  # eval_linear.py
+        json.dump(dict(top1=0.5, knn_top1=0.4, protocol="paper", seconds=0.1), open(flag("--out"), "w"))
+    rec["end"] = time.time()
+    with open(os.environ["STAND_IN_LOG"], "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()
+else:  # imported by reproduce.py (a run's dataset, the Debian data folder): the real train.py's
+    sys.path.append(os.path.dirname(os.environ["REAL_TRAIN"]))
+    spec = importlib.util.spec_from_file_location("real_train", os.environ["REAL_TRAIN"])
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    parse_config = real.parse_config
+'''
+
+TORCHRUN = r'''#!/usr/bin/env python3
+import os, subprocess, sys
+args = sys.argv[1:]
+opts = [a for a in args if a.startswith("--")][:2]  # --standalone --nproc_per_node=N, then the script
+script = next(a for a in args if not a.startswith("--"))
+rest = args[args.index(script) + 1:]
+env = dict(os.environ, VIA="torchrun " + " ".join(opts))
+sys.exit(subprocess.run([sys.executable, script, *rest], env=env).returncode)
+'''
+
+def test_reproduce_on_3_gpus_one_run_per_gpu_imagenet_on_all_and_a_killed_suite_resumes(tmp_path):
+    """reproduce.py --gpus 0,1,2 with stand-in train.py / eval_linear.py (they record CUDA_VISIBLE_DEVICES, argv and
+    their start / end times) and a stand-in torchrun: runs that overlap in time see distinct single GPUs, more than
+    one runs at once, each ImageNet row runs alone through `torchrun --standalone --nproc_per_node=3` with all three
+    GPUs visible; a suite killed after its first result, run again, skips what finished and resumes what had
+    started (--resume)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "paper").mkdir()
+    shutil.copy(ROOT / "paper" / "reproduce.py", root / "paper")
+    shutil.copy(ROOT / "paper" / "__init__.py", root / "paper")
+    shutil.copy(ROOT / "plumbing.py", root)  # the real one: reproduce.py reads the Debian data folder's path there
+    for name in ("train.py", "eval_linear.py"):
+        (root / name).write_text(STAND_IN)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "torchrun").write_text(TORCHRUN.replace("/usr/bin/env python3", sys.executable))
+    (bin_dir / "torchrun").chmod(0o755)
+    data = tmp_path / "data"
+    for d in ("stl10_binary", "train"):
+        (data / d).mkdir(parents=True)
+    log = tmp_path / "calls.jsonl"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", STAND_IN_LOG=str(log), REAL_TRAIN=str(ROOT / "train.py"))
+    argv = [sys.executable, "-m", "paper.reproduce", "--scale", "paper", "--rows", "table6,t9-60-direct", "--seeds", "0",
+            "--gpus", "0,1,2", "--baselines", "none", "--data-dir", str(data), "--work", str(tmp_path / "w"),
+            "--results", str(tmp_path / "r")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env,
+                            start_new_session=True)
+    while not list((tmp_path / "r").rglob("s*.json")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    done = {p: p.read_bytes() for p in (tmp_path / "r").rglob("s*.json")}
+    started = {p.parent.parent.name for p in (tmp_path / "w").glob("*/s0/ckpt.pt")}  # the runs killed with a
+    # checkpoint (the stand-in writes it at once; its log line only at its end, so a run killed mid-way has none)
+    assert 1 <= len(done) < 9
+    first = len(log.read_text().splitlines())
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "on GPUs 0,1,2" in r.stdout and all(p.read_bytes() == b for p, b in done.items())
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    trains = [c for c in calls if c["script"] == "train.py"]
+    rerun = [c for c in calls[first:] if c["script"] == "train.py"]
+    row_of = lambda c: Path(c["argv"][c["argv"].index("--out-dir" if "--out-dir" in c["argv"] else "--ckpt") + 1]) \
+        .parts[-2 if "--out-dir" in c["argv"] else -3]  # WORK/<row>/s0, or WORK/<row>/s0/ckpt.pt for a probe
+    rows = {R.runs_row(R.row(i), "paper") for i in R.GROUPS["table6"] + ["t9-60-direct"]}  # (eps 0.1 = pred-direct)
+    assert {row_of(c) for c in rerun} == rows - {p.parent.name for p in done}
+    assert all(("--resume" in c["argv"]) == (row_of(c) in started) for c in rerun)
+    overlap = lambda a, b: a["start"] < b["end"] and b["start"] < a["end"]
+    for c in calls:
+        if row_of(c) == "t9-60-direct":  # ImageNet: every GPU, through the launcher, alone
+            assert c["gpus"] == "0,1,2" and c["launched_by"] == "torchrun --standalone --nproc_per_node=3"
+            assert not any(overlap(c, o) for o in calls if row_of(o) != "t9-60-direct")
+        else:
+            assert c["gpus"] in ("0", "1", "2") and c["launched_by"] is None
+            assert all(c["gpus"] != o["gpus"] for o in calls if o is not c and overlap(c, o))
+    assert any(overlap(a, b) for a in trains for b in trains if a is not b), "no two runs side by side"
+
+
