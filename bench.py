@@ -44,8 +44,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # ImageNet stem, 28 px, batch 128); precision is left to each suite
 MAIN_JOB = ["--dataset", "fashion-mnist", "--predictor", "direct", "--width", "16", "--stem", "imagenet", "--crop-min",
             "0.4", "--lr", "0.03", "--lr-schedule", "const", "--epochs", "5"]
-SHAPES = {"fashion-mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32), "stl10": (3, 96), "fake": (3, 32),
-          "imagenet": (3, 224), "imagefolder": (3, 224)}  # (channels, stored size) of each dataset's images
 
 
 def sync(dev):
@@ -68,7 +66,7 @@ def median_ms(fn, dev, n=6):
 def augment_ms(dev, batch):
     """Both views of one batch of 32 px images (train.augment, the cifar preset), in ms."""
     x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=dev)
-    mean, std = (torch.tensor(v, device=dev)[:, None, None] for v in T.DATASETS["cifar10"][2:4])
+    mean, std = T.normalisation("cifar10", dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     return median_ms(lambda: [T.augment(x, T.AUG["cifar"], v, gen, 32, (0.08, 1.0), mean, std) for v in (0, 1)], dev)
 
@@ -140,7 +138,7 @@ def peer_loop(dev, batch, steps, workers, width=64):
     DataLoader (uint8 -> float and normalisation on the device, bf16 autocast and channels_last where train.py would
     use them)."""
     step, cfg, ctx, fmt = real_step(["--dataset", "cifar10", "--batch-size", str(batch), "--width", str(width)], dev)
-    mean, std = (torch.tensor(v, device=dev)[:, None, None] for v in T.DATASETS["cifar10"][2:4])
+    mean, std = T.normalisation("cifar10", dev)
     loader = torch.utils.data.DataLoader(PeerDataset(batch * (steps + 2)), batch_size=batch, shuffle=True,
                                          num_workers=workers, pin_memory=dev.startswith("cuda"), drop_last=True,
                                          persistent_workers=workers > 0)
@@ -172,11 +170,11 @@ def directpred_share(dev, batch, step_ms):
 def views(cfg, dev, fmt):
     """views(k): both augmented views of one fixed batch of random images of the run's dataset shape, as train.py's
     loop makes them at step k (train.augment, its preset and crop scale)."""
-    C, H = SHAPES[cfg["dataset"]]
+    C, H = T.DATASETS[cfg["dataset"]].shape
     size = cfg["img_size"] or H
     x = torch.randint(0, 256, (cfg["batch_size"], C, H, H), dtype=torch.uint8, device=dev)
-    mean, std = (torch.tensor(v, device=dev)[:, None, None] for v in T.DATASETS[cfg["dataset"]][2:4])
-    aug = T.AUG[T.DATASETS[cfg["dataset"]][0] if cfg["aug"] == "auto" else cfg["aug"]]
+    mean, std = T.normalisation(cfg["dataset"], dev)
+    aug = T.aug_of(cfg)  # train.py's own: the preset and --jitter, as the run
     gen = torch.Generator(device=dev)
 
     def make(k):
@@ -260,17 +258,6 @@ def profile_suite(args):
             print(f"    {k:48s} {v:7.2f} ms  {100 * v / in_sections:5.1f}%")
         left = in_sections - in_ops
         print(f"    {'left: Python, autograd, the profiler':48s} {left:7.2f} ms  {100 * left / in_sections:5.1f}%")
-
-
-FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def fmnist_missing(data_dir):
-    """The Fashion-MNIST files train.py would not find (plain or .gz, under DIR/FashionMNIST/raw or the Debian
-    package's folder): checked before a suite starts, so that torchvision never tries a download (a device machine
-    has no network)."""
-    where = (os.path.join(data_dir, "FashionMNIST", "raw"), plumbing.FMNIST_SYSTEM_DIR)
-    return [f for f in FMNIST_FILES if not any(os.path.exists(os.path.join(d, f + gz)) for d in where for gz in ("", ".gz"))]
 
 
 def fmnist(dev, data_dir, out, seconds, width, probe_seconds, tiny):
@@ -369,7 +356,7 @@ def gpu_suite(args):
     sizes = (16, 32) if args.tiny else (128, 256, 512)
     steps, width = (4, 8) if args.tiny else (200, 64)  # 200 steps: img/s over the last 100 (G: 15 were noise)
     workers = min(16, os.cpu_count() or 1) if not args.tiny else 1
-    missing = fmnist_missing(args.data_dir)
+    missing = plumbing.fmnist_missing(args.data_dir)
     if missing:  # said now, before any step: the Fashion-MNIST step will be skipped, never a download attempt
         res["fmnist"] = {"skipped": f"--data-dir {args.data_dir}: no {', '.join(missing)} (.gz) under "
                                     f"{os.path.join(args.data_dir, 'FashionMNIST', 'raw')} nor {plumbing.FMNIST_SYSTEM_DIR}; "
@@ -439,7 +426,7 @@ def precision_suite(args):
         print(f"{m:14s} img/s {v}")
     # Wp from one batch's predictor inputs: the network in bf16 autocast against the same network in fp32
     x, _ = plumbing.load_dataset("fashion-mnist", args.data_dir, "train")
-    mean, std = (torch.tensor(v)[:, None, None] for v in T.DATASETS["fashion-mnist"][2:4])
+    mean, std = T.normalisation("fashion-mnist", "cpu")
     cfg = T.parse_config(main)
     model = T.build_model(cfg, 1)
     if args.ckpt:

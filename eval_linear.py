@@ -132,8 +132,7 @@ def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, worker
     optimizer = (torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["wd"])
                  if cfg["optimizer"] == "sgd" else T.LARS(params, lr=cfg["lr"], momentum=cfg["momentum"],
                                                           weight_decay=cfg["wd"]))
-    aug = T.AUG[T.DATASETS[cfg["dataset"]][0] if cfg["aug"] == "auto" else cfg["aug"]]
-    aug = dict(aug, jitter=tuple(cfg["jitter"] * t for t in aug["jitter"]), jitter_p=aug["jitter_p"] * (cfg["jitter"] > 0))
+    aug = T.aug_of(cfg)
     if not isinstance(data, tuple):  # streamed: one crop in the workers, the colour ops on the device
         data.transform = TV.Compose([TV.RandomResizedCrop(size, scale=(cfg["crop_min"], 1.0)), TV.PILToTensor()])
     n = len(data[0]) if isinstance(data, tuple) else len(data)
@@ -218,16 +217,16 @@ if __name__ == "__main__":
     data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
     fake_size = cfg["fake_size"] if cfg else 1024
     size = args.img_size or (cfg["img_size"] if cfg else 0)  # train.py's crop size; 0 = the dataset's default
-    mean, std = (torch.tensor(v, device=device)[:, None, None] for v in T.DATASETS[dataset][2:4])
+    mean, std = T.normalisation(dataset, device)
     split = args.split or (cfg.get("split", "test") if cfg else "test")
-    if split == "val" and dataset not in T.VAL_SETS:
-        sys.exit(f"error: --split val holds out labelled training images: it needs --dataset {' / '.join(T.VAL_SETS)}")
+    if split == "val" and not T.DATASETS[dataset].val:
+        sys.exit(f"error: {plumbing.split_val_error()}")
     splits = [T.load_split(dataset, data_dir, role, split, fake_size) for role in ("train", "eval")]
-    if dataset not in plumbing.STREAMED:
+    if not T.DATASETS[dataset].streamed:
         splits = [(x.to(device), y.to(device)) for x, y in splits]
-    size = size or (224 if dataset in plumbing.STREAMED else splits[0][0].shape[-1])  # train.py's rule for --img-size 0
-    in_chans = splits[0][0].shape[1] if dataset not in plumbing.STREAMED else 3
-    n_cls = len(splits[0].classes) if dataset in plumbing.STREAMED else int(splits[0][1].max()) + 1
+    size = size or (224 if T.DATASETS[dataset].streamed else splits[0][0].shape[-1])  # train.py's rule for --img-size 0
+    in_chans = splits[0][0].shape[1] if not T.DATASETS[dataset].streamed else 3
+    n_cls = len(splits[0].classes) if T.DATASETS[dataset].streamed else int(splits[0][1].max()) + 1
 
     ctx, fmt = plumbing.speed_paths(device_type, args.bf16, args.channels_last, width=cfg["width"] if cfg else 64)
 
@@ -300,7 +299,7 @@ if __name__ == "__main__":
         if master_process:
             del train_f, train_y  # kept only for the kNN (10 GB on ImageNet)
         train_data = splits[0]
-        if dataset in plumbing.STREAMED:
+        if T.DATASETS[dataset].streamed:
             train_data.transform = TV.Compose([TV.RandomResizedCrop(size), TV.PILToTensor()])
         n = len(train_data[0]) if isinstance(train_data, tuple) else len(train_data)
         steps_per_epoch = n // args.batch_size
@@ -313,7 +312,7 @@ if __name__ == "__main__":
             for x, y in T.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size,
                                         device, workers=args.workers):
                 gen.manual_seed(T.step_seed(args.seed, step, ddp_rank))
-                x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), mean, std, crop=dataset not in plumbing.STREAMED)
+                x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), mean, std, crop=not T.DATASETS[dataset].streamed)
                 with torch.no_grad(), ctx:
                     f = backbone(x.contiguous(memory_format=fmt))
                 for g in optimizer.param_groups:

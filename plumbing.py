@@ -23,6 +23,7 @@ import sys
 import time
 import zlib
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import numpy as np
 import PIL.Image
@@ -32,14 +33,35 @@ import torch.nn.functional as nnf
 from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
-# bad flags: one line; train.py's flag ranges, its meaningless flag combinations and its --resume rules
+# bad flags: one line; each flag's range, the predictors it applies to and whether a --resume may change it
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a malformed flag reported in one line (no usage block) like every other bad input."""
+    """argparse, with a malformed flag reported in one line (no usage block) like every other bad input, and three
+    facts a flag can declare where it is declared: valid=(test, "what it must be") (range_error checks it; a float
+    must also be finite), needs=(values of --predictor it means something for), free=True (it may differ on
+    --resume: it does not change what is computed)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.valid, self.needs, self.free = {}, {}, set()
+
+    def add_argument(self, *args, valid=None, needs=None, free=False, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if valid:
+            self.valid[action.dest] = valid
+        if needs:
+            self.needs[action.dest] = needs
+        if free:
+            self.free.add(action.dest)
+        return action
 
     def error(self, message):
         sys.exit(f"error: {message}")
+
+
+GE0, GE1, GE2 = (lambda v: v >= 0, ">= 0"), (lambda v: v >= 1, ">= 1"), (lambda v: v >= 2, ">= 2")  # valid= ranges
+GT0, UNIT = (lambda v: v > 0, "> 0"), (lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def range_error(cfg, ranges):
@@ -51,88 +73,57 @@ def range_error(cfg, ranges):
     return None
 
 
-TRAIN_RANGES = {  # train.py's flag: (valid?, what it must be). Every float flag must also be finite.
-    "batch_size": (lambda v: v >= 2, ">= 2 (BatchNorm needs two samples)"), "epochs": (lambda v: v >= 1, ">= 1"),
-    "max_steps": (lambda v: v >= 0, ">= 0 (0 = run --epochs)"), "width": (lambda v: v >= 1, ">= 1"),
-    "proj_hidden": (lambda v: v >= 1, ">= 1"), "proj_dim": (lambda v: v >= 1, ">= 1"),
-    "pred_hidden": (lambda v: v >= 1, ">= 1"), "fake_size": (lambda v: v >= 2, ">= 2"),
-    "img_size": (lambda v: v == 0 or v >= 8, "0 (the dataset's own size) or >= 8 pixels"),
-    "crop_min": (lambda v: 0 < v <= 1, "in (0, 1]"), "jitter": (lambda v: v >= 0, ">= 0"),
-    "rho": (lambda v: 0 <= v < 1, "in [0, 1)"), "eps": (lambda v: v >= 0, ">= 0"),
-    "exponent": (lambda v: v > 0, "> 0"), "offset": (lambda v: v < 1, "< 1 (the eigenvalues are max-normalised to 1)"),
-    "freq": (lambda v: v >= 1, ">= 1"), "partitions": (lambda v: v >= 1, ">= 1"),
-    "pred_lr_ratio": (lambda v: v > 0, "> 0"), "wd": (lambda v: v >= 0, ">= 0"), "pred_wd": (lambda v: v >= 0, ">= 0"),
-    "ema": (lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (lambda v: v > 0, "> 0"),
-    "warmup_epochs": (lambda v: v >= 0, ">= 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "ckpt_every": (lambda v: v >= 1, ">= 1"), "log_every": (lambda v: v >= 1, ">= 1"),
-    "log_early": (lambda v: v >= 0, ">= 0"),
-    "eval_every": (lambda v: v >= 0, ">= 0 (0 = off)"), "seed": (lambda v: v >= 0, ">= 0"),
-    "workers": (lambda v: v >= 0, ">= 0"), "ddp_timeout": (lambda v: v > 0, "> 0 seconds"),
-}
-
-
-DIRECT_ONLY = {  # DirectPred options and the predictors they apply to
-    "rho": ("direct", "directcopy", "optimal"), "eps": ("direct", "directcopy", "optimal"),
-    "freq": ("direct", "directcopy", "optimal"), "exponent": ("direct",), "offset": ("direct",),
-    "center": ("direct", "directcopy"), "partitions": ("direct",)}
-
-
-def train_config_error(cfg, defaults, val_sets, world_size=None):
-    """train.py's first out-of-range flag or meaningless combination of flags, as one line, or None.
-    defaults: the parser's defaults (a flag left at its default is never an error); val_sets: the datasets that
-    --split val can hold images out of; world_size: the number of DDP ranks (None: torchrun's, 1 without it)."""
-    err = range_error(cfg, TRAIN_RANGES)
-    if err:
-        return err
-    world_size = world_size or torchrun_world_size()
-    if cfg["batch_size"] % world_size or cfg["batch_size"] // world_size < 2:
-        return f"--batch-size {cfg['batch_size']} must split evenly over {world_size} DDP ranks, >= 2 each"
-    if world_size > 1 and cfg["eval_every"] and cfg["dataset"] in STREAMED:  # rank 0 alone would extract 1.28M images
-        return (f"--eval-every runs on rank 0 only; on --dataset {cfg['dataset']} under DDP the other ranks would wait "
-                f"past --ddp-timeout. Evaluate the checkpoint with eval_linear.py instead")
-    for k, predictors in DIRECT_ONLY.items():
-        if cfg["predictor"] not in predictors and cfg[k] != defaults[k]:
-            return f"--{k} is a DirectPred option; it needs --predictor {' or '.join(predictors)}"
-    if cfg["partitions"] > 1 and (cfg["freq"] != 1 or cfg["pred_bias"]):
-        return "--partitions > 1 sets every side's Wp at every step (no --freq, no --pred-bias), as the authors' code"
-    if cfg["predictor"] == "none":
-        for k in ("pred_bias", "sym_wp", "pred_lr_ratio"):
-            if cfg[k] != defaults[k]:
-                return f"--{k.replace('_', '-')} needs a predictor (--predictor is none)"
-    if cfg["pred_bias"] and cfg["predictor"] == "mlp":
-        return "--pred-bias is for the linear predictors (the mlp predictor has its biases)"
-    if not cfg["stop_grad"] and cfg["ema"] > 0:
-        return "--stop-grad 0 needs --ema 0 (an EMA target has no gradient to stop)"
-    if cfg["target_init"] == "random" and cfg["ema"] == 0:
-        return "--target-init random needs --ema > 0 (with --ema 0 the target is the online network)"
-    if cfg["split"] == "val" and cfg["dataset"] not in val_sets:
-        return f"--split val holds out labelled training images: it needs --dataset {' / '.join(val_sets)}"
-    return None
-
-
-# train.py's keys that may differ between a run and its --resume (they do not change what is computed)
-RESUME_FREE = {"preset", "resume", "max_steps", "ckpt_every", "save_every_rank", "log_every", "log_early",
-               "eval_every", "workers",
-               "compile", "device", "ddp_timeout", "data_dir", "out_dir", "bf16", "channels_last", "deterministic",
-               "wandb_project", "wandb_run_name"}
-
-
 # -----------------------------------------------------------------------------
 # dataset files: read into (uint8 images, labels), or an ImageFolder for the streamed sets; missing or damaged files
 # stop with one line naming --data-dir and the layout expected there. The streamed sets' crops, and frozen features
 
-STREAMED = ("imagenet", "imagefolder")  # too large for memory: decoded and cropped in DataLoader workers
+class Dataset(NamedTuple):
+    """One --dataset: every fact train.py, eval_linear.py, bench.py and paper/ use about it, stated here once."""
+    folder: str  # what load_dataset reads under --data-dir ("" = nothing: made in memory)
+    files: str  # the layout expected there, named in the one-line error when it is not
+    shape: tuple  # (channels, stored size in pixels); the streamed sets' 224 is their default crop
+    n_train: int  # images train.py pretrains on with --split test (0: whatever the folder / --fake-size holds)
+    mean: tuple  # per-channel normalisation
+    std: tuple
+    aug: str  # train.AUG's preset for --aug auto
+    stem: str  # the ResNet stem of --stem auto (cifar: 3x3 stride-1 conv1, no maxpool, for small images)
+    streamed: bool = False  # too large for memory: decoded and cropped in DataLoader workers
+    val: bool = False  # --split val can hold out labelled training images (train.val_mask)
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
-LAYOUTS = {  # what each --dataset expects under --data-dir
-    "cifar10": "{d}/cifar-10-batches-py/ with data_batch_1..5 and test_batch (the python pickle version)",
-    "cifar100": "{d}/cifar-100-python/ with train and test (the python pickle version)",
-    "stl10": "{d}/stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin",
-    "fashion-mnist": "{d}/FashionMNIST/raw/ with the four *-ubyte(.gz) files (or: apt-get install "
-                     "dataset-fashion-mnist, found in /usr/share/datasets/fashion-mnist)",
-    "imagenet": "{d}/train/<class>/*.JPEG and {d}/val/<class>/*.JPEG (val sorted into class folders)",
-    "imagefolder": "{d}/train/<class>/<image> and {d}/val/<class>/<image>",
-    "fake": "nothing (made in memory)",
+FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DATASETS = {
+    "cifar10": Dataset("cifar-10-batches-py", "{d}/cifar-10-batches-py/ with data_batch_1..5 and test_batch (the python "
+                       "pickle version)", (3, 32), 50_000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                       "cifar", "cifar", val=True),
+    "cifar100": Dataset("cifar-100-python", "{d}/cifar-100-python/ with train and test (the python pickle version)",
+                        (3, 32), 50_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "cifar", "cifar", val=True),
+    "stl10": Dataset("stl10_binary", "{d}/stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
+                     "unlabeled_X.bin", (3, 96), 105_000, IMAGENET_MEAN, IMAGENET_STD, "stl10", "imagenet"),
+    "fashion-mnist": Dataset(os.path.join("FashionMNIST", "raw"), "{d}/FashionMNIST/raw/ with the four *-ubyte(.gz) "
+                             f"files (or: apt-get install dataset-fashion-mnist, found in {FMNIST_SYSTEM_DIR})",
+                             (1, 28), 60_000, (0.2860,), (0.3530,), "cifar", "cifar", val=True),
+    "imagenet": Dataset("train", "{d}/train/<class>/*.JPEG and {d}/val/<class>/*.JPEG (val sorted into class folders)",
+                        (3, 224), 1_281_167, IMAGENET_MEAN, IMAGENET_STD, "imagenet", "imagenet", streamed=True),
+    "imagefolder": Dataset("train", "{d}/train/<class>/<image> and {d}/val/<class>/<image>", (3, 224), 0,
+                           IMAGENET_MEAN, IMAGENET_STD, "imagenet", "imagenet", streamed=True),
+    "fake": Dataset("", "nothing (made in memory)", (3, 32), 0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "cifar", "cifar",
+                    val=True),
 }
+
+
+def split_val_error():
+    """The one line of a --split val on a dataset it cannot hold images out of."""
+    return f"--split val holds out labelled training images: it needs --dataset {' / '.join(n for n, d in DATASETS.items() if d.val)}"
+
+
+def fmnist_missing(data_dir):
+    """The Fashion-MNIST files load_dataset would not find (plain or .gz, under DIR/FashionMNIST/raw or the Debian
+    package's folder), so that a caller can say so before torchvision tries a download."""
+    where = (os.path.join(data_dir, DATASETS["fashion-mnist"].folder), FMNIST_SYSTEM_DIR)
+    return [f for f in FMNIST_FILES if not any(os.path.exists(os.path.join(d, f + gz)) for d in where for gz in ("", ".gz"))]
 
 
 def load_dataset(name, data_dir, split, fake_size=1024):
@@ -146,10 +137,10 @@ def load_dataset(name, data_dir, split, fake_size=1024):
     import torchvision  # here, not at the top: it imports torch._dynamo, 1.7 s of every start that needs no file
     tv = torchvision.datasets
     try:
-        if name in STREAMED:
+        if DATASETS[name].streamed:
             return tv.ImageFolder(os.path.join(data_dir, "train" if train else "val"), loader=load_image)
         if name in ("cifar10", "cifar100"):  # the python pickle batches, read as torchvision reads them
-            base = os.path.join(data_dir, "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+            base = os.path.join(data_dir, DATASETS[name].folder)
             if not os.path.isdir(base):  # not on disk: let torchvision download it (where it can)
                 (tv.CIFAR10 if name == "cifar10" else tv.CIFAR100)(data_dir, download=True)
             files = ([f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]) if name == "cifar10" \
@@ -161,7 +152,7 @@ def load_dataset(name, data_dir, split, fake_size=1024):
                 raise ValueError(f"{len(x)} images but {len(y)} labels in {base}")
             return torch.from_numpy(x), torch.from_numpy(y).long()
         if name == "stl10":  # binary files; pretraining uses train + unlabeled (105k images, as Tian et al.), y = -1
-            base = os.path.join(data_dir, "stl10_binary")
+            base = os.path.join(data_dir, DATASETS[name].folder)
             if not os.path.isdir(base):
                 tv.STL10(data_dir, download=True)
             parts = {"pretrain": ["train", "unlabeled"], "train": ["train"], "test": ["test"]}[split]
@@ -177,8 +168,8 @@ def load_dataset(name, data_dir, split, fake_size=1024):
                 raise ValueError(f"{len(x)} images but {len(y)} labels in {base}")
             return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
         if name == "fashion-mnist":
-            raw = os.path.join(data_dir, "FashionMNIST", "raw")
-            for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            raw = os.path.join(data_dir, DATASETS[name].folder)
+            for f in FMNIST_FILES:
                 gz = next((p for p in (os.path.join(raw, f + ".gz"), os.path.join(FMNIST_SYSTEM_DIR, f + ".gz"))
                            if os.path.exists(p)), None)
                 if not os.path.exists(os.path.join(raw, f)) and gz:  # unpack .gz (ours or the Debian package's)
@@ -197,7 +188,7 @@ def load_dataset(name, data_dir, split, fake_size=1024):
             return ds.data[:, None].contiguous(), ds.targets.long()
     except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, AssertionError) as e:  # (torchvision
         # checks the MNIST file format with assert)
-        layout = LAYOUTS[name].format(d=data_dir)
+        layout = DATASETS[name].files.format(d=data_dir)
         sys.exit(f"error: --dataset {name}: no usable data under --data-dir {data_dir!r} ({e}). Expected: {layout}")
     raise ValueError(name)
 
@@ -490,12 +481,12 @@ def out_dir_error(out_dir, resume):
     return None
 
 
-def resume_error(ckpt, cfg, defaults, n_train, path):
-    """Why a checkpoint cannot be resumed with this config, as one line naming the flag, or None: a flag outside
-    RESUME_FREE (the keys that do not change what is computed) differs from the checkpoint's, or --data-dir now holds
-    another number of training images. defaults: the parser's defaults (a key older than the checkpoint)."""
+def resume_error(ckpt, cfg, defaults, free, n_train, path):
+    """Why a checkpoint cannot be resumed with this config, as one line naming the flag, or None: a flag not in `free`
+    (the keys that do not change what is computed) differs from the checkpoint's, or --data-dir now holds another
+    number of training images. defaults: the parser's defaults (a key older than the checkpoint)."""
     saved = {**defaults, **ckpt["config"]}
-    diff = [k for k in cfg if k not in RESUME_FREE and saved[k] != cfg[k]]
+    diff = [k for k in cfg if k not in free and saved[k] != cfg[k]]
     if diff:
         return f"--resume: --{diff[0].replace('_', '-')} is {cfg[diff[0]]!r} here but {saved[diff[0]]!r} in {path}"
     if ckpt.get("n_train", n_train) != n_train:  # e.g. --data-dir now points at another copy of the data
@@ -593,27 +584,24 @@ class DivergenceGuard:
             self.stop(f"{bad} became nan/inf by step {step}")
 
 
-# the collapse warning: printed when, for COLLAPSE_INTERVALS log lines in a row, the effective rank of the
-# predictor input's centered covariance (train.py's diagnostics) is below COLLAPSE_ERANK or z_std below
-# COLLAPSE_Z_STD, and a note when it recovers for as many lines. From the laptop protocol search's validation runs
-# (paper/results/laptop-search/README.md): the three collapse controls end at rank 1.28 / 1.00 / 1.00 and z_std
-# 0.081 / 0.008 / 0.008; none of the 28 runs that learned went below rank 1.35 or z_std 0.11 at any log line (a
-# trained linear predictor dips to 1.35-1.9 early and recovers); 3 lines in a row under (1.3, 0.1) flag the controls
-# and none of the 28. It warns, never stops a run
-COLLAPSE_ERANK, COLLAPSE_Z_STD, COLLAPSE_INTERVALS = 1.3, 0.1, 3
+# the collapse warning: printed when a run has looked collapsed (train.looks_collapsed) for COLLAPSE_INTERVALS log
+# lines in a row, and a note when it recovers for as many lines (3 lines in a row flag the laptop search's collapse
+# controls and none of its 28 runs that learned, paper/results/laptop-search). It warns, never stops a run
+COLLAPSE_INTERVALS = 3
 
 
 class CollapseWatch:
-    """The collapse warning of train.py's log lines: a warning once a run has looked collapsed (effective rank below
-    COLLAPSE_ERANK or z_std below COLLAPSE_Z_STD) for COLLAPSE_INTERVALS log lines in a row, once per streak, and a
-    note when it has looked healthy for as many again (a slow predictor can dip and recover)."""
+    """The collapse warning of train.py's log lines: a warning once a run has looked collapsed (looks_collapsed(erank,
+    z_std), train.py's rule) for COLLAPSE_INTERVALS log lines in a row, once per streak, and a note when it has looked
+    healthy for as many again (a slow predictor can dip and recover)."""
 
-    def __init__(self):
+    def __init__(self, looks_collapsed):
+        self.looks_collapsed = looks_collapsed
         self.streak, self.warned = 0, False  # > 0: low log lines in a row; < 0: healthy ones; a warning standing?
 
     def line(self, step, erank, z_std, d):
         """What to print for this log line (d: the dimension erank is out of), or None."""
-        low = erank < COLLAPSE_ERANK or z_std < COLLAPSE_Z_STD
+        low = self.looks_collapsed(erank, z_std)
         self.streak = max(self.streak, 0) + 1 if low else min(self.streak, 0) - 1
         if self.streak == COLLAPSE_INTERVALS and not self.warned:
             self.warned = True

@@ -189,7 +189,6 @@ EVAL_EVERY = {"laptop": 468, "paper": 5000}  # figure): every seed at laptop sca
 # A100 in bf16; NOT measured with this code (public anchors: a single-file SimCLR ResNet-18 trains a CIFAR-10 epoch in
 # 11.9 s on an A100, ~4200 img/s; ResNet-50 at 224 px costs ~7x ResNet-18 at 32 px with the CIFAR stem)
 ASSUMED_IMG_S = {"stl10": 4000, "cifar10": 4000, "imagenet": 550}
-N_IMAGES = {"stl10": 105_000, "cifar10": 50_000, "imagenet": 1_281_167, "fashion-mnist": 60_000}
 
 
 def row(rid):
@@ -260,13 +259,9 @@ def baseline_commands(args, seeds):
     return cmds
 
 
-def gpu_hours(r, seeds):
-    """Paper scale: assumed GPU-hours of one row's training runs (ASSUMED_IMG_S; the probe not counted)."""
-    flags = r["flags"].split()
-    epochs = int(flags[flags.index("--epochs") + 1]) if "--epochs" in flags else (
-        60 if "imagenet-sgd-60" in flags else 300 if "imagenet-lars-300" in flags else 100)
-    dataset = "imagenet" if r.get("imagenet") else "cifar10" if "paper-cifar10" in flags else "stl10"
-    return len(seeds) * epochs * N_IMAGES[dataset] / ASSUMED_IMG_S[dataset] / 3600
+def gpu_hours(cmd):
+    """Paper scale: assumed GPU-hours of one training command (ASSUMED_IMG_S; the probe not counted)."""
+    return run_images(cmd) / ASSUMED_IMG_S[run_config(cmd)["dataset"]] / 3600
 
 
 # -----------------------------------------------------------------------------
@@ -497,15 +492,13 @@ PAPER_LR_WD = 82_100 * 0.03 * 4e-4  # the paper's STL-10 run: steps x lr x wd (1
 
 def collapsed(res):
     """Whether one run ended collapsed (the thresholds of train.py's collapse warning, at its last log line)."""
-    from plumbing import COLLAPSE_ERANK, COLLAPSE_Z_STD  # only here: it imports torch
-    return res["final_erank"] < COLLAPSE_ERANK or res["final_z_std"] < COLLAPSE_Z_STD
+    from train import looks_collapsed  # only here: it imports torch
+    return looks_collapsed(res["final_erank"], res["final_z_std"])
 
 
 def lr_wd(res):
     """A run's summed lr x weight decay (steps x lr x wd; a constant lr), from its command's config."""
-    from train import parse_config  # only here: it imports torch
-    cmd = shlex.split(res["command"])
-    cfg = parse_config(cmd[[i for i, t in enumerate(cmd) if t.endswith("train.py")][0] + 1:])
+    cfg = run_config(shlex.split(res["command"]))
     return res["steps"] * cfg["lr"] * cfg["wd"]
 
 
@@ -787,22 +780,12 @@ def visible_gpus(spec):
     return gpus
 
 
-def flag_value(cmd, flag, default=None):
-    """The last value of a flag in a command (as argparse takes it)."""
-    idx = [i for i, t in enumerate(cmd[:-1]) if t == flag]
-    return cmd[idx[-1] + 1] if idx else default
-
-
-# where each dataset lives under --data-dir (train.py's loaders)
-DATA_LAYOUT = {"stl10": "stl10_binary", "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python",
-               "fashion-mnist": os.path.join("FashionMNIST", "raw"), "imagenet": "train", "imagefolder": "train"}
-
-
 def missing_data(datasets, data_dir):
-    """The datasets of the suite that are not under --data-dir (Fashion-MNIST: nor in the Debian package's folder)."""
-    from plumbing import FMNIST_SYSTEM_DIR  # only here: it imports torch
-    return [d for d in sorted(datasets) if d in DATA_LAYOUT and not os.path.isdir(os.path.join(data_dir, DATA_LAYOUT[d]))
-            and not (d == "fashion-mnist" and os.path.isdir(FMNIST_SYSTEM_DIR))]
+    """The datasets of the suite whose files are not under --data-dir (Fashion-MNIST: nor in the Debian package's
+    folder), as train.py's loaders would look for them (plumbing.DATASETS)."""
+    from plumbing import DATASETS, fmnist_missing  # only here: it imports torch
+    return [d for d in sorted(datasets) if DATASETS[d].folder and (fmnist_missing(data_dir) if d == "fashion-mnist"
+                                                                   else not os.path.isdir(os.path.join(data_dir, DATASETS[d].folder)))]
 
 
 def fetch(dataset, data_dir):
@@ -815,32 +798,34 @@ def fetch(dataset, data_dir):
 
 def data_error(datasets, data_dir):
     """The first missing dataset as one line: where it was looked for and how to get it; or None."""
+    from plumbing import DATASETS  # only here: it imports torch
     for d in missing_data(datasets, data_dir):
-        where = os.path.join(data_dir, DATA_LAYOUT[d])
-        if d in ("imagenet", "imagefolder"):
-            return (f"--data-dir {data_dir}: no {d} there (looked for {where}): it needs {data_dir}/train/<class>/*.JPEG "
-                    f"and {data_dir}/val/<class>/*.JPEG, val sorted into class folders (docs/reference.md, Data); torchvision "
-                    f"cannot download it")
+        where = os.path.join(data_dir, DATASETS[d].folder)
+        if DATASETS[d].streamed:
+            return (f"--data-dir {data_dir}: no {d} there (looked for {where}): it needs "
+                    f"{DATASETS[d].files.format(d=data_dir)} (docs/reference.md, Data); torchvision cannot download it")
         hint = " (or: apt-get install dataset-fashion-mnist)" if d == "fashion-mnist" else ""
         return (f"--data-dir {data_dir}: no {d} there (looked for {where}); fetch it with: "
-                f"{shlex.join(['python', 'reproduce.py', *sys.argv[1:], '--download'])}{hint}")
+                f"{shlex.join(['python', '-m', 'paper.reproduce', *sys.argv[1:], '--download'])}{hint}")
     return None
 
 
-def run_dataset(cmd):
-    """The --dataset a train.py command trains on (a --preset may set it)."""
+def run_config(cmd):
+    """train.py's config of one train command (train.parse_config: the command's flags, a --preset's included)."""
     from train import parse_config  # only here: it imports torch
-    return parse_config(cmd[[i for i, t in enumerate(cmd) if t.endswith("train.py")][0] + 1:])["dataset"]
+    return parse_config(cmd[[i for i, t in enumerate(cmd) if t.endswith("train.py")][0] + 1:])
 
 
 def run_images(cmd):
-    """How many training images one train.py command processes (epochs x whole batches, or --max-steps)."""
-    batch = int(flag_value(cmd, "--batch-size", 128))
-    dataset = run_dataset(cmd)
-    per_epoch = N_IMAGES.get(dataset, int(flag_value(cmd, "--fake-size", 1024))) // batch
-    steps = int(flag_value(cmd, "--epochs", 100)) * per_epoch
-    max_steps = int(flag_value(cmd, "--max-steps", 0))
-    return batch * (min(steps, max_steps) if max_steps else steps)
+    """How many training images one train.py command processes: epochs x whole batches of its pretraining set (the
+    dataset's images, less the held-out ones with --split val), or --max-steps batches."""
+    from plumbing import DATASETS  # only here: it imports torch
+    from train import VAL_SIZE
+    cfg = run_config(cmd)
+    n = DATASETS[cfg["dataset"]].n_train or cfg["fake_size"]  # (an image folder's size is known once it is read)
+    n -= min(VAL_SIZE, n // 6) if cfg["split"] == "val" else 0
+    steps = cfg["epochs"] * (n // cfg["batch_size"])
+    return cfg["batch_size"] * (min(steps, cfg["max_steps"]) if cfg["max_steps"] else steps)
 
 
 if __name__ == "__main__":
@@ -872,7 +857,7 @@ if __name__ == "__main__":
              f"time on all of them through `{args.launcher}`)" if args.gpus else
              f"the CPU ({args.jobs} run(s) side by side x {max(1, cores // args.jobs)} threads)")
     if args.scale == "paper":
-        hours = sum(gpu_hours(row(rid), [s]) for rid, s in todo)
+        hours = sum(gpu_hours(commands(row(rid), args, s)[0]) for rid, s in todo)
         wall = (f"{hours:.0f} GPU-hours of training at the assumed throughput (ASSUMED_IMG_S: {ASSUMED_IMG_S} img/s "
                 f"per A100 in bf16; an estimate, not a measurement)" + (
                     f", about {hours / len(args.gpus):.0f} h of wall time on these {len(args.gpus)} GPUs" if args.gpus
@@ -895,15 +880,14 @@ if __name__ == "__main__":
         if args.scale == "paper":
             total = 0.0
             for rid in rows_run:
-                h = gpu_hours(row(rid), [s for r, s in work if r == rid])
+                h = sum(gpu_hours(commands(row(rid), args, s)[0]) for r, s in work if r == rid)
                 total += h
                 print(f"#   {rid}: {h:.1f} GPU-hours")
-            imagenet = sum(gpu_hours(row(rid), [s for r, s in work if r == rid]) for rid in rows_run
-                           if row(rid).get("imagenet"))
+            imagenet = sum(gpu_hours(commands(row(rid), args, s)[0]) for rid, s in work if row(rid).get("imagenet"))
             print(f"# training, all rows: {total:.0f} GPU-hours ({100 * imagenet / max(total, 1e-9):.0f}% ImageNet)")
         print(f"# {plan}")
         sys.exit(0)
-    datasets = {run_dataset(commands(row(rid), args, s)[0]) for rid, s in todo}
+    datasets = {run_config(commands(row(rid), args, s)[0])["dataset"] for rid, s in todo}
     if args.download:
         for d in missing_data(datasets, args.data_dir):
             if d in ("imagenet", "imagefolder"):
