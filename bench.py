@@ -4,6 +4,7 @@ Speed benchmarks. They print numbers (and write them with --out); they assert no
     python bench.py                                   # this device: augmentation + the real training loop
     python bench.py --suite profile                   # where a step's time goes (main job's network, widths 16, 32)
     python bench.py --suite step --train-flags "..."  # img/s of the real step of one run (reproduce.py --jobs auto)
+    python bench.py --suite roofline --train-flags "..."  # that step's GFLOP/s against this CPU's fp32 matmul rate
     python bench.py --suite precision                 # fp32 / bf16 / channels_last / both (3 interleaved runs),
                                                       # and how far bf16 moves DirectPred's Wp
     python bench.py --suite gpu --out DIR             # the prepared GPU run: ends within --budget (540 s)
@@ -200,6 +201,29 @@ def step_img_s(flags, dev, steps, wait=False):
         step(*make(k))
     sync(dev)
     return cfg["batch_size"] * steps / (time.perf_counter() - t)
+
+
+def matmul_gflops(dev, n=2048, reps=8):
+    """This device's fp32 matmul rate in GFLOP/s (the best of `reps` n x n products, after a warm-up): the roof that
+    a step's convolutions and matmuls are held against."""
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    return 2 * n ** 3 / median_ms(lambda: a @ b, dev, n=reps + 1) / 1e6
+
+
+def roofline(flags, dev, steps):
+    """The real step of the run `flags` describes against this device's fp32 matmul rate: its FLOPs (counted by
+    torch.utils.flop_counter on one step: convolutions and matmuls of the online forward + backward and the target
+    forward), its img/s, the GFLOP/s it achieves and their share of the matmul rate, measured side by side."""
+    from torch.utils.flop_counter import FlopCounterMode
+    step, cfg, _, fmt = real_step(flags, dev)
+    with FlopCounterMode(display=False) as counter:
+        step(*views(cfg, dev, fmt)(0))
+    flops, peak = counter.get_total_flops(), matmul_gflops(dev)
+    img_s = step_img_s(flags, dev, steps)
+    achieved = flops * img_s / cfg["batch_size"] / 1e9
+    print(f"torch {torch.__version__}, {dev}, {torch.get_num_threads()} threads, fp32 matmul {peak:.0f} GFLOP/s; "
+          f"the step: {flops / 1e9:.2f} GFLOP per batch of {cfg['batch_size']}, {img_s:.0f} img/s = {achieved:.0f} "
+          f"GFLOP/s, {100 * achieved / peak:.0f}% of the matmul rate", flush=True)
 
 
 CATEGORIES = [  # (kind of op, substrings of the aten op names it holds); the first match wins
@@ -456,7 +480,7 @@ def precision_suite(args):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", default="default", choices=["default", "profile", "step", "precision", "gpu"])
+    p.add_argument("--suite", default="default", choices=["default", "profile", "step", "roofline", "precision", "gpu"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=256, help="default suite")
     p.add_argument("--steps", type=int, default=6, help="train steps; img/s is measured over the second half")
@@ -468,7 +492,8 @@ if __name__ == "__main__":
     p.add_argument("--data-dir", default="data", help="Fashion-MNIST's --data-dir (precision and gpu suites)")
     p.add_argument("--ckpt", default="", help="precision suite: a main-job checkpoint for the Wp measurement")
     p.add_argument("--widths", default="16,32", help="profile suite: the main job's network at these --width")
-    p.add_argument("--train-flags", default=" ".join(MAIN_JOB), help="step suite: the run whose step is timed")
+    p.add_argument("--train-flags", default=" ".join(MAIN_JOB), help="step / roofline suites: the run whose step is "
+                   "timed")
     p.add_argument("--wait", action="store_true", help="step suite: say 'ready' after the warm-up, start on a line "
                    "of stdin (reproduce.py --jobs auto times several side by side)")
     args = p.parse_args()
@@ -477,6 +502,8 @@ if __name__ == "__main__":
         profile_suite(args)
     elif args.suite == "step":
         print(f"img/s {step_img_s(args.train_flags.split(), args.device, args.steps, args.wait):.1f}", flush=True)
+    elif args.suite == "roofline":
+        roofline(args.train_flags.split(), args.device, args.steps)
     elif args.suite == "gpu":
         gpu_suite(args)
     elif args.suite == "precision":

@@ -45,7 +45,7 @@ import plumbing
 import train as T
 
 # -----------------------------------------------------------------------------
-# config (None = the protocol's default: PROTOCOLS below)
+# config (None = the protocol's default: PROTOCOLS below); each range is checked after those are filled in
 P = plumbing.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 P.add_argument("--ckpt", default="", help="train.py checkpoint (out_dir/ckpt.pt)")
 P.add_argument("--protocol", default="fast", choices=["fast", "paper", "augmented"],
@@ -59,37 +59,36 @@ P.add_argument("--data-dir", default=None, help="default: the checkpoint's")
 P.add_argument("--split", default=None, choices=["test", "val"], help="what the probe and the kNN report on: the "
                "test split, or val = the 10k training images train.py --split val held out (the probe is then fitted on "
                "the other 50k). Default: the checkpoint's --split (test for --baseline pixels)")
-P.add_argument("--img-size", type=int, default=0, help="image size the backbone sees (0 = the checkpoint's "
-               "--img-size; if that is 0 too: in-memory sets as stored, streamed sets 224)")
-P.add_argument("--epochs", type=int, default=None, help="epochs of the linear head (fast / paper: 50, augmented: 90)")
-P.add_argument("--batch-size", type=int, default=None, help="global batch (fast: 256, paper: 128, augmented: 4096)")
-P.add_argument("--lr", type=float, default=None, help="head lr (fast / paper: 3e-4, augmented: 0.1 x batch / 256)")
-P.add_argument("--wd", type=float, default=None, help="head weight decay (fast / paper: 1e-3, augmented: 0)")
+P.add_argument("--img-size", type=int, default=0, valid=(lambda v: v == 0 or v >= 8, "0 (the checkpoint's size) "
+               "or >= 8 pixels"), help="image size the backbone sees (0 = the checkpoint's --img-size; if that is 0 "
+               "too: in-memory sets as stored, streamed sets 224)")
+P.add_argument("--epochs", type=int, default=None, valid=plumbing.GE1,
+               help="epochs of the linear head (fast / paper: 50, augmented: 90)")
+P.add_argument("--batch-size", type=int, default=None, valid=plumbing.GE1,
+               help="global batch (fast: 256, paper: 128, augmented: 4096)")
+P.add_argument("--lr", type=float, default=None, valid=plumbing.GT0,
+               help="head lr (fast / paper: 3e-4, augmented: 0.1 x batch / 256)")
+P.add_argument("--wd", type=float, default=None, valid=plumbing.GE0,
+               help="head weight decay (fast / paper: 1e-3, augmented: 0)")
 P.add_argument("--optimizer", default=None, choices=["adam", "sgd", "lars"],
                help="fast / paper: adam, augmented: lars")
-P.add_argument("--knn-k", type=int, default=200, help="kNN: neighbours that vote")
-P.add_argument("--knn-t", type=float, default=0.1, help="kNN: temperature of the votes' weights exp(sim / t)")
-P.add_argument("--workers", type=int, default=8, help="DataLoader workers (streamed sets only)")
-P.add_argument("--seed", type=int, default=0, help="seeds the head's init and batch order (and --baseline random's "
-               "and supervised's network: the seed of the train.py run gives its very init)")
+P.add_argument("--knn-k", type=int, default=200, valid=plumbing.GE1, help="kNN: neighbours that vote")
+P.add_argument("--knn-t", type=float, default=0.1, valid=plumbing.GT0,
+               help="kNN: temperature of the votes' weights exp(sim / t)")
+P.add_argument("--workers", type=int, default=8, valid=plumbing.GE0, help="DataLoader workers (streamed sets only)")
+P.add_argument("--seed", type=int, default=0, valid=plumbing.GE0, help="seeds the head's init and batch order (and "
+               "--baseline random's and supervised's network: the seed of the train.py run gives its very init)")
 P.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
 P.add_argument("--bf16", default="auto", choices=["auto", "0", "1"], help="bf16 autocast of the backbone; auto = on "
                "CUDA GPUs with native bf16, fp32 on a CPU")
 P.add_argument("--channels-last", default="auto", choices=["auto", "0", "1"], help="as train.py's")
-P.add_argument("--ddp-timeout", type=float, default=600, help="seconds a DDP collective may wait for a stalled or "
-               "dead rank before the job stops (torchrun)")
+P.add_argument("--ddp-timeout", type=float, default=600, valid=(lambda v: v > 0, "> 0 seconds"),
+               help="seconds a DDP collective may wait for a stalled or dead rank before the job stops (torchrun)")
 P.add_argument("--out", default="", help="JSON result file (default: next to the checkpoint; --baseline pixels: out/)")
 PROTOCOLS = {
     "fast": dict(optimizer="adam", lr=3e-4, wd=1e-3, epochs=50, batch_size=256),
     "paper": dict(optimizer="adam", lr=3e-4, wd=1e-3, epochs=50, batch_size=128),
     "augmented": dict(optimizer="lars", lr=None, wd=0.0, epochs=90, batch_size=4096),  # lr None: 0.1 * batch / 256
-}
-RANGES = {  # checked (one line naming the flag) after the protocol's defaults are filled in
-    "epochs": (lambda v: v >= 1, ">= 1"), "batch_size": (lambda v: v >= 1, ">= 1"), "lr": (lambda v: v > 0, "> 0"),
-    "wd": (lambda v: v >= 0, ">= 0"), "knn_k": (lambda v: v >= 1, ">= 1"), "knn_t": (lambda v: v > 0, "> 0"),
-    "workers": (lambda v: v >= 0, ">= 0"), "seed": (lambda v: v >= 0, ">= 0"),
-    "img_size": (lambda v: v == 0 or v >= 8, "0 (the checkpoint's size) or >= 8 pixels"),
-    "ddp_timeout": (lambda v: v > 0, "> 0 seconds"),
 }
 NO_COLOR = dict(jitter=(0, 0, 0, 0), jitter_p=0.0, gray_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0))
 
@@ -138,7 +137,7 @@ def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, worker
     n = len(data[0]) if isinstance(data, tuple) else len(data)
     steps_per_epoch = n // cfg["batch_size"]
     if steps_per_epoch == 0:
-        sys.exit(f"error: --baseline supervised: the run's --batch-size {cfg['batch_size']} is larger than the {n} "
+        raise plumbing.RunError(f"--baseline supervised: the run's --batch-size {cfg['batch_size']} is larger than the {n} "
                  f"labelled training images")
     total = cfg["epochs"] * steps_per_epoch
     max_steps = min(cfg["max_steps"], total) if cfg["max_steps"] else total
@@ -166,27 +165,27 @@ def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, worker
     return backbone, step
 
 
-if __name__ == "__main__":
+def main():
     args = P.parse_args()
     for k, v in PROTOCOLS[args.protocol].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.lr is None:
         args.lr = 0.1 * args.batch_size / 256
-    err = plumbing.range_error(vars(args), RANGES)
+    err = plumbing.range_error(vars(args), P.valid)  # after the protocol's defaults are filled in
     if err:
-        sys.exit(f"error: {err}")
+        raise plumbing.RunError(f"{err}")
 
     # --- DDP / device
     if "RANK" in os.environ and (args.protocol != "augmented" or args.baseline == "supervised"):
-        sys.exit("error: torchrun is for --protocol augmented (and not with --baseline supervised); the others run "
+        raise plumbing.RunError("torchrun is for --protocol augmented (and not with --baseline supervised); the others run "
                  "in one process")
     ddp, ddp_rank, _, ddp_world_size, device = plumbing.init_distributed(args.device, args.ddp_timeout)
     master_process = ddp_rank == 0
     device_type = "cuda" if "cuda" in device else "cpu"
     torch.manual_seed(args.seed)
     if args.batch_size % ddp_world_size:
-        sys.exit(f"error: --batch-size {args.batch_size} must divide evenly over {ddp_world_size} DDP ranks")
+        raise plumbing.RunError(f"--batch-size {args.batch_size} must divide evenly over {ddp_world_size} DDP ranks")
 
     # --- checkpoint and data
     cfg = None
@@ -195,14 +194,14 @@ if __name__ == "__main__":
         cfg = ckpt["config"]
         bad = plumbing.nonfinite(ckpt["online"])
         if bad and args.baseline == "none":
-            sys.exit(f"error: --ckpt {args.ckpt} holds nan/inf weights ({bad}): a diverged run, nothing to evaluate")
+            raise plumbing.RunError(f"--ckpt {args.ckpt} holds nan/inf weights ({bad}): a diverged run, nothing to evaluate")
     elif args.baseline != "pixels":
-        sys.exit("error: --ckpt is needed (only --baseline pixels runs without one)")
+        raise plumbing.RunError("--ckpt is needed (only --baseline pixels runs without one)")
     elif args.dataset is None:
-        sys.exit("error: --baseline pixels needs --dataset")
+        raise plumbing.RunError("--baseline pixels needs --dataset")
     dataset = args.dataset or cfg["dataset"]
     if args.baseline == "supervised" and dataset != cfg["dataset"]:
-        sys.exit(f"error: --baseline supervised trains on the run's own --dataset ({cfg['dataset']}), not {dataset}")
+        raise plumbing.RunError(f"--baseline supervised trains on the run's own --dataset ({cfg['dataset']}), not {dataset}")
     out = args.out or os.path.join(os.path.dirname(args.ckpt) if args.ckpt else "out",
                                    f"eval_{args.protocol}_{args.baseline}_{dataset}.json")
     if master_process:  # the result file must be writable before minutes of work, not after
@@ -213,14 +212,14 @@ if __name__ == "__main__":
             if not existed:  # a real write test, leaving nothing behind if the evaluation fails later
                 os.remove(out)
         except OSError as e:
-            sys.exit(f"error: --out {out} cannot be written ({e.strerror or e})")
+            raise plumbing.RunError(f"--out {out} cannot be written ({e.strerror or e})")
     data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
     fake_size = cfg["fake_size"] if cfg else 1024
     size = args.img_size or (cfg["img_size"] if cfg else 0)  # train.py's crop size; 0 = the dataset's default
     mean, std = T.normalisation(dataset, device)
     split = args.split or (cfg.get("split", "test") if cfg else "test")
     if split == "val" and not T.DATASETS[dataset].val:
-        sys.exit(f"error: {plumbing.split_val_error()}")
+        raise plumbing.RunError(f"{plumbing.split_val_error()}")
     splits = [T.load_split(dataset, data_dir, role, split, fake_size) for role in ("train", "eval")]
     if not T.DATASETS[dataset].streamed:
         splits = [(x.to(device), y.to(device)) for x, y in splits]
@@ -240,7 +239,7 @@ if __name__ == "__main__":
             try:
                 model.load_state_dict(ckpt["online"])
             except RuntimeError:  # e.g. --dataset with another number of channels than the checkpoint was trained on
-                sys.exit(f"error: --ckpt {args.ckpt} was trained on --dataset {cfg['dataset']} and does not fit "
+                raise plumbing.RunError(f"--ckpt {args.ckpt} was trained on --dataset {cfg['dataset']} and does not fit "
                          f"--dataset {dataset} ({in_chans}-channel images)")
         if args.baseline == "supervised":
             model.backbone, res["supervised_steps"] = train_supervised(model, splits[0], cfg, size, mean, std, device,
@@ -304,7 +303,7 @@ if __name__ == "__main__":
         n = len(train_data[0]) if isinstance(train_data, tuple) else len(train_data)
         steps_per_epoch = n // args.batch_size
         if steps_per_epoch == 0:
-            sys.exit(f"error: --batch-size {args.batch_size} is larger than the {n} training images")
+            raise plumbing.RunError(f"--batch-size {args.batch_size} is larger than the {n} training images")
         step, total = 0, args.epochs * steps_per_epoch
         pbar = tqdm(total=total, desc="linear probe (augmented)", disable=not master_process, dynamic_ncols=True,
                     file=sys.stdout)
@@ -333,7 +332,7 @@ if __name__ == "__main__":
     after = backbone.state_dict()
     unchanged = all(torch.equal(before[k], after[k]) for k in before)
     if not unchanged:
-        sys.exit("error: the backbone changed during evaluation (it must stay frozen)")
+        raise plumbing.RunError("the backbone changed during evaluation (it must stay frozen)")
     if master_process:
         res["top1"] = topk(logits, test_y, 1)  # the final epoch
         if args.protocol == "paper":  # the authors' number: the best test epoch (optimistic), and which one
@@ -355,3 +354,10 @@ if __name__ == "__main__":
             json.dump(res, fh, indent=1)
     if ddp:  # past gloo's random abort at interpreter exit (plumbing.end_distributed)
         plumbing.end_distributed()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except plumbing.RunError as e:  # a bad flag, path or file: one line on stderr, no traceback
+        sys.exit(f"error: {e}")

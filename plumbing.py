@@ -36,6 +36,11 @@ from tqdm import tqdm
 # bad flags: one line; each flag's range, the predictors it applies to and whether a --resume may change it
 
 
+class RunError(Exception):
+    """A bad flag, path or file, or a run that cannot go on (diverged, stopped): the one line a user sees. The
+    functions here raise it; only a script's __main__ turns it into the exit ("error: " + the line, status 1)."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a malformed flag reported in one line (no usage block) like every other bad input, and three
     facts a flag can declare where it is declared: valid=(test, "what it must be") (range_error checks it; a float
@@ -57,7 +62,7 @@ class ArgumentParser(argparse.ArgumentParser):
         return action
 
     def error(self, message):
-        sys.exit(f"error: {message}")
+        raise RunError(message)
 
 
 GE0, GE1, GE2 = (lambda v: v >= 0, ">= 0"), (lambda v: v >= 1, ">= 1"), (lambda v: v >= 2, ">= 2")  # valid= ranges
@@ -182,14 +187,14 @@ def load_dataset(name, data_dir, split, fake_size=1024):
                             shutil.copyfileobj(src, dst)
                     except (OSError, EOFError, zlib.error) as e:
                         os.remove(tmp)
-                        sys.exit(f"error: --dataset fashion-mnist: {gz} is not a complete gzip file ({e})")
+                        raise RunError(f"--dataset fashion-mnist: {gz} is not a complete gzip file ({e})")
                     os.replace(tmp, os.path.join(raw, f))
             ds = tv.FashionMNIST(data_dir, train=train, download=not os.path.isdir(raw))
             return ds.data[:, None].contiguous(), ds.targets.long()
     except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, AssertionError) as e:  # (torchvision
         # checks the MNIST file format with assert)
         layout = DATASETS[name].files.format(d=data_dir)
-        sys.exit(f"error: --dataset {name}: no usable data under --data-dir {data_dir!r} ({e}). Expected: {layout}")
+        raise RunError(f"--dataset {name}: no usable data under --data-dir {data_dir!r} ({e}). Expected: {layout}")
     raise ValueError(name)
 
 
@@ -211,7 +216,7 @@ def image_batches(loader):
     try:
         yield from loader
     except BadImage as e:  # from a worker it comes wrapped in the worker's traceback, whose last line is ours
-        sys.exit(f"error: --data-dir: {str(e).strip().splitlines()[-1].split('BadImage: ', 1)[-1]}")
+        raise RunError(f"--data-dir: {str(e).strip().splitlines()[-1].split('BadImage: ', 1)[-1]}")
 
 
 class TwoCrops:
@@ -289,7 +294,7 @@ def init_distributed(device, timeout=600):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda: no CUDA device is available here (use --device cpu or auto)")
+        raise RunError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
     if int(os.environ.get("RANK", -1)) == -1:  # a plain `python` launch
         return False, 0, 0, 1, device
     rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -422,21 +427,21 @@ def save_checkpoint(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         why = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed: disk full?"
-        sys.exit(f"error: cannot write the checkpoint {path} ({why}); the previous one is intact")
+        raise RunError(f"cannot write the checkpoint {path} ({why}); the previous one is intact")
 
 
 def load_checkpoint(path, flag):
     """A train.py checkpoint, or one line naming the flag and the path when it is missing, unreadable (truncated,
     corrupt, empty) or not one of ours."""
     if not os.path.isfile(path):
-        sys.exit(f"error: {flag}: no checkpoint at {path}")
+        raise RunError(f"{flag}: no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for a damaged file (zip, pickle, EOF, unicode, ...)
-        sys.exit(f"error: {flag}: {path} is not a readable checkpoint: truncated, corrupt or not a torch.save file "
+        raise RunError(f"{flag}: {path} is not a readable checkpoint: truncated, corrupt or not a torch.save file "
                  f"({type(e).__name__})")
     if not isinstance(ckpt, dict) or not {"online", "config", "step"} <= set(ckpt):
-        sys.exit(f"error: {flag}: {path} is not a train.py checkpoint (no online / config / step)")
+        raise RunError(f"{flag}: {path} is not a train.py checkpoint (no online / config / step)")
     return ckpt
 
 
@@ -503,7 +508,7 @@ def refuse_busy_out_dir(out_dir):
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        sys.exit(f"error: another run is writing --out-dir {out_dir} (it holds {lock.name})")
+        raise RunError(f"another run is writing --out-dir {out_dir} (it holds {lock.name})")
     return lock
 
 
@@ -519,7 +524,7 @@ class RunLog:
             try:
                 import wandb
             except ImportError:
-                sys.exit("error: --wandb-project needs the wandb package: pip install wandb")
+                raise RunError("--wandb-project needs the wandb package: pip install wandb")
             wandb.init(project=wandb_project, name=wandb_run_name or None, config=config)
             self.wandb = wandb
         path = os.path.join(out_dir, "log.jsonl")
@@ -566,7 +571,7 @@ class DivergenceGuard:
 
     def stop(self, what):
         self.on_stop()
-        sys.exit(f"error: training diverged: {what} (--lr {self.lr}); last good checkpoint: {self.last_ckpt}")
+        raise RunError(f"training diverged: {what} (--lr {self.lr}); last good checkpoint: {self.last_ckpt}")
 
     def stop_if_diverged(self, sync_ranks=False):
         """sync_ranks: stop on the worst of the DDP ranks (a collective: every rank must call it at the same steps)."""

@@ -31,8 +31,8 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from directpred import DirectPred, PartitionedPredictor, full_fp32
-from plumbing import (DATASETS, GE0, GE1, GE2, GT0, UNIT, ArgumentParser, CollapseWatch, DivergenceGuard, RunLog,
-                      TwoCrops, bf16_if_faster, decide_bf16, end_distributed, extract_features, image_batches,
+from plumbing import (DATASETS, GE0, GE1, GE2, GT0, UNIT, ArgumentParser, CollapseWatch, DivergenceGuard, RunError,
+                      RunLog, TwoCrops, bf16_if_faster, decide_bf16, end_distributed, extract_features, image_batches,
                       init_distributed, load_checkpoint, load_dataset, out_dir_error, range_error, refuse_busy_out_dir,
                       restore_rng, resume_error, rng_state, save_checkpoint, seed_all, speed_paths, split_val_error,
                       stop_after_the_step_on_signal, torchrun_world_size)
@@ -803,13 +803,16 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
 
 
 # -----------------------------------------------------------------------------
-if __name__ == "__main__":
+# the run: DDP / device, data, model, optimizer, resume, compile, the training loop
+
+
+def main():
     cfg = parse_config()  # the config dict: key == flag name with '_' for '-'
     P = get_parser()
     defaults = vars(P.parse_args([]))
     err = config_error(cfg, P) or out_dir_error(cfg["out_dir"], cfg["resume"])
     if err:  # every bad flag (for torchrun's number of ranks), an out-dir that cannot take the run: one line, first
-        sys.exit(f"error: {err}")
+        raise RunError(err)
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
 
     # --- DDP / device
@@ -835,7 +838,7 @@ if __name__ == "__main__":
         size = cfg["img_size"] or images.shape[-1]
     steps_per_epoch = n_train // cfg["batch_size"]
     if steps_per_epoch == 0:
-        sys.exit(f"error: --batch-size {cfg['batch_size']} is larger than the {n_train} training images")
+        raise RunError(f"--batch-size {cfg['batch_size']} is larger than the {n_train} training images")
     total_steps = cfg["epochs"] * steps_per_epoch
     max_steps = min(cfg["max_steps"], total_steps) if cfg["max_steps"] > 0 else total_steps
 
@@ -869,7 +872,7 @@ if __name__ == "__main__":
         ckpt = load_checkpoint(ckpt_path, "--resume")
         err = resume_error(ckpt, cfg, defaults, P.free, n_train, ckpt_path)
         if err:  # the same run, or one line naming the flag that differs
-            sys.exit(f"error: {err}")
+            raise RunError(err)
         online.load_state_dict(ckpt["online"])
         if target is not None:
             target.load_state_dict(ckpt["target"])
@@ -930,9 +933,9 @@ if __name__ == "__main__":
 
     # --- training loop
     os.makedirs(cfg["out_dir"], exist_ok=True)
-    log = None  # rank 0's log.jsonl (and W&B with --wandb-project)
+    log = lock = None  # rank 0's log.jsonl (and W&B with --wandb-project), the out_dir's lock
     if master_process:
-        lock = refuse_busy_out_dir(cfg["out_dir"])  # one run per out_dir, until this process ends
+        lock = refuse_busy_out_dir(cfg["out_dir"])  # one run per out_dir, held until it is closed or the process ends
         log = RunLog(cfg["out_dir"], cfg["resume"], step, cfg["wandb_project"], cfg["wandb_run_name"], cfg)
     stop = stop_after_the_step_on_signal()  # Ctrl-C / SIGTERM: checkpoint after this step, then stop
     gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
@@ -1002,7 +1005,7 @@ if __name__ == "__main__":
                     checkpoint(os.path.join(cfg["out_dir"], f"ckpt_rank{ddp_rank}.pt"))
             if stop:  # each rank stops at its own next step; torchrun ends any rank still waiting on the others
                 pbar.close()
-                sys.exit(f"error: stopped by {signal.Signals(stop[0]).name} at step {step}"
+                raise RunError(f"stopped by {signal.Signals(stop[0]).name} at step {step}"
                          + (f"; checkpoint {ckpt_path}: continue with the same flags plus --resume" if master_process else ""))
             if step >= max_steps:
                 break
@@ -1014,5 +1017,13 @@ if __name__ == "__main__":
                   f"({100 * (rec['knn_top1'] - knn_init):+.2f}) after {step} steps")
     if log is not None:
         log.close()  # (and W&B's run)
+        lock.close()
     if ddp:  # leave the process group and exit 0, past gloo's random abort at interpreter exit
         end_distributed()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RunError as e:  # a bad flag, path or file, a diverged or stopped run: one line on stderr, no traceback
+        sys.exit(f"error: {e}")

@@ -38,6 +38,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+from plumbing import DATASETS, ArgumentParser, RunError, fmnist_missing
+from train import VAL_SIZE, looks_collapsed, parse_config
+
 HERE = os.path.dirname(os.path.abspath(__file__))  # paper/
 ROOT = os.path.dirname(HERE)  # the repository: train.py, eval_linear.py, bench.py
 
@@ -492,7 +495,6 @@ PAPER_LR_WD = 82_100 * 0.03 * 4e-4  # the paper's STL-10 run: steps x lr x wd (1
 
 def collapsed(res):
     """Whether one run ended collapsed (the thresholds of train.py's collapse warning, at its last log line)."""
-    from train import looks_collapsed  # only here: it imports torch
     return looks_collapsed(res["final_erank"], res["final_z_std"])
 
 
@@ -666,8 +668,7 @@ def figures(scale, results):
 
 # -----------------------------------------------------------------------------
 def get_parser():
-    P = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    P.error = lambda message: sys.exit(f"error: {message}")  # one line, like train.py
+    P = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     P.add_argument("--scale", default="laptop", choices=list(SCALES), help="laptop: Fashion-MNIST on a CPU; paper: "
                    "the paper's data and models (GPUs)")
     P.add_argument("--rows", default="all", help="comma-separated row ids or groups (" + ", ".join(GROUPS) + "), or all")
@@ -714,14 +715,14 @@ def parse(argv=None):
     args.results = args.results or os.path.relpath(os.path.join(HERE, "results", args.scale))
     args.base = args.base if args.base is not None else SCALES[args.scale]["base"]
     if args.jobs != "auto" and not (args.jobs.isdigit() and int(args.jobs) >= 1):
-        sys.exit(f"error: --jobs must be auto or an integer >= 1, got {args.jobs!r}")
+        raise RunError(f"--jobs must be auto or an integer >= 1, got {args.jobs!r}")
     args.gpus = visible_gpus(args.gpus)
     args.launcher = args.launcher or f"torchrun --standalone --nproc_per_node={max(1, len(args.gpus))}"
     ids = []
     for name in args.rows.split(","):
         name = name.strip()
         if name not in ROW_IDS and name not in GROUPS and name != "all":
-            sys.exit(f"error: --rows: unknown row or group {name!r} (groups: {', '.join(GROUPS)}; ids: "
+            raise RunError(f"--rows: unknown row or group {name!r} (groups: {', '.join(GROUPS)}; ids: "
                      f"python -m paper.reproduce --dry-run)")
         ids += ROW_IDS if name == "all" else GROUPS.get(name, [name])
     seeds = None
@@ -729,9 +730,9 @@ def parse(argv=None):
         try:
             seeds = sorted({int(s) for s in args.seeds.split(",")})
         except ValueError:
-            sys.exit(f"error: --seeds must be comma-separated integers >= 0, e.g. 0,1,2; got {args.seeds!r}")
+            raise RunError(f"--seeds must be comma-separated integers >= 0, e.g. 0,1,2; got {args.seeds!r}")
         if not seeds or min(seeds) < 0:
-            sys.exit(f"error: --seeds must be comma-separated integers >= 0, e.g. 0,1,2; got {args.seeds!r}")
+            raise RunError(f"--seeds must be comma-separated integers >= 0, e.g. 0,1,2; got {args.seeds!r}")
     work = []
     for rid in dict.fromkeys(ids):
         src = runs_row(row(rid), args.scale)
@@ -755,7 +756,7 @@ def measure_jobs(base, cores, steps=6):
                  for _ in range(jobs)]
         if any(p.stdout.readline().strip() != "ready" for p in procs):
             err = next(p.communicate()[1].strip().splitlines()[-1:] for p in procs if p.poll() is not None)
-            sys.exit(f"error: --jobs auto: the timing run failed ({err[0] if err else 'no output'}); give --jobs N")
+            raise RunError(f"--jobs auto: the timing run failed ({err[0] if err else 'no output'}); give --jobs N")
         for p in procs:  # all warm: start the timed steps together
             p.stdin.write("\n")
             p.stdin.flush()
@@ -770,20 +771,19 @@ def visible_gpus(spec):
     if spec == "none":
         return []
     if spec == "auto":
-        import torch  # only here: the rest of the suite runner does not need it
+        import torch
         n = torch.cuda.device_count()
         named = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
         return named[:n] if named else [str(i) for i in range(n)]
     gpus = [g.strip() for g in spec.split(",")]
     if not all(gpus) or len(set(gpus)) != len(gpus):
-        sys.exit(f"error: --gpus must be auto, none or distinct GPU names like 0,1,2; got {spec!r}")
+        raise RunError(f"--gpus must be auto, none or distinct GPU names like 0,1,2; got {spec!r}")
     return gpus
 
 
 def missing_data(datasets, data_dir):
     """The datasets of the suite whose files are not under --data-dir (Fashion-MNIST: nor in the Debian package's
     folder), as train.py's loaders would look for them (plumbing.DATASETS)."""
-    from plumbing import DATASETS, fmnist_missing  # only here: it imports torch
     return [d for d in sorted(datasets) if DATASETS[d].folder and (fmnist_missing(data_dir) if d == "fashion-mnist"
                                                                    else not os.path.isdir(os.path.join(data_dir, DATASETS[d].folder)))]
 
@@ -798,7 +798,6 @@ def fetch(dataset, data_dir):
 
 def data_error(datasets, data_dir):
     """The first missing dataset as one line: where it was looked for and how to get it; or None."""
-    from plumbing import DATASETS  # only here: it imports torch
     for d in missing_data(datasets, data_dir):
         where = os.path.join(data_dir, DATASETS[d].folder)
         if DATASETS[d].streamed:
@@ -812,15 +811,12 @@ def data_error(datasets, data_dir):
 
 def run_config(cmd):
     """train.py's config of one train command (train.parse_config: the command's flags, a --preset's included)."""
-    from train import parse_config  # only here: it imports torch
     return parse_config(cmd[[i for i, t in enumerate(cmd) if t.endswith("train.py")][0] + 1:])
 
 
 def run_images(cmd):
     """How many training images one train.py command processes: epochs x whole batches of its pretraining set (the
     dataset's images, less the held-out ones with --split val), or --max-steps batches."""
-    from plumbing import DATASETS  # only here: it imports torch
-    from train import VAL_SIZE
     cfg = run_config(cmd)
     n = DATASETS[cfg["dataset"]].n_train or cfg["fake_size"]  # (an image folder's size is known once it is read)
     n -= min(VAL_SIZE, n // 6) if cfg["split"] == "val" else 0
@@ -828,16 +824,16 @@ def run_images(cmd):
     return cfg["batch_size"] * (min(steps, cfg["max_steps"]) if cfg["max_steps"] else steps)
 
 
-if __name__ == "__main__":
+def main():
     args, work = parse()
     if args.report:
         if not load_results(args.results)[0]:
-            sys.exit(f"error: --results {args.results}: no result files there (run the suite first)")
+            raise RunError(f"--results {args.results}: no result files there (run the suite first)")
         print(table_markdown(args.scale, args.results))
         write_tables(args.scale, args.results)
         for p in figures(args.scale, args.results):
             print(f"wrote {p}")
-        sys.exit(0)
+        return
     seeds = sorted({s for _, s in work})
     base_cmds = {} if args.baselines == "none" or ("pred-direct", seeds[0]) not in work else \
         {k: v for k, v in baseline_commands(args, seeds).items() if args.baselines == "all" or k.startswith("random")}
@@ -886,7 +882,7 @@ if __name__ == "__main__":
             imagenet = sum(gpu_hours(commands(row(rid), args, s)[0]) for rid, s in work if row(rid).get("imagenet"))
             print(f"# training, all rows: {total:.0f} GPU-hours ({100 * imagenet / max(total, 1e-9):.0f}% ImageNet)")
         print(f"# {plan}")
-        sys.exit(0)
+        return
     datasets = {run_config(commands(row(rid), args, s)[0])["dataset"] for rid, s in todo}
     if args.download:
         for d in missing_data(datasets, args.data_dir):
@@ -896,7 +892,7 @@ if __name__ == "__main__":
             fetch(d, args.data_dir)
     err = data_error(datasets, args.data_dir)
     if err:
-        sys.exit(f"error: {err}")
+        raise RunError(err)
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // args.jobs)))
     t0 = time.time()
     print(f"{plan}; results in {args.results}", flush=True)
@@ -926,7 +922,7 @@ if __name__ == "__main__":
                     print(f"[{time.time() - t0:7.0f} s] {fut.result()}", flush=True)
                 except RuntimeError as e:  # one run failed: start nothing more, let the running ones finish
                     pool.shutdown(cancel_futures=True)
-                    sys.exit(f"error: {e}")
+                    raise RunError(f"{e}")
     if not args.demo:  # (the demo's three lines say what it shows)
         print(table_markdown(args.scale, args.results))
     write_tables(args.scale, args.results)
@@ -940,3 +936,10 @@ if __name__ == "__main__":
         lead_figure(runs, DEMO_ROWS, args.results, "demo.png", "reproduce.py --demo: the laptop protocol, seed 0, "
                     "side by side")  # (it prints the path)
     print(f"done in {time.time() - t0:.0f} s; table in {os.path.join(args.results, 'table.md')} (figures: --report)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RunError as e:  # a bad flag, path or file: one line on stderr, no traceback
+        sys.exit(f"error: {e}")

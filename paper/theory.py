@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from directpred import DirectPred
-from plumbing import ArgumentParser, range_error
+from plumbing import ArgumentParser, RunError, range_error
 from train import cosine_loss, diagnostics, effective_rank, l2_loss
 
 # -----------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        sys.exit("error: figures need matplotlib: pip install matplotlib")
+        raise RunError("figures need matplotlib: pip install matplotlib")
     return plt
 
 
@@ -512,9 +512,9 @@ def plot_log(path, out=None, title=None):
     try:
         recs = [r for r in (json.loads(line) for line in open(path)) if "F_eig" in r]
     except (OSError, json.JSONDecodeError) as e:
-        sys.exit(f"error: plot: cannot read {path} as a log.jsonl ({e})")
+        raise RunError(f"plot: cannot read {path} as a log.jsonl ({e})")
     if not recs:
-        sys.exit(f"error: plot: {path} has no record with the Fig. 2 diagnostics (F_eig)")
+        raise RunError(f"plot: {path} has no record with the Fig. 2 diagnostics (F_eig)")
     step = [r["step"] for r in recs]
     fig, axes = plt.subplots(1, 6, figsize=(26, 3.8))
     axes[0].plot(step, np.clip(np.array([r["F_eig"] for r in recs]), 1e-12, None), lw=0.7)
@@ -546,17 +546,17 @@ def plot_log(path, out=None, title=None):
 FIGURES = {"fig3": fig3, "fig4": fig4, "fig5": fig5, "thm2": thm2, "thm3": thm3, "l2-vs-cosine": l2_vs_cosine}
 
 # -----------------------------------------------------------------------------
-if __name__ == "__main__":
+def main():
     torch.set_num_threads(1)  # matrices of 20 x 10: extra threads only add synchronisation (and fight other jobs)
     cfg = vars(get_parser().parse_args())
     err = config_error(cfg)
     if err:
-        sys.exit(f"error: {err}")
+        raise RunError(f"{err}")
     if cfg["what"] == "plot":
         if not cfg["log"]:
-            sys.exit("error: plot needs a log.jsonl: python -m paper.theory plot out/run/log.jsonl")
+            raise RunError("plot needs a log.jsonl: python -m paper.theory plot out/run/log.jsonl")
         plot_log(cfg["log"])
-        sys.exit(0)
+        return
     pyplot()  # fail on a missing matplotlib before any work
     try:
         if cfg["what"] == "simulate":
@@ -573,4 +573,11 @@ if __name__ == "__main__":
                 if cfg["what"] in (name, "all"):
                     fn(cfg["out_dir"])
     except Diverged as e:
+        raise RunError(f"{e}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RunError as e:  # a bad flag, path or file: one line on stderr, no traceback
         sys.exit(f"error: {e}")
