@@ -203,11 +203,19 @@ def step_img_s(flags, dev, steps, wait=False):
     return cfg["batch_size"] * steps / (time.perf_counter() - t)
 
 
-def matmul_gflops(dev, n=2048, reps=8):
-    """This device's fp32 matmul rate in GFLOP/s (the best of `reps` n x n products, after a warm-up): the roof that
-    a step's convolutions and matmuls are held against."""
-    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
-    return 2 * n ** 3 / median_ms(lambda: a @ b, dev, n=reps + 1) / 1e6
+def matmul_gflops(dev, sizes=(1024, 2048, 3072), reps=5):
+    """This device's fp32 matmul rate in GFLOP/s: the fastest of `reps` n x n products at each size, the best size
+    (after a warm-up). The roof that a step's convolutions and matmuls are held against."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+        for i in range(reps + 1):
+            sync(dev)
+            t = time.perf_counter()
+            a @ b
+            sync(dev)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9 if i else 0.0)
+    return best
 
 
 def roofline(flags, dev, steps):
