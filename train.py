@@ -96,7 +96,8 @@ def get_parser():
     a("--center", type=int, default=0, choices=[0, 1], needs=("direct", "directcopy"), help="DirectPred: center F "
       "(subtract mean outer product)")
     a("--partitions", type=int, default=1, valid=GE1, needs=("direct",), help="DirectPred: feature-dependent Wp "
-      "(Sec. 5): n random projections split the batch at their mean, one F_hat per side (the authors' code); 1 = one Wp")
+      "(Sec. 5): n random projections split the batch at their mean, one F_hat per side (the authors' code); "
+      "1 = one Wp")
     # target and loss
     a("--ema", type=float, default=0.996, valid=UNIT, help="target EMA momentum tau; 0 = SimSiam (target = online, "
       "stop-grad)")
@@ -298,7 +299,8 @@ def aug_of(cfg):
     """The run's augmentation: --aug's preset (auto: the dataset's), its colour ranges scaled by --jitter s (SimCLR's
     colour strength; s = 0 skips the op and its random draws)."""
     aug = AUG[DATASETS[cfg["dataset"]].aug if cfg["aug"] == "auto" else cfg["aug"]]
-    return dict(aug, jitter=tuple(cfg["jitter"] * t for t in aug["jitter"]), jitter_p=aug["jitter_p"] * (cfg["jitter"] > 0))
+    return dict(aug, jitter=tuple(cfg["jitter"] * t for t in aug["jitter"]),
+                jitter_p=aug["jitter_p"] * (cfg["jitter"] > 0))
 
 
 def normalisation(dataset, device):
@@ -948,7 +950,7 @@ def main():
         knn_init = knn_monitor()
     log_step = lambda k: k % cfg["log_every"] == 0 or k <= cfg["log_early"] and k % 10 == 0 or k == max_steps
     t0, step0, t_eval, rec = time.time(), step, 0.0, {}
-    collapse = CollapseWatch(looks_collapsed)  # a warning when the diagnostics look collapsed for a few log lines in a row
+    collapse = CollapseWatch(looks_collapsed)  # a warning when the diagnostics look collapsed a few log lines running
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
         for x, _ in epoch_batches(train_data, cfg["batch_size"], epoch, cfg["seed"], ddp_rank, ddp_world_size, device,
