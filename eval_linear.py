@@ -6,6 +6,7 @@ Linear probe and kNN of a train.py checkpoint: the online backbone, frozen, in e
     python eval_linear.py --ckpt out/ckpt.pt --protocol augmented   # SimSiam's ImageNet protocol (crop + flip, LARS)
     torchrun --standalone --nproc_per_node=8 eval_linear.py --ckpt out/ckpt.pt --protocol augmented   # ImageNet
     python eval_linear.py --ckpt out/ckpt.pt --baseline random      # the same network at random initialisation
+    python eval_linear.py --ckpt out/ckpt.pt --baseline random-bn   # ... with its BN statistics re-estimated
     python eval_linear.py --ckpt out/ckpt.pt --baseline supervised  # the same network trained with labels
     python eval_linear.py --dataset fashion-mnist --baseline pixels # the same probe on raw pixels
 
@@ -21,6 +22,10 @@ Linear probe and kNN of a train.py checkpoint: the online backbone, frozen, in e
   Under torchrun every rank extracts its shard of the features and trains on its shard of each batch.
 Every protocol also reports weighted kNN top-1 (k=200, t=0.1). One line starts with RESULT; the same numbers go
 to a JSON file. The backbone is checked to be bitwise unchanged at the end.
+--baseline random-bn: the network at random init, its BN running statistics re-estimated on the pretraining images
+  (train mode, no gradient, one pass without augmentation, each batch's statistics averaged): the network as it
+  is at step 0 of training, where BN normalises with batch statistics. --baseline random keeps the init's running
+  statistics (mean 0, var 1), which no trained network has.
 --baseline supervised: the checkpoint's network from its random init, trained end to end with labels (cross-entropy
   through a linear head) with the run's own augmentations, optimizer, lr schedule, batch and number of steps; then
   probed like the others. A ceiling for what the same network, data and budget can reach. One process.
@@ -51,8 +56,9 @@ P.add_argument("--ckpt", default="", help="train.py checkpoint (out_dir/ckpt.pt)
 P.add_argument("--protocol", default="fast", choices=["fast", "paper", "augmented"],
                help="fast: cached features, final epoch; paper: the authors' (batch 128, best test epoch, "
                     "optimistic); augmented: SimSiam's ImageNet protocol")
-P.add_argument("--baseline", default="none", choices=["none", "random", "pixels", "supervised"],
-               help="random = the checkpoint's network at random init; pixels = raw pixels (no network); "
+P.add_argument("--baseline", default="none", choices=["none", "random", "random-bn", "pixels", "supervised"],
+               help="random = the checkpoint's network at random init; random-bn = the same with its BN statistics "
+                    "re-estimated on the training images; pixels = raw pixels (no network); "
                     "supervised = the checkpoint's network trained with labels (same augmentations and budget)")
 P.add_argument("--dataset", default=None, choices=list(T.DATASETS), help="default: the checkpoint's")
 P.add_argument("--data-dir", default=None, help="default: the checkpoint's")
@@ -77,7 +83,7 @@ P.add_argument("--knn-t", type=float, default=0.1, valid=plumbing.GT0,
                help="kNN: temperature of the votes' weights exp(sim / t)")
 P.add_argument("--workers", type=int, default=8, valid=plumbing.GE0, help="DataLoader workers (streamed sets only)")
 P.add_argument("--seed", type=int, default=0, valid=plumbing.GE0, help="seeds the head's init and batch order (and "
-               "--baseline random's and supervised's network: the seed of the train.py run gives its very init)")
+               "--baseline random(-bn)'s and supervised's network: the seed of the train.py run gives its very init)")
 P.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
 P.add_argument("--bf16", default="auto", choices=["auto", "0", "1"], help="bf16 autocast of the backbone; auto = on "
                "CUDA GPUs with native bf16, fp32 on a CPU")
@@ -117,6 +123,20 @@ def shard_features(backbone, data, rank, world_size, **kw):
     if rank:
         return None
     return rows[:n, :-1], rows[:n, -1].long()
+
+
+def reestimate_bn(backbone, data, **kw):
+    """--baseline random-bn: replace the BN running statistics by those of the training images, one pass in train
+    mode without gradient (momentum None: the running statistics become the plain average of every batch's mean and
+    unbiased variance). kw: plumbing.extract_features' (mean, std, device, ctx, size, fmt, ...)."""
+    bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momentum = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    plumbing.extract_features(backbone, data, bn_pass=True, **kw)
+    for m, mom in zip(bns, momentum):
+        m.momentum = mom
 
 
 def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, workers):
@@ -241,6 +261,10 @@ def main():
             except RuntimeError:  # e.g. --dataset with another number of channels than the checkpoint was trained on
                 raise plumbing.RunError(f"--ckpt {args.ckpt} was trained on --dataset {cfg['dataset']} and does not fit "
                          f"--dataset {dataset} ({in_chans}-channel images)")
+        if args.baseline == "random-bn":  # every rank passes the whole split: the same statistics on each
+            reestimate_bn(model.backbone.to(device).to(memory_format=fmt), splits[0], mean=mean, std=std,
+                          device=device, ctx=ctx, size=size, workers=args.workers, fmt=fmt,
+                          desc="BN statistics (train)" if master_process else None)
         if args.baseline == "supervised":
             model.backbone, res["supervised_steps"] = train_supervised(model, splits[0], cfg, size, mean, std, device,
                                                                        ctx, fmt, args.workers)

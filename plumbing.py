@@ -246,15 +246,16 @@ class EvalCrop:
 
 @torch.no_grad()
 def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_size=512, workers=8, desc=None,
-                     fmt=torch.contiguous_format):
+                     fmt=torch.contiguous_format, bn_pass=False):
     """Frozen features of a labelled split, no augmentation, backbone in eval mode (BN running statistics).
     data: (x uint8 (N, C, H, W), y (N,)) or an ImageFolder (or a Subset of one). size: the training crop size;
     in-memory images are resized to it when it differs from theirs (--img-size), None = as stored (224 for an
     ImageFolder).
     desc: show a progress bar with this title. fmt: the memory format the backbone runs in.
-    Returns (features (N, D) float32, labels (N,)) on device."""
+    bn_pass: the same pass in train mode instead, keeping nothing: its only effect is on the BN running statistics
+    (eval_linear.reestimate_bn). Returns (features (N, D) float32, labels (N,)) on device (bn_pass: None)."""
     was_training = backbone.training
-    backbone.eval()
+    backbone.train(bn_pass)
     if isinstance(data, tuple):
         x, y = data
         batches = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
@@ -271,10 +272,12 @@ def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_si
             xb = nnf.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
         xb = ((xb - mean) / std).contiguous(memory_format=fmt)
         with ctx:
-            feats.append(backbone(xb).float())
-        labels.append(yb.to(device, non_blocking=True))
+            f = backbone(xb).float()
+        if not bn_pass:
+            feats.append(f)
+            labels.append(yb.to(device, non_blocking=True))
     backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    return None if bn_pass else (torch.cat(feats), torch.cat(labels))
 
 
 # -----------------------------------------------------------------------------

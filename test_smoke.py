@@ -1536,6 +1536,36 @@ def test_features_are_taken_at_the_training_crop_size():
         torch.testing.assert_close(f, backbone((x.float() / 255 - mean) / std))  # no size: as stored
 
 
+def test_random_bn_baseline_takes_each_bn_layers_statistics_from_the_training_images():
+    """--baseline random-bn: each BN layer's running mean / var become the average over the batches of its input's
+    per-channel mean / unbiased variance in train mode (the network as it is at step 0 of training). Reference:
+    forward hooks on a copy of the network record every BN layer's input batch by batch; the first layer's input is
+    also computed by hand (conv1 of the normalised images). The BN momentum and the train / eval mode come back."""
+    import eval_linear
+    backbone = tiny_model(tiny_cfg()).backbone.eval()
+    ref = copy.deepcopy(backbone).train()
+    x, y = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8), torch.zeros(64, dtype=torch.long)
+    mean, std = torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
+    eval_linear.reestimate_bn(backbone, (x, y), mean=mean, std=std, device="cpu",
+                              ctx=torch.autocast("cpu", enabled=False), batch_size=16)
+    bns = {n: m for n, m in ref.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    seen = {n: [] for n in bns}
+    for n, m in bns.items():
+        m.register_forward_hook(lambda m, inp, out, n=n: seen[n].append(inp[0]))
+    with torch.no_grad():
+        for i in range(0, 64, 16):
+            ref((x[i:i + 16].float() / 255 - mean) / std)
+        by_hand = [ref.conv1((x[i:i + 16].float() / 255 - mean) / std) for i in range(0, 64, 16)]
+    first = next(iter(bns))
+    torch.testing.assert_close(torch.stack(seen[first]), torch.stack(by_hand))
+    got = dict(backbone.named_modules())
+    assert len(bns) > 10 and not backbone.training
+    for n in bns:
+        torch.testing.assert_close(got[n].running_mean, torch.stack([b.mean((0, 2, 3)) for b in seen[n]]).mean(0))
+        torch.testing.assert_close(got[n].running_var, torch.stack([b.var((0, 2, 3)) for b in seen[n]]).mean(0))
+        assert got[n].num_batches_tracked == 4 and got[n].momentum == bns[n].momentum == 0.1
+
+
 def test_eval_linear_paper_protocol_reports_the_best_test_epoch(tmp_path, good_ckpt):
     """--protocol paper: batch 128, the best test epoch (the authors' optimistic number) with the final one beside
     it, both read back from the recorded curve of every epoch's test top-1; the fast protocol reports the final

@@ -23,7 +23,8 @@ result (linear and kNN top-1, wall time, final z_std and effective rank, the kNN
 under --results (default paper/results/<scale>/), meant to be committed: a run with a result file is never recomputed,
 so a suite stopped half way is continued, here or on another machine, by running the same command again (an
 unfinished run continues from its last checkpoint in WORK with --resume, where WORK survived).
-Baselines, once per scale and seed, with the same probe: the same network at random init, raw pixels, and the same
+Baselines, once per scale and seed, with the same probe: the same network at random init (as initialised, and with
+its BN statistics re-estimated on the training images: the gains are taken over that one), raw pixels, and the same
 network trained with labels for the same number of steps (eval_linear.py --baseline supervised).
 """
 import argparse
@@ -244,8 +245,8 @@ def commands(r, args, seed):
 
 
 def baseline_commands(args, seeds):
-    """{name: probe command}: the same network at random init (one per seed), raw pixels, and the supervised
-    ceiling (first seed). The network's config comes from pred-direct's checkpoint (the base recipe)."""
+    """{name: probe command}: the same network at random init (one per seed; as initialised, and with its BN
+    statistics re-estimated on the training images), raw pixels, and the supervised ceiling (first seed). The network's config comes from pred-direct's checkpoint (the base recipe)."""
     probe = shlex.split(SCALES[args.scale]["probe"])
     ev = ["python", script("eval_linear.py")]
     ckpt = lambda s: os.path.join(args.work, "pred-direct", f"s{s}", "ckpt.pt")
@@ -253,8 +254,8 @@ def baseline_commands(args, seeds):
     dataset = base[base.index("--dataset") + 1]
     data_dir = ["--data-dir", args.data_dir]
     out = lambda name: ["--out", os.path.join(args.work, "baselines", f"{name}.json")]
-    cmds = {f"random-s{s}": ev + ["--ckpt", ckpt(s), "--baseline", "random", "--seed", str(s), *probe, *out(f"random-s{s}")]
-            for s in seeds}
+    cmds = {f"{b}-s{s}": ev + ["--ckpt", ckpt(s), "--baseline", b, "--seed", str(s), *probe, *out(f"{b}-s{s}")]
+            for s in seeds for b in ("random", "random-bn")}
     split = ["--split", base[base.index("--split") + 1]] if "--split" in base else []  # (the runs' probes follow
     # their checkpoints' --split; pixels has no checkpoint)
     cmds["pixels"] = ev + ["--dataset", dataset, *data_dir, *split, "--baseline", "pixels", *probe, *out("pixels")]
@@ -388,7 +389,7 @@ def load_results(results):
 def aggregate(scale, results):
     """One dict per row: the paper's number, ours (linear, kNN) as mean / std / n, and the gain over random init."""
     runs, base = load_results(results)
-    rand = {int(k[len("random-s"):]): v for k, v in base.items() if k.startswith("random-s")}
+    rand = random_init(base)
     out = []
     for r in ROWS:
         src = runs_row(r, scale)
@@ -423,7 +424,7 @@ def table_markdown(scale, results):
             ours = fmt(r["linear"]) if "linear" in r else "not run"
             lines.append(f"| {r['table']} | {r['label']} | `{r['flags'] or '(none)'}` | {r['paper']} | {ours} |")
         return "\n".join(lines)
-    lines = ["| paper | row | flags | paper (STL-10) | linear top-1 | kNN top-1 | gain over random init (linear / kNN) "
+    lines = ["| paper | row | flags | paper (STL-10) | linear top-1 | kNN top-1 | gain over random init (linear / kNN; BN re-estimated where probed) "
              "| final rank / z_std |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "note" in r:
@@ -491,6 +492,82 @@ CLAIMS = [
          b="t1-optimal", sign=1),
 ]
 PAPER_LR_WD = 82_100 * 0.03 * 4e-4  # the paper's STL-10 run: steps x lr x wd (100 epochs of batch 128)
+# the tests of the analysis plan (paper/results/claims/PLAN.md, committed before the suite's first run): a claim's
+# paired differences over seeds, Student's t with n - 1 degrees of freedom
+ALPHA = 0.05  # one-sided, for every test
+EQ_MARGIN = 0.01  # "about equal": the equivalence margin, +-1 point of linear top-1
+
+
+def t_cdf(t, df):
+    """P(T <= t) for Student's t with an integer df >= 1: the closed forms of Abramowitz & Stegun 26.7.3 (odd df) and
+    26.7.4 (even df) for A(t | df) = P(|T| <= |t|), with theta = atan(t / sqrt(df)) carrying the sign."""
+    th = math.atan(t / math.sqrt(df))
+    c2, term, total = math.cos(th) ** 2, 1.0, 1.0  # total: the series in cos^2 theta
+    if df % 2:  # 2/pi (theta + sin cos (1 + 2/3 c2 + 2*4/(3*5) c2^2 + ...)); df = 1: 2 theta / pi
+        for k in range(1, (df - 1) // 2):
+            term *= 2 * k / (2 * k + 1) * c2
+            total += term
+        a = 2 / math.pi * (th + (math.sin(th) * math.cos(th) * total if df > 1 else 0.0))
+    else:  # sin theta (1 + 1/2 c2 + 1*3/(2*4) c2^2 + ...)
+        for k in range(1, df // 2):
+            term *= (2 * k - 1) / (2 * k) * c2
+            total += term
+        a = math.sin(th) * total
+    return 0.5 + 0.5 * a
+
+
+def t_ppf(q, df):
+    """The q-quantile of Student's t (bisection on t_cdf)."""
+    lo, hi = -1e6, 1e6
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_test(diffs):
+    """The paired t-test of differences a - b over seeds: mean, sample std, n, t, the one-sided p of a > b and of
+    a < b, the 95% interval (two-sided) and the 90% one (the equivalence test's: two one-sided tests at ALPHA)."""
+    m, s, n = mean_std(diffs)
+    se = s / math.sqrt(n)
+    t = m / se if se > 0 else math.copysign(math.inf, m) if m else 0.0
+    ci = lambda level: (m - t_ppf(1 - (1 - level) / 2, n - 1) * se, m + t_ppf(1 - (1 - level) / 2, n - 1) * se)
+    return dict(mean=m, std=s, n=n, t=t, p_above=1 - t_cdf(t, n - 1), p_below=t_cdf(t, n - 1), ci95=ci(0.95),
+                ci90=ci(0.90))
+
+
+def paper_effect(c):
+    """The paper's a - b of a contrast (a fraction, as the results), where both rows have a published number."""
+    a, b = row(c["a"])["paper"], (row(c["b"])["paper"] if c["b"] != "random" else None)
+    return (a[0][0] - b[0][0]) / 100 if isinstance(a, list) and isinstance(b, list) else None
+
+
+def judge(diffs, sign, effect=None):
+    """The plan's verdict of one contrast a - b from its paired differences. sign +1 (the claim: a above b) or -1:
+    holds (one-sided paired t-test at ALPHA); does not hold (the opposite holds, or the 95% interval excludes the
+    paper's effect); inconclusive (neither). sign 0 (about equal): holds (equivalence within +-EQ_MARGIN: the 90%
+    interval inside it); does not hold (a difference beyond the margin: the 90% interval outside it); inconclusive."""
+    if len(diffs) < 2:
+        return "inconclusive (n = 1: no seed-to-seed spread)"
+    st = paired_test(diffs)
+    lo, hi = st["ci90"]
+    if sign == 0:
+        return ("holds" if -EQ_MARGIN < lo and hi < EQ_MARGIN else "does not hold (a difference beyond the margin)"
+                if lo > EQ_MARGIN or hi < -EQ_MARGIN else "inconclusive")
+    p_claim, p_opposite = (st["p_above"], st["p_below"]) if sign > 0 else (st["p_below"], st["p_above"])
+    lo, hi = st["ci95"]
+    if p_claim < ALPHA:
+        return "holds"
+    if p_opposite < ALPHA:
+        return "does not hold (the opposite holds)"
+    if effect is not None and not lo <= effect <= hi:
+        return f"does not hold (the paper's {100 * effect:+.2f} is outside the interval)"
+    return "inconclusive"
+
+
+def learned(gains):
+    """Whether a row beats its random init: the one-sided paired t-test of its gains at ALPHA (n >= 2)."""
+    return len(gains) > 1 and paired_test(gains)["p_above"] < ALPHA
 
 
 def collapsed(res):
@@ -504,21 +581,22 @@ def lr_wd(res):
     return res["steps"] * cfg["lr"] * cfg["wd"]
 
 
-def judge(diffs, sign, a="a", b="b"):
-    """Verdict of one contrast a - b from its paired differences: it needs |mean| above their sample std."""
-    if len(diffs) < 2:
-        return "no verdict (n = 1: no seed-to-seed spread)"
-    m, s, _ = mean_std(diffs)
-    if sign == 0:
-        return "holds (within noise)" if abs(m) <= s else f"does not show ({a if m > 0 else b} above {b if m > 0 else a})"
-    return "holds" if m * sign > s else "the opposite" if -m * sign > s else "does not show (within noise)"
+def random_init(base):
+    """{seed: result} of the network at random init: BN statistics re-estimated (random-bn-s*) where probed, else the
+    untouched init (random-s*)."""
+    for prefix in ("random-bn-s", "random-s"):
+        got = {int(k[len(prefix):]): v for k, v in base.items() if k.startswith(prefix)}
+        if got:
+            return got
+    return {}
 
 
 def verdicts(scale, results):
-    """One dict per contrast of CLAIMS, with its per-seed differences (linear, kNN) and its verdict."""
+    """One dict per contrast of CLAIMS, with its per-seed differences (linear, kNN), its test and its verdict."""
     runs, base = load_results(results)
     ok = lambda rid: {s: v for s, v in runs.get(runs_row(row(rid), scale) or rid, {}).items() if "diverged" not in v}
-    rand = {int(k[len("random-s"):]): v for k, v in base.items() if k.startswith("random-s")}
+    rand = random_init(base)
+    gains = lambda res: [v["linear_top1"] - rand[s]["linear_top1"] for s, v in sorted(res.items()) if s in rand]
     wd = [lr_wd(v) for v in ok("pred-linear").values()][:1]
     out = []
     for c in CLAIMS:
@@ -533,7 +611,7 @@ def verdicts(scale, results):
                             f"z_std <= {max(v['final_z_std'] for v in a.values()):.2f}); {c['b']}: "
                             f"{sum(collapsed(v) for v in b.values())} of {len(b)}") if a else ""
             rec["verdict"] = ("not run" if not a else "holds" if k == len(a) and not any(map(collapsed, b.values()))
-                              else "does not show" if k == 0 else f"partly: {k} of {len(a)} seeds collapsed")
+                              else "does not hold" if k == 0 else f"inconclusive ({k} of {len(a)} seeds collapsed)")
         elif "align" in c:
             a = ok(c["align"])
             top = lambda cur: statistics.mean(cur["align"])
@@ -547,48 +625,75 @@ def verdicts(scale, results):
             seeds = sorted(set(a) & set(b))
             rec["linear"] = {s: a[s]["linear_top1"] - b[s]["linear_top1"] for s in seeds}
             rec["knn"] = {s: a[s]["knn_top1"] - b[s]["knn_top1"] for s in seeds}
-            rec["verdict"] = judge(list(rec["linear"].values()), c["sign"], c["a"], c["b"]) if seeds else "not run"
+            rec["verdict"] = (judge(list(rec["linear"].values()), c["sign"], paper_effect(c)) if seeds
+                              else "not run")
+            if c["b"] != "random" and seeds and not (learned(gains(a)) or learned(gains(b))):
+                g = lambda res: fmt(mean_std(gains(res)), 100, "+") if len(gains(res)) else "no random init"
+                rec["untestable"] = (f"neither row beats its random init (gains {c['a']} {g(a)}, {c['b']} {g(b)}; "
+                                     f"one-sided paired t-test at {ALPHA})")
+                rec["untestable_brief"] = f"neither row beats its random init ({g(a)}, {g(b)})"
         if c.get("wd") and wd:
             rec["untestable"] = (f"summed lr x wd {wd[0]:.3f} here vs {PAPER_LR_WD:.2f} in the paper: the "
                                  f"wd factor e^(-2 eta t) is {math.exp(-2 * wd[0]):.2f} here, "
                                  f"{math.exp(-2 * PAPER_LR_WD):.2f} there")
             rec["untestable_brief"] = f"summed lr x wd {wd[0]:.3f}, the paper's {PAPER_LR_WD:.2f}"
         if rec.get("untestable"):
-            rec["brief_verdict"] = (f"untestable at this scale: {rec.get('untestable_brief', rec['untestable'])}"
+            rec["brief_verdict"] = (f"untestable here: {rec.get('untestable_brief', rec['untestable'])}"
                                     f" (measured: {rec['verdict']})")
-            rec["verdict"] = "untestable at this scale: " + rec["untestable"] + f" (measured: {rec['verdict']})"
+            rec["verdict"] = "untestable here: " + rec["untestable"] + f" (measured: {rec['verdict']})"
         out.append(rec)
     return out
 
 
+def interval(d, k=100):
+    """mean [95% interval] (n) of paired differences {seed: a - b}; k scales (100: points of top-1)."""
+    if len(d) < 2:
+        return f"{k * next(iter(d.values())):+.2f} (n=1)" if d else ""
+    st = paired_test(list(d.values()))
+    return f"{k * st['mean']:+.2f} [{k * st['ci95'][0]:+.2f}, {k * st['ci95'][1]:+.2f}] (n={st['n']})"
+
+
 def claims_markdown(scale, results, brief=False):
-    """The verdicts as a markdown table: claim, contrast, per-seed paired differences, mean ± std, verdict.
-    brief (the README's): claim, the linear probe's mean ± std (or the collapse count), the verdict in short."""
+    """The verdicts as a markdown table: claim, contrast, per-seed paired differences, mean ± std, the 95% interval
+    and one-sided p of the paired t-test, verdict. brief (the README's): claim, the linear probe's mean [95% interval]
+    (or the collapse count), the verdict in short."""
     recs = verdicts(scale, results)
     diffs = lambda d: ", ".join(f"{100 * v:+.2f}" for _, v in sorted(d.items()))
     ms = lambda d, k=100: fmt(mean_std(list(d.values())), k, "+") if d else ""
+
+    def p_value(r):  # the one-sided p in the claim's direction (about equal: the larger of the two one-sided p's)
+        if len(r["linear"]) < 2:
+            return ""
+        st = paired_test(list(r["linear"].values()))
+        if r["sign"]:
+            return f"{st['p_above'] if r['sign'] > 0 else st['p_below']:.3f}"
+        se = st["std"] / math.sqrt(st["n"])
+        dof = st["n"] - 1
+        return f"{max(1 - t_cdf((st['mean'] + EQ_MARGIN) / se, dof), t_cdf((st['mean'] - EQ_MARGIN) / se, dof)):.3f}"
+
     if brief:
-        lines = ["| claim | the paper | linear top-1, paired difference (mean ± std) | verdict |",
+        lines = ["| claim | the paper | linear top-1, paired difference: mean [95% interval] | verdict |",
                  "| --- | --- | --- | --- |"]
         for r in recs:
-            value = r["brief"] if "collapse" in r else ms(r["linear"], 1 if "align" in r else 100)
+            value = r["brief"] if "collapse" in r else interval(r["linear"], 1 if "align" in r else 100)
             verdict = r.get("brief_verdict", r["verdict"]) + ("; Wp turning symmetric: untestable" if "align" in r else "")
             lines.append(f"| {r['claim']} | {r['text']} | {value} | {verdict} |")
         return "\n".join(lines)
-    lines = ["| claim | the paper | contrast a - b | linear top-1 a - b, per seed | mean ± std | kNN a - b, mean ± std "
-             "| verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| claim | the paper | contrast a - b | linear top-1 a - b, per seed | mean ± std | mean [95% interval] "
+             "| p (one-sided) | kNN a - b, mean ± std | verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in recs:
         if "collapse" in r:
-            lines.append(f"| {r['claim']} | {r['text']} | {r['collapse']} vs {r['b']} | {r['detail']} | | | "
+            lines.append(f"| {r['claim']} | {r['text']} | {r['collapse']} vs {r['b']} | {r['detail']} | | | | | "
                          f"{r['verdict']} |")
         elif "align" in r:
             lines.append(f"| {r['claim']} | {r['text']} | {r['align']}: end - start | "
                          f"{', '.join(f'{v:+.2f}' for _, v in sorted(r['linear'].items()))} | "
-                         f"{ms(r['linear'], 1)} | | "
+                         f"{ms(r['linear'], 1)} | {interval(r['linear'], 1)} | {p_value(r)} | | "
                          f"{r['verdict']}{r['detail']} |")
         else:
             lines.append(f"| {r['claim']} | {r['text']} | {r['a']} - {r['b']} | {diffs(r['linear'])} | "
-                         f"{ms(r['linear'])} | {ms(r['knn'])} | {r['verdict']} |")
+                         f"{ms(r['linear'])} | {interval(r['linear'])} | {p_value(r) if r['linear'] else ''} | "
+                         f"{ms(r['knn'])} | {r['verdict']} |")
     return "\n".join(lines)
 
 
@@ -630,7 +735,7 @@ def figures(scale, results):
     plt = pyplot()
     rows, base = aggregate(scale, results)
     runs, _ = load_results(results)
-    rand = [b["linear_top1"] for k, b in base.items() if k.startswith("random-s")]
+    rand = [b["linear_top1"] for b in random_init(base).values()]
     tables = [t for t in dict.fromkeys(r["table"] for r in rows) if any("linear" in r for r in rows if r["table"] == t)]
     ncol = max(1, min(3, len(tables)))  # a grid of panels, 3 to a line; horizontal bars, so the labels read
     nrow = max(1, -(-len(tables) // ncol))
