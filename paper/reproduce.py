@@ -528,13 +528,16 @@ def t_ppf(q, df):
 
 def paired_test(diffs):
     """The paired t-test of differences a - b over seeds: mean, sample std, n, t, the one-sided p of a > b and of
-    a < b, the 95% interval (two-sided) and the 90% one (the equivalence test's: two one-sided tests at ALPHA)."""
+    a < b, the equivalence test's p (|a - b| < EQ_MARGIN), the 95% interval (two-sided) and the 90% one (the
+    equivalence test's: two one-sided tests at ALPHA)."""
     m, s, n = mean_std(diffs)
     se = s / math.sqrt(n)
     t = m / se if se > 0 else math.copysign(math.inf, m) if m else 0.0
     ci = lambda level: (m - t_ppf(1 - (1 - level) / 2, n - 1) * se, m + t_ppf(1 - (1 - level) / 2, n - 1) * se)
-    return dict(mean=m, std=s, n=n, t=t, p_above=1 - t_cdf(t, n - 1), p_below=t_cdf(t, n - 1), ci95=ci(0.95),
-                ci90=ci(0.90))
+    p_within = max(1 - t_cdf((m + EQ_MARGIN) / se, n - 1), t_cdf((m - EQ_MARGIN) / se, n - 1)) if se > 0 else \
+        float(abs(m) >= EQ_MARGIN)  # the equivalence test's p: the larger of its two one-sided p's
+    return dict(mean=m, std=s, n=n, t=t, p_above=1 - t_cdf(t, n - 1), p_below=t_cdf(t, n - 1), p_within=p_within,
+                ci95=ci(0.95), ci90=ci(0.90))
 
 
 def paper_effect(c):
@@ -632,10 +635,10 @@ def verdicts(scale, results):
             rec["verdict"] = (judge(list(rec["linear"].values()), c["sign"], paper_effect(c)) if seeds
                               else "not run")
             if c["b"] != "random" and seeds and not (learned(gains(a)) or learned(gains(b))):
-                g = lambda res: fmt(mean_std(gains(res)), 100, "+") if len(gains(res)) else "no random init"
-                rec["untestable"] = (f"neither row beats its random init (gains {c['a']} {g(a)}, {c['b']} {g(b)}; "
-                                     f"one-sided paired t-test at {ALPHA})")
-                rec["untestable_brief"] = f"neither row beats its random init ({g(a)}, {g(b)})"
+                text = lambda res: fmt(mean_std(gains(res)), 100, "+") if gains(res) else "no random init"
+                rec["untestable"] = (f"neither row beats its random init (gains {c['a']} {text(a)}, {c['b']} "
+                                     f"{text(b)}; one-sided paired t-test at {ALPHA})")
+                rec["untestable_brief"] = f"neither row beats its random init ({text(a)}, {text(b)})"
         if gate and "collapse" not in c:
             rec["untestable"] = rec["untestable_brief"] = f"the regime gate fails: {gate}"
         if c.get("wd") and wd:
@@ -671,11 +674,7 @@ def claims_markdown(scale, results, brief=False):
         if len(r["linear"]) < 2:
             return ""
         st = paired_test(list(r["linear"].values()))
-        if r["sign"]:
-            return f"{st['p_above'] if r['sign'] > 0 else st['p_below']:.3f}"
-        se = st["std"] / math.sqrt(st["n"])
-        dof = st["n"] - 1
-        return f"{max(1 - t_cdf((st['mean'] + EQ_MARGIN) / se, dof), t_cdf((st['mean'] - EQ_MARGIN) / se, dof)):.3f}"
+        return f"{st['p_above'] if r['sign'] > 0 else st['p_below'] if r['sign'] < 0 else st['p_within']:.3f}"
 
     if brief:
         lines = ["| claim | the paper | linear top-1, paired difference: mean [95% interval] | verdict |",
