@@ -1,0 +1,89 @@
+"""
+The reference runs read as README.md here says, before the first result landed: each row's linear and kNN top-1
+(mean ± std over the seeds, each seed's value), DirectPred's differences paired by seed, and the two criteria
+(DirectPred above raw pixels on every seed; the no-predictor control collapsed and 10 points below on every seed).
+
+    python paper/results/reference/summary.py      # writes paper/results/reference/summary.md and prints it
+"""
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))  # the repository: paper.*
+
+from paper.reproduce import load_results  # noqa: E402
+
+ROWS = [("pred-direct", "DirectPred (`--predictor direct`)"),
+        ("pred-mlp", "2-layer predictor, trained (`--predictor mlp --pred-lr-ratio 10`)"),
+        ("pred-linear", "linear predictor, trained (`--predictor linear --pred-lr-ratio 10`)"),
+        ("pred-none", "no predictor, Wp = I (`--predictor none`)")]
+BASELINES = [("random-s", "this network at random init (`--baseline random`)"),
+             ("random-bn-s", "random init, BN statistics re-estimated (`--baseline random-bn`)"),
+             ("pixels", "raw pixels (`--baseline pixels`)"),
+             ("supervised", "this network trained with labels for the same steps (`--baseline supervised`)")]
+RANK, Z_STD, BELOW = 2.0, 0.1, 10.0  # the search's collapse constraint (../regime-search/README.md)
+
+
+def per_seed(runs, base, name):
+    """{seed: result} of a row or a seeded baseline; {None: result} of a baseline without a seed."""
+    if name in runs:
+        return {s: r for s, r in runs[name].items() if "linear_top1" in r}
+    seeded = {int(k[len(name):]): v for k, v in base.items() if name.endswith("-s") and k.startswith(name)
+              and k[len(name):].isdigit()}
+    return seeded or ({None: base[name]} if name in base else {})
+
+
+def cell(vals, sign=""):
+    """'mean ± std (a, b, c)' in points, or the single value; sign="+": differences, signed."""
+    vals = [100 * v for v in vals]
+    if len(vals) == 1:
+        return f"{vals[0]:{sign}.2f}"
+    return (f"{statistics.mean(vals):{sign}.2f} ± {statistics.stdev(vals):.2f} "
+            f"({', '.join(f'{v:{sign}.2f}' for v in vals)})")
+
+
+def main():
+    runs, base = load_results(HERE)
+    direct = per_seed(runs, base, "pred-direct")
+    lines = ["| features (fast probe, 10k test images) | seeds | linear top-1 | kNN top-1 | final rank / z_std |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, label in ROWS + BASELINES:
+        got = per_seed(runs, base, name)
+        if not got:
+            lines.append(f"| {label} | | not run yet | | |")
+            continue
+        seeds = ", ".join("-" if s is None else str(s) for s in sorted(got, key=lambda s: -1 if s is None else s))
+        res = [got[s] for s in sorted(got, key=lambda s: -1 if s is None else s)]
+        rank = "; ".join(f"{r['final_erank']:.2f} / {r['final_z_std']:.2f}" for r in res if "final_erank" in r)
+        lines.append(f"| {label} | {seeds} | {cell([r['linear_top1'] for r in res])} | "
+                     f"{cell([r['knn_top1'] for r in res])} | {rank} |")
+    lines += ["", "| DirectPred minus (paired by seed; a baseline without a seed is subtracted from each) | seeds | "
+              "linear top-1 | kNN top-1 |", "| --- | --- | --- | --- |"]
+    for name, label in ROWS[1:] + BASELINES:
+        other = per_seed(runs, base, name)
+        pair = [(direct[s], other[s if s in other else None]) for s in sorted(direct) if s in other or None in other]
+        if not pair:
+            continue
+        diff = lambda key: cell([a[key] - b[key] for a, b in pair], "+")
+        lines.append(f"| {label} | {', '.join(str(s) for s in sorted(direct) if s in other or None in other)} | "
+                     f"{diff('linear_top1')} | {diff('knn_top1')} |")
+    pixels = per_seed(runs, base, "pixels").get(None)
+    none = per_seed(runs, base, "pred-none")
+    lines.append("")
+    if pixels and direct:
+        above = [s for s in sorted(direct) if direct[s]["linear_top1"] > pixels["linear_top1"]]
+        lines.append(f"DirectPred above raw pixels ({100 * pixels['linear_top1']:.2f}): {len(above)} of {len(direct)} "
+                     f"seeds ({', '.join(map(str, above)) or 'none'}); the criterion needs 3 of 3.")
+    if none and direct:
+        ok = [s for s in sorted(none) if s in direct and (none[s]["final_erank"] < RANK or none[s]["final_z_std"] < Z_STD)
+              and 100 * (direct[s]["linear_top1"] - none[s]["linear_top1"]) >= BELOW]
+        lines.append(f"No predictor collapsed (rank < {RANK:g} or z_std < {Z_STD:g}) and >= {BELOW:g} points below "
+                     f"DirectPred: {len(ok)} of {len(none)} seeds; the criterion needs 3 of 3.")
+    text = "\n".join(lines) + "\n"
+    open(os.path.join(HERE, "summary.md"), "w").write(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
