@@ -6,13 +6,12 @@ The reference runs read as README.md here says, before the first result landed: 
     python paper/results/reference/summary.py      # writes paper/results/reference/summary.md and prints it
 """
 import os
-import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))  # the repository: paper.*
 
-from paper.reproduce import load_results  # noqa: E402
+from paper.reproduce import fmt, load_results, mean_std  # noqa: E402
 
 ROWS = [("pred-direct", "DirectPred (`--predictor direct`)"),
         ("pred-mlp", "2-layer predictor, trained (`--predictor mlp --pred-lr-ratio 10`)"),
@@ -35,12 +34,9 @@ def per_seed(runs, base, name):
 
 
 def cell(vals, sign=""):
-    """'mean ± std (a, b, c)' in points, or the single value; sign="+": differences, signed."""
-    vals = [100 * v for v in vals]
-    if len(vals) == 1:
-        return f"{vals[0]:{sign}.2f}"
-    return (f"{statistics.mean(vals):{sign}.2f} ± {statistics.stdev(vals):.2f} "
-            f"({', '.join(f'{v:{sign}.2f}' for v in vals)})")
+    """The report's 'mean ± std (n=k)' in points, then each seed's value; sign="+": differences, signed."""
+    each = f" [{', '.join(f'{100 * v:{sign}.2f}' for v in vals)}]" if len(vals) > 1 else ""
+    return fmt(mean_std(vals), sign=sign) + each
 
 
 def main():
@@ -53,8 +49,8 @@ def main():
         if not got:
             lines.append(f"| {label} | | not run yet | | |")
             continue
-        seeds = ", ".join("-" if s is None else str(s) for s in sorted(got, key=lambda s: -1 if s is None else s))
-        res = [got[s] for s in sorted(got, key=lambda s: -1 if s is None else s)]
+        order = sorted(got, key=lambda s: -1 if s is None else s)  # (None: a baseline without a seed)
+        seeds, res = ", ".join("-" if s is None else str(s) for s in order), [got[s] for s in order]
         rank = "; ".join(f"{r['final_erank']:.2f} / {r['final_z_std']:.2f}" for r in res if "final_erank" in r)
         lines.append(f"| {label} | {seeds} | {cell([r['linear_top1'] for r in res])} | "
                      f"{cell([r['knn_top1'] for r in res])} | {rank} |")
@@ -62,12 +58,11 @@ def main():
               "linear top-1 | kNN top-1 |", "| --- | --- | --- | --- |"]
     for name, label in ROWS[1:] + BASELINES:
         other = per_seed(runs, base, name)
-        pair = [(direct[s], other[s if s in other else None]) for s in sorted(direct) if s in other or None in other]
-        if not pair:
+        seeds = [s for s in sorted(direct) if s in other or None in other]
+        if not seeds:
             continue
-        diff = lambda key: cell([a[key] - b[key] for a, b in pair], "+")
-        lines.append(f"| {label} | {', '.join(str(s) for s in sorted(direct) if s in other or None in other)} | "
-                     f"{diff('linear_top1')} | {diff('knn_top1')} |")
+        diff = lambda key: cell([direct[s][key] - other[s if s in other else None][key] for s in seeds], "+")
+        lines.append(f"| {label} | {', '.join(map(str, seeds))} | {diff('linear_top1')} | {diff('knn_top1')} |")
     pixels = per_seed(runs, base, "pixels").get(None)
     none = per_seed(runs, base, "pred-none")
     lines.append("")
