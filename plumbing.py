@@ -309,9 +309,11 @@ def init_distributed(device, timeout=600):
                             device_id=torch.device(device) if device.startswith("cuda") else None)
 
     def one_line(kind, exc, tb):  # a failed collective: the other ranks stalled or died
-        text = str(exc)  # gloo's timeouts reach Python as a plain RuntimeError from the DDP reducer
-        if not (isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and (
-                "gloo" in text or "NCCL" in text or "timed out" in text.lower())):
+        # gloo's timeouts reach Python as a plain RuntimeError: from the DDP reducer ("... timed out ..."), or from
+        # DDP's buffer broadcast in forward ("Application timeout caused pair closure")
+        text = str(exc).lower()
+        if not (isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and any(
+                w in text for w in ("gloo", "nccl", "timed out", "timeout"))):
             return sys.__excepthook__(kind, exc, tb)
         print(f"error: rank {rank}: a DDP collective failed after waiting up to {timeout:g} s (--ddp-timeout): another "
               f"rank stalled or died ({str(exc).strip().splitlines()[0][:160]})", file=sys.stderr, flush=True)
