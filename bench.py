@@ -2,7 +2,7 @@
 Speed benchmarks. They print numbers (and write them with --out); they assert nothing.
 
     python bench.py                                   # this device: augmentation + the real training loop
-    python bench.py --suite profile                   # where a step's time goes (main job's network, widths 16, 32)
+    python bench.py --suite profile                   # where a step's time goes (the main job's network at widths 16, 32)
     python bench.py --suite step --train-flags "..."  # img/s of the real step of one run (reproduce.py --jobs auto)
     python bench.py --suite roofline --train-flags "..."  # that step's GFLOP/s against this CPU's fp32 matmul rate
     python bench.py --suite precision                 # fp32 / bf16 / channels_last / both (3 interleaved runs),
@@ -41,10 +41,10 @@ import train as T
 from directpred import DirectPred
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# the README's main job and the laptop suite's protocol (DirectPred on Fashion-MNIST, width-16 ResNet-18 with the
-# ImageNet stem, 28 px, batch 128); precision is left to each suite
-MAIN_JOB = ["--dataset", "fashion-mnist", "--predictor", "direct", "--width", "16", "--stem", "imagenet", "--crop-min",
-            "0.4", "--lr", "0.03", "--lr-schedule", "const", "--epochs", "5"]
+# the README's main job (DirectPred on Fashion-MNIST, ResNet-18 with the ImageNet stem at width 64, 28 px, batch 128,
+# the reference runs' recipe at 3 epochs); precision is left to each suite
+MAIN_JOB = ["--dataset", "fashion-mnist", "--predictor", "direct", "--width", "64", "--stem", "imagenet", "--crop-min",
+            "0.7", "--lr", "0.06", "--lr-schedule", "cosine", "--warmup-epochs", "1", "--epochs", "3"]
 
 
 def sync(dev):
@@ -293,7 +293,7 @@ def profile_suite(args):
 
 
 def fmnist(dev, data_dir, out, seconds, width, probe_seconds, tiny):
-    """Fashion-MNIST, DirectPred, full-width ResNet-18 (CIFAR stem, 28 px) with the main job's knobs (crop-min 0.9,
+    """Fashion-MNIST, DirectPred, full-width ResNet-18 (CIFAR stem, 28 px) with these knobs (crop-min 0.9,
     lr 0.015 per 128 images, cosine), for the whole epochs that fit in `seconds` at the speed measured on 32 px
     images, then the fast probe of it and of its random init. Returns a dict."""
     batch = 128 if tiny else 512

@@ -363,7 +363,7 @@ def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0,
     if bf16 == "auto":  # CUDA: native bf16 only (emulated on pre-Ampere GPUs, slower); a CPU: fp32 here, and
         # train.py turns bf16 on where bf16_if_faster measures it faster for the run's network
         bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    if channels_last == "auto":  # CPU: 1.6x faster for the main job, but oneDNN's 1x1 stride-2 weight gradient in
+    if channels_last == "auto":  # CPU: 1.6x faster at width 16, but oneDNN's 1x1 stride-2 weight gradient in
         # channels_last hangs or errs when the conv has fewer input channels than its kernel's block (8 on AVX2;
         # github.com/uxlfoundation/oneDNN/issues/6035): our downsample convs see --width channels and more
         channels_last = device_type == "cuda" or width >= 16

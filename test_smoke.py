@@ -200,7 +200,7 @@ def test_directpred_statistics_stay_fp32_under_bf16_autocast():
 def test_bf16_rounding_of_the_predictor_input_moves_wp_by_less_than_1e_3():
     """Under bf16 autocast the projector's output (DirectPred's input f) is bf16. F_hat is built in fp32 from it; the
     rounding of f alone moves Wp by less than 1e-3 (relative, Frobenius) on a spectrum like a trained run's.
-    (The whole network in bf16 against fp32 moves Wp by more, 0.5-1.7% on the main job's network, mostly through the
+    (The whole network in bf16 against fp32 moves Wp by more, 0.5-1.7% on the width-16 laptop network, mostly through the
     backbone's activations and far below Wp's batch-to-batch change of 15-27%: README, Speed.)"""
     g = torch.Generator().manual_seed(0)
     f = torch.randn(256, 128, generator=g) @ torch.diag(torch.logspace(0, -2, 128)) + 0.3
@@ -1037,7 +1037,7 @@ def test_wandb_logs_what_log_jsonl_holds(tmp_path):
 # real data: training learns
 
 
-# the known numbers of a short main-job run, torch 2.14.1 on 2 CPU cores of a Xeon, fp32: kNN top-1 on 10k train / 2k
+# the known numbers of a short laptop-suite run, torch 2.14.1 on 2 CPU cores of a Xeon, fp32: kNN top-1 on 10k train / 2k
 # test images after 300 steps (0.6905 with 2 threads, 0.7065 with 1: at lr 0.03 the thread count's rounding alone
 # moves a 300-step run by 1.6 points, hence the tolerance), and its random init's; a change that moves them by more
 # than LEARN_TOL fails
@@ -1045,7 +1045,7 @@ LEARN_KNN, LEARN_INIT, LEARN_TOL = 0.6985, 0.6530, 0.03
 
 @pytest.mark.skipif(not os.path.isdir(plumbing.FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_directpred_learns_on_fashion_mnist(tmp_path):
-    """The main job's recipe (the laptop protocol: width-16 ResNet-18, ImageNet stem, crop-min 0.4, constant lr 0.03,
+    """The laptop suite's recipe (width-16 ResNet-18, ImageNet stem, crop-min 0.4, constant lr 0.03,
     fp32) cut to 300 steps (about a CPU minute), against the same network at its random initialisation: kNN top-1
     (k=200, t=0.1) on 10k train / 2k test images. It must gain more than 2 points, print no collapse warning, and
     land within LEARN_TOL of the known number above (what CPU kernels and a torch release may move it by is far
@@ -1361,7 +1361,7 @@ def test_ddp_stalled_rank_ends_the_job_with_one_line(tmp_path):
 
 
 def test_speed_paths_change_the_layout_not_the_numbers():
-    """The speed paths are layouts, not other computations: one step's loss and every gradient of the main job's
+    """The speed paths are layouts, not other computations: one step's loss and every gradient of the laptop
     network (width 16, where --channels-last auto turns channels_last on) in channels_last equal the contiguous
     layout's to fp32 rounding; --bf16 1 is autocast to bf16 and moves the loss by bf16's rounding only (< 2%)."""
     cfg = T.parse_config(["--dataset", "fashion-mnist", "--width", "16", "--stem", "imagenet", "--proj-dim", "16"])

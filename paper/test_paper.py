@@ -251,6 +251,20 @@ def test_the_readme_claims_table_is_the_committed_verdicts():
     assert [kind(a) for a in table.splitlines()[2:]] == [kind(b) for b in brief.splitlines()[2:]]
 
 
+def test_the_readme_reference_table_is_the_committed_runs():
+    """The README's first table is paper/results/reference/summary.py's readme_table() of the committed reference runs,
+    line for line, and summary.md is its summary_markdown(): no number of them is typed by hand or goes stale when a
+    seed lands."""
+    folder = ROOT / "paper" / "results" / "reference"
+    spec = importlib.util.spec_from_file_location("reference_summary", folder / "summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    table = summary.readme_table()
+    assert table in (ROOT / "README.md").read_text()
+    assert len(table.splitlines()) == 2 + len(summary.ROWS) + len(summary.BASELINES)
+    assert (folder / "summary.md").read_text() == summary.summary_markdown()
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--rows", "table3,nope"], "--rows"), (["--seeds", "0,x"], "--seeds"), (["--seeds", "-1"], "--seeds"),
     (["--jobs", "0"], "--jobs"), (["--jobs", "two"], "--jobs"), (["--gpus", "0,0"], "--gpus"),

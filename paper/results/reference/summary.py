@@ -4,6 +4,9 @@ The reference runs read as README.md here says, before the first result landed: 
 (DirectPred above raw pixels on every seed; the no-predictor control collapsed and 10 points below on every seed).
 
     python paper/results/reference/summary.py      # writes paper/results/reference/summary.md and prints it
+
+readme_table() is the README's table of these runs: a test checks that the README holds it and that summary.md is
+summary_markdown(), line for line.
 """
 import os
 import sys
@@ -39,8 +42,27 @@ def cell(vals, sign=""):
     return fmt(mean_std(vals), sign=sign) + each
 
 
-def main():
-    runs, base = load_results(HERE)
+def readme_table(folder=HERE):
+    """Each row's mean ± std over its seeds, linear and kNN top-1, in the order of the README's first table."""
+    runs, base = load_results(folder)
+    lines = ["| features (fast probe, 10k test images; [paper/results/reference](paper/results/reference)) | seeds | "
+             "linear top-1 | kNN top-1 |", "| --- | --- | --- | --- |"]
+    for name, label in BASELINES[:2] + ROWS + BASELINES[2:]:
+        got = per_seed(runs, base, name)
+        label = f"**{label}**" if name == "pred-direct" else label
+        if not got:
+            lines.append(f"| {label} | not run yet | | |")
+            continue
+        order = sorted(got, key=lambda s: -1 if s is None else s)  # (None: a baseline without a seed)
+        seeds, res = ", ".join("-" if s is None else str(s) for s in order), [got[s] for s in order]
+        lines.append(f"| {label} | {seeds} | {fmt(mean_std([r['linear_top1'] for r in res]))} | "
+                     f"{fmt(mean_std([r['knn_top1'] for r in res]))} |")
+    return "\n".join(lines)
+
+
+def summary_markdown(folder=HERE):
+    """summary.md: every row with its per-seed values, DirectPred's paired differences, the two criteria."""
+    runs, base = load_results(folder)
     direct = per_seed(runs, base, "pred-direct")
     lines = ["| features (fast probe, 10k test images) | seeds | linear top-1 | kNN top-1 | final rank / z_std |",
              "| --- | --- | --- | --- | --- |"]
@@ -75,7 +97,11 @@ def main():
               and 100 * (direct[s]["linear_top1"] - none[s]["linear_top1"]) >= BELOW]
         lines.append(f"No predictor collapsed (rank < {RANK:g} or z_std < {Z_STD:g}) and >= {BELOW:g} points below "
                      f"DirectPred: {len(ok)} of {len(none)} seeds; the criterion needs 3 of 3.")
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    text = summary_markdown()
     open(os.path.join(HERE, "summary.md"), "w").write(text)
     print(text, end="")
 
