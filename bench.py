@@ -2,7 +2,7 @@
 Speed benchmarks. They print numbers (and write them with --out); they assert nothing.
 
     python bench.py                                   # this device: augmentation + the real training loop
-    python bench.py --suite profile                   # where a step's time goes (the main job's network at widths 16, 32)
+    python bench.py --suite profile                   # where a step's time goes (main job's network at widths 16, 32)
     python bench.py --suite step --train-flags "..."  # img/s of the real step of one run (reproduce.py --jobs auto)
     python bench.py --suite roofline --train-flags "..."  # that step's GFLOP/s against this CPU's fp32 matmul rate
     python bench.py --suite precision                 # fp32 / bf16 / channels_last / both (3 interleaved runs),

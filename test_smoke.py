@@ -200,8 +200,8 @@ def test_directpred_statistics_stay_fp32_under_bf16_autocast():
 def test_bf16_rounding_of_the_predictor_input_moves_wp_by_less_than_1e_3():
     """Under bf16 autocast the projector's output (DirectPred's input f) is bf16. F_hat is built in fp32 from it; the
     rounding of f alone moves Wp by less than 1e-3 (relative, Frobenius) on a spectrum like a trained run's.
-    (The whole network in bf16 against fp32 moves Wp by more, 0.5-1.7% on the width-16 laptop network, mostly through the
-    backbone's activations and far below Wp's batch-to-batch change of 15-27%: README, Speed.)"""
+    (The whole network in bf16 against fp32 moves Wp by more, 0.5-1.7% on the width-16 laptop network, mostly through
+    the backbone's activations and far below Wp's batch-to-batch change of 15-27%: README, Speed.)"""
     g = torch.Generator().manual_seed(0)
     f = torch.randn(256, 128, generator=g) @ torch.diag(torch.logspace(0, -2, 128)) + 0.3
     W = []
@@ -1045,8 +1045,8 @@ LEARN_KNN, LEARN_INIT, LEARN_TOL = 0.6985, 0.6530, 0.03
 
 @pytest.mark.skipif(not os.path.isdir(plumbing.FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_directpred_learns_on_fashion_mnist(tmp_path):
-    """The laptop suite's recipe (width-16 ResNet-18, ImageNet stem, crop-min 0.4, constant lr 0.03,
-    fp32) cut to 300 steps (about a CPU minute), against the same network at its random initialisation: kNN top-1
+    """The laptop suite's recipe (width-16 ResNet-18, ImageNet stem, crop-min 0.4, constant lr 0.03, fp32) cut to
+    300 steps (about a CPU minute), against the same network at its random initialisation: kNN top-1
     (k=200, t=0.1) on 10k train / 2k test images. It must gain more than 2 points, print no collapse warning, and
     land within LEARN_TOL of the known number above (what CPU kernels and a torch release may move it by is far
     below that; a broken augmentation, loss or predictor is not)."""
