@@ -36,6 +36,12 @@ def per_seed(runs, base, name):
     return seeded or ({None: base[name]} if name in base else {})
 
 
+def in_order(got):
+    """per_seed's {seed: result} as ("0, 1, 2", [results]) in seed order; "-" for a baseline without a seed."""
+    order = sorted(got, key=lambda s: -1 if s is None else s)
+    return ", ".join("-" if s is None else str(s) for s in order), [got[s] for s in order]
+
+
 def cell(vals, sign=""):
     """The report's 'mean ± std (n=k)' in points, then each seed's value; sign="+": differences, signed."""
     each = f" [{', '.join(f'{100 * v:{sign}.2f}' for v in vals)}]" if len(vals) > 1 else ""
@@ -53,8 +59,7 @@ def readme_table(folder=HERE):
         if not got:
             lines.append(f"| {label} | not run yet | | |")
             continue
-        order = sorted(got, key=lambda s: -1 if s is None else s)  # (None: a baseline without a seed)
-        seeds, res = ", ".join("-" if s is None else str(s) for s in order), [got[s] for s in order]
+        seeds, res = in_order(got)
         lines.append(f"| {label} | {seeds} | {fmt(mean_std([r['linear_top1'] for r in res]))} | "
                      f"{fmt(mean_std([r['knn_top1'] for r in res]))} |")
     return "\n".join(lines)
@@ -71,8 +76,7 @@ def summary_markdown(folder=HERE):
         if not got:
             lines.append(f"| {label} | | not run yet | | |")
             continue
-        order = sorted(got, key=lambda s: -1 if s is None else s)  # (None: a baseline without a seed)
-        seeds, res = ", ".join("-" if s is None else str(s) for s in order), [got[s] for s in order]
+        seeds, res = in_order(got)
         rank = "; ".join(f"{r['final_erank']:.2f} / {r['final_z_std']:.2f}" for r in res if "final_erank" in r)
         lines.append(f"| {label} | {seeds} | {cell([r['linear_top1'] for r in res])} | "
                      f"{cell([r['knn_top1'] for r in res])} | {rank} |")
