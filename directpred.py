@@ -30,6 +30,8 @@ Variants, all in the one class:
 - feature-dependent Wp (Sec. 5, "6 partitions -> 78.20"), as the authors' code ran it (byol_trainer.py above,
   predictor_reg "partition"): PartitionedPredictor below, n random projections,
   each splitting the batch in two at its mean, one F_hat per side, a sample's Wp the mean over the projections.
+Also here, at the end: the paper's Fig. 2 diagnostics (eigenvalues of F, alignment of Wp's eigenvectors, effective
+rank), which train.py logs for every predictor, trained or closed form.
 
 Usage (copy this file; it imports only torch and has no side effects):
     dp = DirectPred(dim=128, rho=0.3, eps=0.1, freq=1).to(device)
@@ -44,6 +46,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as nnf
 
 
 @contextmanager
@@ -214,3 +217,54 @@ class PartitionedPredictor(nn.Module):
             self.dp.accumulate(torch.cat(views), region=torch.cat(member))  # (no Python counter: compile-friendly)
         Wp = self.dp.compute_Wp().to(views[0].dtype)  # (2n, d, d), every side's Wp by the DirectPred rule
         return tuple(torch.einsum("nk,kij,nj->ni", m.to(f.dtype), Wp, f) / self.n for m, f in zip(member, views))
+
+
+# -----------------------------------------------------------------------------
+# the paper's Fig. 2 diagnostics of the predictor's input f and of Wp, for any predictor (train.py logs them;
+# its collapse rule reads erank and z_std)
+
+
+def effective_rank(eig):
+    """exp of the entropy of a spectrum normalised by its sum (negative values clamped to 0), as RankMe (Garrido et
+    al. 2023, arXiv 2210.02885, which takes the singular values of the embeddings): d for d equal modes, 1 for a
+    single mode, 0 for an all-zero spectrum. eig: a list or tensor of eigenvalues."""
+    q = torch.as_tensor(eig, dtype=torch.float64).clamp(min=0)
+    if q.sum() <= 0:
+        return 0.0
+    q = q / q.sum()
+    q = q[q > 0]
+    return float(torch.exp(-(q * q.log()).sum()))
+
+
+@torch.no_grad()
+def feature_stats(stats, f, rho=0.9):
+    """The running statistics behind the collapse diagnostics, the same for every predictor, trained or closed form:
+    EMAs over steps of E[f f^T] (d, d) and E[f] (d,) of the predictor's input f (2B, d), in fp32. rho 0.9 averages
+    about the last 10 batches (one batch of 2B = 256 samples is a noisy estimate of a 128 x 128 matrix). stats: the
+    previous (F, mu), or None at the first step (the first batch sets them). Returns the new (F, mu)."""
+    with full_fp32(f.device.type):
+        f = f.detach().float()
+        F, mu = f.T @ f / len(f), f.mean(0)
+    return (F, mu) if stats is None else (torch.lerp(F, stats[0], rho), torch.lerp(mu, stats[1], rho))
+
+
+@torch.no_grad()
+def diagnostics(stats, Wp, z):
+    """The paper's Fig. 2 quantities and the collapse signals. stats: (F, mu) from feature_stats; Wp: (d, d) linear
+    predictor or None; z: (B, d). F_eig: eigenvalues of F = E[f f^T], descending (the paper's F);
+    erank: effective rank of the centered covariance F - mu mu^T (1: one direction of variation left, i.e.
+    dimensional collapse); erank_uncentered: of F itself, whose top eigenvalue is mostly the mean direction mu mu^T;
+    alignment cos(u_j, Wp u_j) per eigenvector u_j of F; asymmetry ||Wp - Wp^T|| / ||Wp||;
+    z_std: per-dimension std of l2-normalised z, times sqrt(d) (about 1 when spread out, 0 when collapsed)."""
+    F, mu = (t.double() for t in stats)
+    s, U = torch.linalg.eigh(F)
+    s, U = s.flip(0), U.flip(1)
+    out = {"F_eig": s.tolist(), "erank": effective_rank(torch.linalg.eigvalsh(F - torch.outer(mu, mu))),
+           "erank_uncentered": effective_rank(s),
+           "z_std": (nnf.normalize(z.float(), dim=1).std(0).mean() * z.shape[1] ** 0.5).item()}
+    if Wp is not None:
+        Wp = Wp.double()
+        out["Wp_eig"] = torch.linalg.eigvals(Wp).real.sort(descending=True).values.tolist()
+        out["align"] = nnf.cosine_similarity(U, Wp @ U, dim=0).tolist()
+        out["asym"] = ((Wp - Wp.T).norm() / Wp.norm().clamp(min=1e-12)).item()
+    return out

@@ -165,7 +165,7 @@ def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, worker
     pbar = tqdm(total=max_steps, desc="supervised baseline", dynamic_ncols=True, file=sys.stdout)
     while step < max_steps:
         epoch = step // steps_per_epoch
-        for x, y in T.epoch_batches(data, cfg["batch_size"], epoch, cfg["seed"], 0, 1, device, workers=workers):
+        for x, y in plumbing.epoch_batches(data, cfg["batch_size"], epoch, cfg["seed"], 0, 1, device, workers=workers):
             gen.manual_seed(T.step_seed(cfg["seed"], step, 0))
             x = T.augment(x, aug, 0, gen, size, (cfg["crop_min"], 1.0), mean, std, crop=isinstance(data, tuple))
             for g in optimizer.param_groups:
@@ -236,11 +236,11 @@ def main():
     data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
     fake_size = cfg["fake_size"] if cfg else 1024
     size = args.img_size or (cfg["img_size"] if cfg else 0)  # train.py's crop size; 0 = the dataset's default
-    mean, std = T.normalisation(dataset, device)
+    mean, std = plumbing.normalisation(dataset, device)
     split = args.split or (cfg.get("split", "test") if cfg else "test")
     if split == "val" and not T.DATASETS[dataset].val:
         raise plumbing.RunError(f"{plumbing.split_val_error()}")
-    splits = [T.load_split(dataset, data_dir, role, split, fake_size) for role in ("train", "eval")]
+    splits = [plumbing.load_split(dataset, data_dir, role, split, fake_size) for role in ("train", "eval")]
     if not T.DATASETS[dataset].streamed:
         splits = [(x.to(device), y.to(device)) for x, y in splits]
     size = size or (224 if T.DATASETS[dataset].streamed else splits[0][0].shape[-1])  # train.py's rule for --img-size 0
@@ -278,7 +278,7 @@ def main():
                             fmt=fmt) for d, s in zip(splits, ("train", "test"))]
     if master_process:
         (train_f, train_y), (test_f, test_y) = feats
-        res["knn_top1"] = T.knn_eval(train_f, train_y, test_f, test_y, args.knn_k, args.knn_t)
+        res["knn_top1"] = plumbing.knn_eval(train_f, train_y, test_f, test_y, args.knn_k, args.knn_t)
     del feats
 
     # --- the linear head
@@ -332,7 +332,7 @@ def main():
         pbar = tqdm(total=total, desc="linear probe (augmented)", disable=not master_process, dynamic_ncols=True,
                     file=sys.stdout)
         for epoch in range(args.epochs):
-            for x, y in T.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size,
+            for x, y in plumbing.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size,
                                         device, workers=args.workers):
                 gen.manual_seed(T.step_seed(args.seed, step, ddp_rank))
                 x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), mean, std, crop=not T.DATASETS[dataset].streamed)

@@ -1,11 +1,11 @@
 """
 What a training run needs besides the method: train.py's flag ranges and meaningless flag combinations, reading the
-datasets' files (and the crops and frozen features of the streamed sets), DDP start-up with a timeout and a clean
-exit, the precision and memory-format choice, seeds and RNG state, atomic checkpoints, the out-dir lock, the log
-(log.jsonl, W&B), the stop on Ctrl-C / SIGTERM, the divergence guard and the collapse warning. train.py,
-eval_linear.py, theory.py, reproduce.py and bench.py import from here; nothing in this file knows the method (no
-model, no loss), so it can be read, or skipped, on its own. Every failure it handles ends in one line on stderr naming
-the flag or path, never a traceback.
+datasets' files (the --split val hold-out, the streamed sets' crops, frozen features and their kNN), DDP start-up
+with a timeout and a clean exit, the precision and memory-format choice, seeds and RNG state, atomic checkpoints, the
+out-dir lock, the log (log.jsonl, W&B), the stop on Ctrl-C / SIGTERM, the divergence guard and the collapse warning.
+train.py, eval_linear.py, bench.py and paper/ import from here; nothing in this file knows the method (no model, no
+loss), so it can be read, or skipped, on its own. Every failure it handles ends in one line on stderr naming the flag
+or path, never a traceback.
 """
 import argparse
 import copy
@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as nnf
 from tqdm import tqdm
+
+from directpred import full_fp32
 
 # -----------------------------------------------------------------------------
 # bad flags: one line; each flag's range, the predictors it applies to and whether a --resume may change it
@@ -80,7 +82,8 @@ def range_error(cfg, ranges):
 
 # -----------------------------------------------------------------------------
 # dataset files: read into (uint8 images, labels), or an ImageFolder for the streamed sets; missing or damaged files
-# stop with one line naming --data-dir and the layout expected there. The streamed sets' crops, and frozen features
+# stop with one line naming --data-dir and the layout expected there. The --split val hold-out, the streamed sets'
+# crops, frozen features and their kNN
 
 class Dataset(NamedTuple):
     """One --dataset: every fact train.py, eval_linear.py, bench.py and paper/ use about it, stated here once."""
@@ -93,7 +96,7 @@ class Dataset(NamedTuple):
     aug: str  # train.AUG's preset for --aug auto
     stem: str  # the ResNet stem of --stem auto (cifar: 3x3 stride-1 conv1, no maxpool, for small images)
     streamed: bool = False  # too large for memory: decoded and cropped in DataLoader workers
-    val: bool = False  # --split val can hold out labelled training images (train.val_mask)
+    val: bool = False  # --split val can hold out labelled training images (val_mask)
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -198,6 +201,63 @@ def load_dataset(name, data_dir, split, fake_size=1024):
     raise ValueError(name)
 
 
+VAL_SIZE, VAL_SEED = 10_000, 1234  # --split val: 10k of Fashion-MNIST's 60k training images (1/6 of smaller sets)
+
+
+def val_mask(labels):
+    """--split val: which images of a labelled training split are held out for validation. VAL_SIZE of them (at most
+    1/6 of the split), stratified by class (each class gives its share), drawn once from a fixed seed, so every run,
+    probe and machine holds out the same images. labels: (N,) -> bool (N,)."""
+    g = torch.Generator().manual_seed(VAL_SEED)
+    n_val = min(VAL_SIZE, len(labels) // 6)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        idx = (labels == c).nonzero()[:, 0]
+        mask[idx[torch.randperm(len(idx), generator=g)[:round(n_val * len(idx) / len(labels))]]] = True
+    return mask
+
+
+def load_split(name, data_dir, role, split="test", fake_size=1024):
+    """The images of one role: pretrain (what train.py trains on), train (the labelled set the probe and the kNN
+    memory are fitted on) or eval (what the kNN monitor and the probe report). --split test: the dataset's own
+    splits, eval = its test split. --split val: eval = the held-out images (val_mask) of the training split, pretrain
+    and train = the rest of it; the test split is not read."""
+    if split == "test":
+        return load_dataset(name, data_dir, "test" if role == "eval" else role, fake_size)
+    x, y = load_dataset(name, data_dir, "train", fake_size)
+    held_out = val_mask(y)
+    return (x[held_out], y[held_out]) if role == "eval" else (x[~held_out], y[~held_out])
+
+
+def normalisation(dataset, device):
+    """The dataset's per-channel (mean, std), each (C, 1, 1) on the device: made once, outside the loop."""
+    return tuple(torch.tensor(v, device=device)[:, None, None] for v in (DATASETS[dataset].mean, DATASETS[dataset].std))
+
+
+def epoch_indices(n, batch_size, epoch, seed, rank, world_size):
+    """This rank's sample indices for one epoch: a fresh permutation of all n (the same on every rank, from
+    seed and epoch), cut into global batches (last partial batch dropped), each split into world_size slices."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    steps = n // batch_size
+    return perm[: steps * batch_size].view(steps, world_size, -1)[:, rank]  # (steps, B_local)
+
+
+def epoch_batches(data, batch_size, epoch, seed, rank, world_size, device, start=0, workers=8):
+    """This rank's batches (x, y) of one epoch, on the device, from batch `start` on. data: (x uint8 (N, C, H, W),
+    y (N,)) tensors already on the device (indexed in place), or a Dataset streamed through a DataLoader (x is then
+    whatever its transform returns, e.g. TwoCrops' (B, 2, C, H, W))."""
+    n = len(data[0]) if isinstance(data, tuple) else len(data)
+    idx = epoch_indices(n, batch_size, epoch, seed, rank, world_size)[start:]  # (steps, B_local)
+    if isinstance(data, tuple):
+        for i in idx.to(device):
+            yield data[0][i], data[1][i]
+    else:
+        loader = torch.utils.data.DataLoader(data, batch_size=idx.shape[1], sampler=idx.flatten().tolist(),
+                                             num_workers=workers, pin_memory="cuda" in str(device))
+        for x, y in image_batches(loader):
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
 class BadImage(ValueError):
     """An image file that does not decode. Raised in a DataLoader worker, re-raised in the main process."""
 
@@ -278,6 +338,22 @@ def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_si
             labels.append(yb.to(device, non_blocking=True))
     backbone.train(was_training)
     return None if bn_pass else (torch.cat(feats), torch.cat(labels))
+
+
+@torch.no_grad()
+def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
+    """Weighted kNN top-1 (Wu et al. 2018; the usual SSL monitor): cosine similarity to the k nearest training
+    features, each neighbour votes for its class with weight exp(sim / t). The similarities are full fp32 (no TF32,
+    whatever the caller set), so the monitor in train.py and eval_linear.py give the same number."""
+    n_cls = int(train_y.max()) + 1
+    train_f, test_f = nnf.normalize(train_f, dim=1), nnf.normalize(test_f, dim=1)
+    correct = 0
+    with full_fp32(train_f.device.type):
+        for i in range(0, len(test_f), chunk):
+            sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(min(k, len(train_f)), dim=1)  # (b, k)
+            votes = torch.zeros(len(sim), n_cls, device=sim.device).scatter_add_(1, train_y[idx], (sim / t).exp())
+            correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
+    return correct / len(test_f)
 
 
 # -----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 import torchvision
 import torchvision.transforms.functional as TF
 
+import directpred
 import plumbing
 import train as T
 from directpred import DirectPred, PartitionedPredictor
@@ -140,6 +141,7 @@ def test_directpred_ema_and_freq_with_sgd_in_between():
 DP_DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
+import directpred
 from directpred import DirectPred, PartitionedPredictor
 dist.init_process_group("gloo")
 r = dist.get_rank()
@@ -717,11 +719,11 @@ def test_val_split_holds_out_stratified_images_the_run_never_trains_on(tmp_path)
     """--split val: a fixed, class-stratified sixth (at most 10k) of the training split is held out: train.py trains
     on the rest and its kNN monitor reports on the held-out images; eval_linear.py follows the checkpoint's split."""
     x, y = plumbing.load_dataset("fake", "", "train", 600)
-    held = T.val_mask(y)
-    assert torch.equal(held, T.val_mask(y)) and 95 <= held.sum() <= 105  # the same every time; 600 / 6
+    held = plumbing.val_mask(y)
+    assert torch.equal(held, plumbing.val_mask(y)) and 95 <= held.sum() <= 105  # the same every time; 600 / 6
     for c in range(10):  # stratified: each class gives its share, within rounding
         assert abs(held[y == c].sum() - (y == c).sum() / 6) <= 0.5
-    (xp, yp), (xe, ye) = (T.load_split("fake", "", role, "val", 600) for role in ("pretrain", "eval"))
+    (xp, yp), (xe, ye) = (plumbing.load_split("fake", "", role, "val", 600) for role in ("pretrain", "eval"))
     assert torch.equal(xe, x[held]) and torch.equal(xp, x[~held]) and len(xp) + len(xe) == 600
     r = run(TINY + ["--fake-size", "600", "--split", "val", "--max-steps", "2", "--eval-every", "2", "--out-dir",
                     tmp_path / "out"])
@@ -943,10 +945,10 @@ def test_lars_keeps_one_momentum_buffer_and_matches_the_formula():
 
 
 def test_effective_rank_by_hand():
-    assert T.effective_rank([1.0, 1.0, 1.0, 1.0]) == pytest.approx(4.0)
-    assert T.effective_rank([5.0, 0.0, -1e-9]) == pytest.approx(1.0)  # negative round-off clamped to 0
-    assert T.effective_rank([2.0, 1.0, 1.0]) == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 0.5 * math.log(0.25))))
-    assert T.effective_rank([0.0, 0.0]) == 0.0
+    assert directpred.effective_rank([1.0, 1.0, 1.0, 1.0]) == pytest.approx(4.0)
+    assert directpred.effective_rank([5.0, 0.0, -1e-9]) == pytest.approx(1.0)  # negative round-off clamped to 0
+    assert directpred.effective_rank([2.0, 1.0, 1.0]) == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 0.5 * math.log(0.25))))
+    assert directpred.effective_rank([0.0, 0.0]) == 0.0
 
 
 def test_diagnostics_take_the_rank_of_the_centered_covariance_from_the_running_statistics():
@@ -956,7 +958,7 @@ def test_diagnostics_take_the_rank_of_the_centered_covariance_from_the_running_s
     g = torch.Generator().manual_seed(0)
     f1 = torch.randn(256, 8, generator=g) * torch.arange(1, 9) + 5.0  # (2B, d): spread 1..8, mean 5 in every dim
     f2 = torch.randn(256, 8, generator=g) + 1.0
-    stats = T.feature_stats(T.feature_stats(None, f1), f2)
+    stats = directpred.feature_stats(directpred.feature_stats(None, f1), f2)
     a1, a2 = f1.double().numpy(), f2.double().numpy()
     F = 0.9 * a1.T @ a1 / 256 + 0.1 * a2.T @ a2 / 256
     mu = 0.9 * a1.mean(0) + 0.1 * a2.mean(0)
@@ -966,7 +968,7 @@ def test_diagnostics_take_the_rank_of_the_centered_covariance_from_the_running_s
         q = np.clip(np.linalg.eigvalsh(m), 0, None)
         q = q[q > 0] / q.sum()
         return math.exp(-(q * np.log(q)).sum())
-    d = T.diagnostics(stats, None, f2)
+    d = directpred.diagnostics(stats, None, f2)
     assert d["erank"] == pytest.approx(erank(F - np.outer(mu, mu)), rel=1e-4)
     assert d["erank_uncentered"] == pytest.approx(erank(F), rel=1e-4) and d["erank_uncentered"] < d["erank"] - 1
 
@@ -1056,12 +1058,12 @@ def test_directpred_learns_on_fashion_mnist(tmp_path):
     assert "looks collapsed" not in r.stdout
     ckpt = load(tmp_path / "out" / "ckpt.pt")
     (x_tr, y_tr), (x_te, y_te) = [plumbing.load_dataset("fashion-mnist", str(tmp_path / "data"), s) for s in ("train", "test")]
-    mean, std = T.normalisation("fashion-mnist", "cpu")
+    mean, std = plumbing.normalisation("fashion-mnist", "cpu")
 
     def knn(model):
         f = [plumbing.extract_features(model.backbone.eval(), d, mean, std, "cpu", torch.autocast("cpu", enabled=False))
              for d in ((x_tr[:10000], y_tr[:10000]), (x_te[:2000], y_te[:2000]))]
-        return T.knn_eval(*f[0], *f[1])
+        return plumbing.knn_eval(*f[0], *f[1])
 
     trained = T.build_model(ckpt["config"], 1)
     trained.load_state_dict(ckpt["online"])
@@ -1661,7 +1663,7 @@ def test_the_readme_directpred_snippet_runs_with_directpred_py_alone(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# CUDA (skipped without a GPU; `python bench.py --suite gpu` runs them first)
+# CUDA (skipped without a GPU; `python -m paper.gpu` runs them last, each with a timeout)
 
 
 @CUDA

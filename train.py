@@ -30,12 +30,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from directpred import DirectPred, PartitionedPredictor, full_fp32
+from directpred import DirectPred, PartitionedPredictor, diagnostics, feature_stats
 from plumbing import (DATASETS, GE0, GE1, GE2, GT0, UNIT, ArgumentParser, CollapseWatch, DivergenceGuard, RunError,
-                      RunLog, TwoCrops, bf16_if_faster, decide_bf16, end_distributed, extract_features, image_batches,
-                      init_distributed, load_checkpoint, load_dataset, out_dir_error, range_error, refuse_busy_out_dir,
-                      restore_rng, resume_error, rng_state, save_checkpoint, seed_all, speed_paths, split_val_error,
-                      stop_after_the_step_on_signal, torchrun_world_size)
+                      RunLog, TwoCrops, bf16_if_faster, decide_bf16, end_distributed, epoch_batches, extract_features,
+                      init_distributed, knn_eval, load_checkpoint, load_dataset, load_split, normalisation,
+                      out_dir_error, range_error, refuse_busy_out_dir, restore_rng, resume_error, rng_state,
+                      save_checkpoint, seed_all, speed_paths, split_val_error, stop_after_the_step_on_signal,
+                      torchrun_world_size)
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
@@ -50,12 +51,10 @@ def get_parser():
     what is computed)."""
     P = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = P.add_argument
-    a("--preset", default="none", choices=["none", *PRESETS], free=True, help="the paper's setups (PRESETS); flags "
-      "given win")
+    a("--preset", default="none", choices=["none", *PRESETS], free=True, help="the paper's setups; given flags win")
     # data
     a("--dataset", default="cifar10", choices=list(DATASETS), help="fake = random images made in memory (tests)")
-    a("--data-dir", default="data", free=True, help="dataset root; see docs/reference.md, Data, for the layout each "
-      "dataset expects")
+    a("--data-dir", default="data", free=True, help="dataset root (layouts: docs/reference.md, Data)")
     a("--split", default="test", choices=["test", "val"], help="what the kNN monitor reports on: the test split, or "
       "val = 10k training images held out (by class, fixed seed), not trained on, to choose knobs on")
     a("--img-size", type=int, default=0, valid=(lambda v: v == 0 or v >= 8, "0 (the dataset's own size) or >= 8 "
@@ -63,8 +62,7 @@ def get_parser():
     a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (AUG); auto = by dataset")
     a("--crop-min", type=float, default=0.08, valid=(lambda v: 0 < v <= 1, "in (0, 1]"),
       help="RandomResizedCrop minimum area fraction")
-    a("--jitter", type=float, default=1.0, valid=GE0, help="colour-jitter strength (SimCLR's s) x the preset's "
-      "ranges; 0 = none")
+    a("--jitter", type=float, default=1.0, valid=GE0, help="SimCLR colour strength s x preset ranges; 0 = none")
     a("--workers", type=int, default=8, valid=GE0, free=True, help="DataLoader workers per rank (streamed sets only)")
     a("--fake-size", type=int, default=1024, valid=GE2, help="number of images of --dataset fake")
     # model
@@ -87,10 +85,8 @@ def get_parser():
       help="DirectPred: EMA rate of F_hat (F_hat <- rho F_hat + (1-rho) F)")
     a("--eps", type=float, default=0.1, valid=GE0, needs=CLOSED_FORM, help="DirectPred: added to p_j after "
       "max-normalisation (directcopy: to the diagonal; optimal: ridge, times lambda_max)")
-    a("--freq", type=int, default=1, valid=GE1, needs=CLOSED_FORM, help="DirectPred: set Wp every freq steps, SGD in "
-      "between")
-    a("--exponent", type=float, default=0.5, valid=GT0, needs=("direct",), help="DirectPred: p_j = s_j^exponent "
-      "(1 = DirectSet(1))")
+    a("--freq", type=int, default=1, valid=GE1, needs=CLOSED_FORM, help="DirectPred: set Wp each freq steps, else SGD")
+    a("--exponent", type=float, default=0.5, valid=GT0, needs=("direct",), help="DirectPred: p_j = s_j^a; 1: DirectSet")
     a("--offset", type=float, default=0.0, valid=(lambda v: v < 1, "< 1 (the eigenvalues are max-normalised to 1)"),
       needs=("direct",), help="DirectPred: p_j = max(s_j - c, 1e-4)^exponent (Table 7; --eps 0)")
     a("--center", type=int, default=0, choices=[0, 1], needs=("direct", "directcopy"), help="DirectPred: center F "
@@ -99,8 +95,7 @@ def get_parser():
       "(Sec. 5): n random projections split the batch at their mean, one F_hat per side (the authors' code); "
       "1 = one Wp")
     # target and loss
-    a("--ema", type=float, default=0.996, valid=UNIT, help="target EMA momentum tau; 0 = SimSiam (target = online, "
-      "stop-grad)")
+    a("--ema", type=float, default=0.996, valid=UNIT, help="target EMA momentum tau; 0 = SimSiam (target = online net)")
     a("--ema-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine to 1 (BYOL)")
     a("--target-init", default="copy", choices=["copy", "random"], help="EMA target starts as a copy of the online "
       "net (BYOL) or random (the paper's released code)")
@@ -111,29 +106,24 @@ def get_parser():
     a("--symmetric", type=int, default=1, choices=[0, 1], help="loss over both view pairings, summed (0: p1 vs z2 only)")
     # optimisation
     a("--optimizer", default="sgd", choices=["sgd", "lars"], help="sgd (the paper's runs) or lars (BYOL's ImageNet)")
-    a("--lr", type=float, default=0.03, valid=GT0, help="used as given; linear scaling rule: lr = base_lr * "
-      "batch_size / 256")
+    a("--lr", type=float, default=0.03, valid=GT0, help="used as given: scale it yourself (base x batch / 256)")
     a("--lr-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine decay")
     a("--warmup-epochs", type=float, default=0.0, valid=GE0, help="linear lr warmup")
     a("--momentum", type=float, default=0.9, valid=UNIT, help="SGD / LARS momentum")
-    a("--wd", type=float, default=4e-4, valid=GE0, help="weight decay eta_s of the trunk (paper: 4e-4 on every "
-      "parameter)")
+    a("--wd", type=float, default=4e-4, valid=GE0, help="trunk weight decay eta_s (paper: 4e-4, all weights)")
     a("--pred-wd", type=float, default=None, valid=GE0, help="predictor weight decay eta_p (Table 5); default: --wd")
     a("--batch-size", type=int, default=128, valid=(lambda v: v >= 2, ">= 2 (BatchNorm needs two samples)"),
       help="global batch size, split evenly over DDP ranks")
-    a("--epochs", type=int, default=100, valid=GE1, help="passes over the pretraining set (the paper: 100; Table 8: "
-      "300, 500)")
+    a("--epochs", type=int, default=100, valid=GE1, help="passes over the data (paper: 100; Table 8: 300, 500)")
     a("--max-steps", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = run --epochs)"), free=True,
       help="stop after this many steps (0: --epochs); schedules span --epochs")
     # system
     a("--out-dir", default="out", free=True, help="where ckpt.pt and log.jsonl go")
     a("--resume", action="store_true", free=True, help="continue from out_dir/ckpt.pt")
     a("--ckpt-every", type=int, default=1000, valid=GE1, free=True, help="steps between checkpoints (and the end)")
-    a("--save-every-rank", action="store_true", free=True, help="every DDP rank writes ckpt_rank{r}.pt too (to check "
-      "ranks agree)")
+    a("--save-every-rank", action="store_true", free=True, help="each DDP rank also writes ckpt_rank{r}.pt")
     a("--log-every", type=int, default=50, valid=GE1, free=True, help="steps between log.jsonl lines (and step 0)")
-    a("--log-early", type=int, default=200, valid=GE0, free=True, help="the first this many steps log every 10th "
-      "(where collapse starts)")
+    a("--log-early", type=int, default=200, valid=GE0, free=True, help="log every 10th step up to N (early collapse)")
     a("--eval-every", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = off)"), free=True,
       help="steps between kNN monitors (k=200, t=0.1; rank 0); 0 = off")
     a("--seed", type=int, default=0, valid=GE0, help="seeds the init, the batch order and the augmentations")
@@ -230,61 +220,6 @@ def config_error(cfg, P, world_size=None):
 
 
 # -----------------------------------------------------------------------------
-# data: small sets live on the device as one uint8 tensor; ImageNet-size sets stream through a DataLoader
-
-VAL_SIZE, VAL_SEED = 10_000, 1234  # --split val: 10k of Fashion-MNIST's 60k training images (1/6 of smaller sets)
-
-
-def val_mask(labels):
-    """--split val: which images of a labelled training split are held out for validation. VAL_SIZE of them (at most
-    1/6 of the split), stratified by class (each class gives its share), drawn once from a fixed seed, so every run,
-    probe and machine holds out the same images. labels: (N,) -> bool (N,)."""
-    g = torch.Generator().manual_seed(VAL_SEED)
-    n_val = min(VAL_SIZE, len(labels) // 6)
-    mask = torch.zeros(len(labels), dtype=torch.bool)
-    for c in labels.unique():
-        idx = (labels == c).nonzero()[:, 0]
-        mask[idx[torch.randperm(len(idx), generator=g)[:round(n_val * len(idx) / len(labels))]]] = True
-    return mask
-
-
-def load_split(name, data_dir, role, split="test", fake_size=1024):
-    """The images of one role: pretrain (what train.py trains on), train (the labelled set the probe and the kNN
-    memory are fitted on) or eval (what the kNN monitor and the probe report). --split test: the dataset's own
-    splits, eval = its test split. --split val: eval = the held-out images (val_mask) of the training split, pretrain
-    and train = the rest of it; the test split is not read."""
-    if split == "test":
-        return load_dataset(name, data_dir, "test" if role == "eval" else role, fake_size)
-    x, y = load_dataset(name, data_dir, "train", fake_size)
-    held_out = val_mask(y)
-    return (x[held_out], y[held_out]) if role == "eval" else (x[~held_out], y[~held_out])
-
-
-def epoch_indices(n, batch_size, epoch, seed, rank, world_size):
-    """This rank's sample indices for one epoch: a fresh permutation of all n (the same on every rank, from
-    seed and epoch), cut into global batches (last partial batch dropped), each split into world_size slices."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    steps = n // batch_size
-    return perm[: steps * batch_size].view(steps, world_size, -1)[:, rank]  # (steps, B_local)
-
-
-def epoch_batches(data, batch_size, epoch, seed, rank, world_size, device, start=0, workers=8):
-    """This rank's batches (x, y) of one epoch, on the device, from batch `start` on. data: (x uint8 (N, C, H, W),
-    y (N,)) tensors already on the device (indexed in place), or a Dataset streamed through a DataLoader (x is then
-    whatever its transform returns, e.g. TwoCrops' (B, 2, C, H, W))."""
-    n = len(data[0]) if isinstance(data, tuple) else len(data)
-    idx = epoch_indices(n, batch_size, epoch, seed, rank, world_size)[start:]  # (steps, B_local)
-    if isinstance(data, tuple):
-        for i in idx.to(device):
-            yield data[0][i], data[1][i]
-    else:
-        loader = torch.utils.data.DataLoader(data, batch_size=idx.shape[1], sampler=idx.flatten().tolist(),
-                                             num_workers=workers, pin_memory="cuda" in str(device))
-        for x, y in image_batches(loader):
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-# -----------------------------------------------------------------------------
 # augmentation: per-sample random parameters, batched on the device (the recipes of Tian et al.'s released code for
 # CIFAR / STL-10; BYOL's, arXiv 2006.07733 App. B, for ImageNet)
 
@@ -301,11 +236,6 @@ def aug_of(cfg):
     aug = AUG[DATASETS[cfg["dataset"]].aug if cfg["aug"] == "auto" else cfg["aug"]]
     return dict(aug, jitter=tuple(cfg["jitter"] * t for t in aug["jitter"]),
                 jitter_p=aug["jitter_p"] * (cfg["jitter"] > 0))
-
-
-def normalisation(dataset, device):
-    """The dataset's per-channel (mean, std), each (C, 1, 1) on the device: made once, outside the loop."""
-    return tuple(torch.tensor(v, device=device)[:, None, None] for v in (DATASETS[dataset].mean, DATASETS[dataset].std))
 
 
 def rand(gen, *shape, lo=0.0, hi=1.0):
@@ -730,78 +660,13 @@ def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, ta
     return loss, z1, z2
 
 
-# -----------------------------------------------------------------------------
-# diagnostics (the paper's Fig. 2 quantities, the collapse signals) and the kNN monitor
-
-
-def effective_rank(eig):
-    """exp of the entropy of a spectrum normalised by its sum (negative values clamped to 0), as RankMe (Garrido et
-    al. 2023, arXiv 2210.02885, which takes the singular values of the embeddings): d for d equal modes, 1 for a
-    single mode, 0 for an all-zero spectrum. eig: a list or tensor of eigenvalues."""
-    q = torch.as_tensor(eig, dtype=torch.float64).clamp(min=0)
-    if q.sum() <= 0:
-        return 0.0
-    q = q / q.sum()
-    q = q[q > 0]
-    return float(torch.exp(-(q * q.log()).sum()))
-
-
-# collapse (Theorem 2), as the diagnostics show it: the effective rank of the predictor input's centered covariance
-# below 1.3, or z_std below 0.1. From the laptop protocol search's validation runs (paper/results/laptop-search): the
-# three collapse controls end at rank 1.28 / 1.00 / 1.00 and z_std 0.081 / 0.008 / 0.008; none of the 28 runs that
-# learned went below rank 1.35 or z_std 0.11 at any log line (a trained linear predictor dips to 1.35-1.9, recovers)
+# collapse (Theorem 2), as directpred.py's diagnostics show it (the run's warning; paper/ judges by it too): the
+# effective rank of the predictor input's centered covariance below 1.3, or z_std below 0.1. From the laptop protocol
+# search's validation runs (paper/results/laptop-search): the three collapse controls end at rank 1.28 / 1.00 / 1.00
+# and z_std 0.081 / 0.008 / 0.008; none of the 28 runs that learned went below rank 1.35 or z_std 0.11 at any log
+# line (a trained linear predictor dips to 1.35-1.9, then recovers)
 COLLAPSE_ERANK, COLLAPSE_Z_STD = 1.3, 0.1
 looks_collapsed = lambda erank, z_std: erank < COLLAPSE_ERANK or z_std < COLLAPSE_Z_STD
-
-
-@torch.no_grad()
-def feature_stats(stats, f, rho=0.9):
-    """The running statistics behind the collapse diagnostics, the same for every predictor, trained or closed form:
-    EMAs over steps of E[f f^T] (d, d) and E[f] (d,) of the predictor's input f (2B, d), in fp32. rho 0.9 averages
-    about the last 10 batches (one batch of 2B = 256 samples is a noisy estimate of a 128 x 128 matrix). stats: the
-    previous (F, mu), or None at the first step (the first batch sets them). Returns the new (F, mu)."""
-    with full_fp32(f.device.type):
-        f = f.detach().float()
-        F, mu = f.T @ f / len(f), f.mean(0)
-    return (F, mu) if stats is None else (torch.lerp(F, stats[0], rho), torch.lerp(mu, stats[1], rho))
-
-
-@torch.no_grad()
-def diagnostics(stats, Wp, z):
-    """The paper's Fig. 2 quantities and the collapse signals. stats: (F, mu) from feature_stats; Wp: (d, d) linear
-    predictor or None; z: (B, d). F_eig: eigenvalues of F = E[f f^T], descending (the paper's F);
-    erank: effective rank of the centered covariance F - mu mu^T (1: one direction of variation left, i.e.
-    dimensional collapse); erank_uncentered: of F itself, whose top eigenvalue is mostly the mean direction mu mu^T;
-    alignment cos(u_j, Wp u_j) per eigenvector u_j of F; asymmetry ||Wp - Wp^T|| / ||Wp||;
-    z_std: per-dimension std of l2-normalised z, times sqrt(d) (about 1 when spread out, 0 when collapsed)."""
-    F, mu = (t.double() for t in stats)
-    s, U = torch.linalg.eigh(F)
-    s, U = s.flip(0), U.flip(1)
-    out = {"F_eig": s.tolist(), "erank": effective_rank(torch.linalg.eigvalsh(F - torch.outer(mu, mu))),
-           "erank_uncentered": effective_rank(s),
-           "z_std": (nnf.normalize(z.float(), dim=1).std(0).mean() * z.shape[1] ** 0.5).item()}
-    if Wp is not None:
-        Wp = Wp.double()
-        out["Wp_eig"] = torch.linalg.eigvals(Wp).real.sort(descending=True).values.tolist()
-        out["align"] = nnf.cosine_similarity(U, Wp @ U, dim=0).tolist()
-        out["asym"] = ((Wp - Wp.T).norm() / Wp.norm().clamp(min=1e-12)).item()
-    return out
-
-
-@torch.no_grad()
-def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
-    """Weighted kNN top-1 (Wu et al. 2018; the usual SSL monitor): cosine similarity to the k nearest training
-    features, each neighbour votes for its class with weight exp(sim / t). The similarities are full fp32 (no TF32,
-    whatever the caller set), so the monitor in train.py and eval_linear.py give the same number."""
-    n_cls = int(train_y.max()) + 1
-    train_f, test_f = nnf.normalize(train_f, dim=1), nnf.normalize(test_f, dim=1)
-    correct = 0
-    with full_fp32(train_f.device.type):
-        for i in range(0, len(test_f), chunk):
-            sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(min(k, len(train_f)), dim=1)  # (b, k)
-            votes = torch.zeros(len(sim), n_cls, device=sim.device).scatter_add_(1, train_y[idx], (sim / t).exp())
-            correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
-    return correct / len(test_f)
 
 
 # -----------------------------------------------------------------------------
@@ -825,7 +690,7 @@ def main():
     ctx, fmt = speed_paths(device_type, cfg["bf16"], cfg["channels_last"], cfg["deterministic"], cfg["width"])
     B = cfg["batch_size"] // ddp_world_size  # local batch (config_error: it splits evenly, >= 2 per rank)
 
-    # --- data
+    # --- data: small sets live on the device as one uint8 tensor, ImageNet-size sets stream through a DataLoader
     aug, (mean, std) = aug_of(cfg), normalisation(cfg["dataset"], device)
     if DATASETS[cfg["dataset"]].streamed:
         size = cfg["img_size"] or 224

@@ -39,8 +39,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from plumbing import DATASETS, ArgumentParser, RunError, fmnist_missing
-from train import VAL_SIZE, looks_collapsed, parse_config
+from plumbing import DATASETS, VAL_SIZE, ArgumentParser, RunError, fmnist_missing
+from train import looks_collapsed, parse_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # paper/
 ROOT = os.path.dirname(HERE)  # the repository: train.py, eval_linear.py, bench.py

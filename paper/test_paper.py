@@ -420,7 +420,7 @@ else:  # imported by reproduce.py (a run's dataset, the Debian data folder): the
     spec = importlib.util.spec_from_file_location("real_train", os.environ["REAL_TRAIN"])
     real = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(real)
-    parse_config, VAL_SIZE, looks_collapsed = real.parse_config, real.VAL_SIZE, real.looks_collapsed
+    parse_config, looks_collapsed = real.parse_config, real.looks_collapsed
 '''
 
 TORCHRUN = r'''#!/usr/bin/env python3
@@ -445,6 +445,7 @@ def test_reproduce_on_3_gpus_one_run_per_gpu_imagenet_on_all_and_a_killed_suite_
     shutil.copy(ROOT / "paper" / "reproduce.py", root / "paper")
     shutil.copy(ROOT / "paper" / "__init__.py", root / "paper")
     shutil.copy(ROOT / "plumbing.py", root)  # the real one: reproduce.py reads the Debian data folder's path there
+    shutil.copy(ROOT / "directpred.py", root)  # plumbing.py imports full_fp32 from it
     for name in ("train.py", "eval_linear.py"):
         (root / name).write_text(STAND_IN)
     bin_dir = tmp_path / "bin"
