@@ -29,7 +29,7 @@ to a JSON file. The backbone is checked to be bitwise unchanged at the end.
 --baseline supervised: the checkpoint's network from its random init, trained end to end with labels (cross-entropy
   through a linear head) with the run's own augmentations, optimizer, lr schedule, batch and number of steps; then
   probed like the others. A ceiling for what the same network, data and budget can reach. One process.
-Data, model, augmentation and training pieces are train.py's, imported.
+Model, augmentation and training pieces are train.py's, dataset files and frozen features plumbing.py's, imported.
 """
 import argparse
 import json
