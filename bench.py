@@ -21,10 +21,9 @@ import time
 
 import torch
 
-import directpred
 import plumbing
 import train as T
-from directpred import DirectPred
+from directpred import DirectPred, diagnostics, feature_stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the README's main job (DirectPred on Fashion-MNIST, ResNet-18 with the ImageNet stem at width 64, 28 px, batch 128,
@@ -194,9 +193,9 @@ def profile_suite(args):
         for k in range(3):
             loss, z1, z2 = one(k)
         wall = median_ms(lambda: [one(k) for k in range(args.steps)], args.device, n=3) / args.steps
-        stats = directpred.feature_stats(None, torch.cat([z1, z2]))
+        stats = feature_stats(None, torch.cat([z1, z2]))
         Wp = torch.zeros(cfg["proj_dim"], cfg["proj_dim"], device=args.device)
-        diag = median_ms(lambda: directpred.diagnostics(stats, Wp, z1.detach()), args.device)
+        diag = median_ms(lambda: diagnostics(stats, Wp, z1.detach()), args.device)
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda")
                                                           else [])) as prof:
             for k in range(args.steps):

@@ -332,8 +332,8 @@ def main():
         pbar = tqdm(total=total, desc="linear probe (augmented)", disable=not master_process, dynamic_ncols=True,
                     file=sys.stdout)
         for epoch in range(args.epochs):
-            for x, y in plumbing.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank, ddp_world_size,
-                                        device, workers=args.workers):
+            for x, y in plumbing.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank,
+                                               ddp_world_size, device, workers=args.workers):
                 gen.manual_seed(T.step_seed(args.seed, step, ddp_rank))
                 x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), mean, std, crop=not T.DATASETS[dataset].streamed)
                 with torch.no_grad(), ctx:

@@ -25,10 +25,9 @@ import torch
 import torchvision
 import torchvision.transforms.functional as TF
 
-import directpred
 import plumbing
 import train as T
-from directpred import DirectPred, PartitionedPredictor
+from directpred import DirectPred, PartitionedPredictor, diagnostics, effective_rank, feature_stats
 
 ROOT = Path(__file__).resolve().parent
 # fp32 pinned (--bf16 0): runs compared with each other or with an fp32 reference must not depend on whether this
@@ -141,7 +140,6 @@ def test_directpred_ema_and_freq_with_sgd_in_between():
 DP_DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
-import directpred
 from directpred import DirectPred, PartitionedPredictor
 dist.init_process_group("gloo")
 r = dist.get_rank()
@@ -945,10 +943,10 @@ def test_lars_keeps_one_momentum_buffer_and_matches_the_formula():
 
 
 def test_effective_rank_by_hand():
-    assert directpred.effective_rank([1.0, 1.0, 1.0, 1.0]) == pytest.approx(4.0)
-    assert directpred.effective_rank([5.0, 0.0, -1e-9]) == pytest.approx(1.0)  # negative round-off clamped to 0
-    assert directpred.effective_rank([2.0, 1.0, 1.0]) == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 0.5 * math.log(0.25))))
-    assert directpred.effective_rank([0.0, 0.0]) == 0.0
+    assert effective_rank([1.0, 1.0, 1.0, 1.0]) == pytest.approx(4.0)
+    assert effective_rank([5.0, 0.0, -1e-9]) == pytest.approx(1.0)  # negative round-off clamped to 0
+    assert effective_rank([2.0, 1.0, 1.0]) == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 0.5 * math.log(0.25))))
+    assert effective_rank([0.0, 0.0]) == 0.0
 
 
 def test_diagnostics_take_the_rank_of_the_centered_covariance_from_the_running_statistics():
@@ -958,7 +956,7 @@ def test_diagnostics_take_the_rank_of_the_centered_covariance_from_the_running_s
     g = torch.Generator().manual_seed(0)
     f1 = torch.randn(256, 8, generator=g) * torch.arange(1, 9) + 5.0  # (2B, d): spread 1..8, mean 5 in every dim
     f2 = torch.randn(256, 8, generator=g) + 1.0
-    stats = directpred.feature_stats(directpred.feature_stats(None, f1), f2)
+    stats = feature_stats(feature_stats(None, f1), f2)
     a1, a2 = f1.double().numpy(), f2.double().numpy()
     F = 0.9 * a1.T @ a1 / 256 + 0.1 * a2.T @ a2 / 256
     mu = 0.9 * a1.mean(0) + 0.1 * a2.mean(0)
@@ -968,7 +966,7 @@ def test_diagnostics_take_the_rank_of_the_centered_covariance_from_the_running_s
         q = np.clip(np.linalg.eigvalsh(m), 0, None)
         q = q[q > 0] / q.sum()
         return math.exp(-(q * np.log(q)).sum())
-    d = directpred.diagnostics(stats, None, f2)
+    d = diagnostics(stats, None, f2)
     assert d["erank"] == pytest.approx(erank(F - np.outer(mu, mu)), rel=1e-4)
     assert d["erank_uncentered"] == pytest.approx(erank(F), rel=1e-4) and d["erank_uncentered"] < d["erank"] - 1
 

@@ -39,9 +39,8 @@ import sys
 import numpy as np
 import torch
 
-from directpred import DirectPred
+from directpred import DirectPred, diagnostics, effective_rank
 from plumbing import GE0, GE1, GE2, GT0, UNIT, ArgumentParser, RunError, range_error
-from directpred import diagnostics, effective_rank
 from train import cosine_loss, l2_loss
 
 # -----------------------------------------------------------------------------
@@ -243,8 +242,8 @@ def simulate(cfg, log=None):
     """Run the matrix model for cfg["steps"] Euler / SGD steps. Returns (records, final) with final = {"W", "Wp",
     "Wa"} (float64 tensors; Wa None for SimSiam) and records every --log-every steps
     (and at 0 and the end): step, t, loss, ||W||_F^2, ||Wp||_F^2, tau_hat = <Wa, W> / ||W||^2, ||[F, Wp]||_F and
-    lambda_min(K) (F = W W^T, the reduced dynamics'), and directpred.py's Fig. 2 diagnostics (F_eig, Wp_eig, align, asym,
-    z_std) of the predictor input correlation. log: an open file that gets one JSON line per record.
+    lambda_min(K) (F = W W^T, the reduced dynamics'), and directpred.py's Fig. 2 diagnostics (F_eig, Wp_eig, align,
+    asym, z_std) of the predictor input correlation. log: an open file that gets one JSON line per record.
     Raises Diverged on NaN/inf, naming the step and the knob most likely at fault."""
     err = config_error(cfg)
     if err:
