@@ -317,6 +317,16 @@ def run_one(rid, seed, args, env):
     return res_path
 
 
+def restore_checkpoint(rid, seed, args, env):
+    """The checkpoint of a finished (row, seed) whose work folder is gone (a fresh clone holds only the committed
+    result files): its training command run again, not probed, so that the baselines can read its network's config
+    and init. Returns the checkpoint's path."""
+    ckpt = os.path.join(args.work, rid, f"s{seed}", "ckpt.pt")
+    if not os.path.exists(ckpt):
+        sh(commands(row(rid), args, seed)[0], env, os.path.join(args.work, rid, f"s{seed}.train.txt"))
+    return ckpt
+
+
 def run_baseline(name, cmd, args, env):
     res_path = os.path.join(args.results, "baselines", f"{name}.json")
     if not os.path.exists(res_path):
@@ -948,6 +958,10 @@ def main():
     base_cmds = {} if args.baselines == "none" or ("pred-direct", seeds[0]) not in work else \
         {k: v for k, v in baseline_commands(args, seeds).items() if args.baselines == "all" or k.startswith("random")}
     todo = [(rid, s) for rid, s in work if not os.path.exists(os.path.join(args.results, rid, f"s{s}.json"))]
+    pending = [cmd for name, cmd in base_cmds.items()
+               if not os.path.exists(os.path.join(args.results, "baselines", f"{name}.json"))]
+    base_seeds = [s for s in seeds if any(os.path.join(args.work, "pred-direct", f"s{s}", "ckpt.pt") in cmd
+                                          for cmd in pending)]  # (restore_checkpoint: a no-op where it exists)
     cores = os.cpu_count() or 1
     if args.gpus:  # one run per GPU; the CPU threads shared out among them
         args.jobs, speed = len(args.gpus), None
@@ -978,6 +992,10 @@ def main():
             train, probe = commands(row(rid), args, s)
             done = "done" if (rid, s) not in todo else "to run"
             print(f"# {rid} seed {s} ({done})\n{shlex.join(train)}\n{shlex.join(probe)}")
+        for s in base_seeds:
+            if not os.path.exists(os.path.join(args.work, "pred-direct", f"s{s}", "ckpt.pt")):
+                print(f"# pred-direct seed {s}: its checkpoint, if still missing then, is trained again (not probed) "
+                      f"before the baselines\n{shlex.join(commands(row('pred-direct'), args, s)[0])}")
         for name, cmd in base_cmds.items():
             print(f"# baseline {name}\n{shlex.join(cmd)}")
         rows_run = sorted({rid for rid, _ in work})
@@ -1025,6 +1043,7 @@ def main():
         # checkpoints)
         stages = [lambda: [pool.submit(on_one_gpu, run_one, rid, s, args) for rid, s in single]]
         stages += [lambda rid=rid, s=s: [pool.submit(run_one, rid, s, args, every_gpu)] for rid, s in multi]
+        stages += [lambda: [pool.submit(on_one_gpu, restore_checkpoint, "pred-direct", s, args) for s in base_seeds]]
         stages += [lambda: [pool.submit(on_one_gpu, run_baseline, name, cmd, args) for name, cmd in base_cmds.items()]]
         for stage in stages:
             for fut in as_completed(stage()):

@@ -345,7 +345,8 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
     """Two rows x two seeds on fake data with --jobs 2. Killed (SIGTERM to the whole process group) once the first
     run has its result: re-run, the finished runs are not recomputed, an unfinished one continues from its checkpoint
     (train.py's 'steps K -> 48' with K > 0), and the table's mean and sample std equal a hand computation (the gain:
-    over the random init with its BN statistics re-estimated)."""
+    over the random init with its BN statistics re-estimated). Then as a fresh clone: no work folder, one baseline
+    to redo."""
     argv = [sys.executable, "-m", "paper.reproduce", "--rows", "pred-direct,pred-linear", "--seeds", "0,1",
             "--jobs", "2", "--base", FAKE_BASE, "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -374,6 +375,18 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
         assert rows[rid]["gain_linear"][0] == pytest.approx(mean - sum(rand) / 2)
     table = (tmp_path / "r" / "table.md").read_text()
     assert f"{100 * rows['pred-direct']['linear'][0]:.2f} ± {100 * rows['pred-direct']['linear'][1]:.2f} (n=2)" in table
+    # a fresh clone holds the result files and no work folder: a baseline still to probe gets pred-direct's
+    # checkpoint trained again (only that seed's, not probed, no result file rewritten) and the same number
+    shutil.rmtree(tmp_path / "w")
+    redo = tmp_path / "r" / "baselines" / "random-bn-s1.json"
+    top1 = json.load(open(redo))["linear_top1"]
+    redo.unlink()
+    kept = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*.json") if p != redo}
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.load(open(redo))["linear_top1"] == top1
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    assert [p.parent.name for p in (tmp_path / "w").glob("*/s*/ckpt.pt")] == ["s1"]
 
 
 def test_reproduce_demo_prints_each_rows_rank_and_knn_and_draws_them(tmp_path):
