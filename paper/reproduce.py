@@ -1039,8 +1039,8 @@ def main():
             free.put(g)
     every_gpu = dict(env, CUDA_VISIBLE_DEVICES=",".join(args.gpus)) if args.gpus else env
     with ThreadPoolExecutor(args.jobs) as pool:  # stages, each submitted when the one before has finished: the
-        # single-GPU runs side by side; each ImageNet row alone on all GPUs; the baselines (they read pred-direct's
-        # checkpoints)
+        # single-GPU runs side by side; each ImageNet row alone on all GPUs; pred-direct's checkpoints where a fresh
+        # clone lacks them; the baselines (they read those checkpoints)
         stages = [lambda: [pool.submit(on_one_gpu, run_one, rid, s, args) for rid, s in single]]
         stages += [lambda rid=rid, s=s: [pool.submit(run_one, rid, s, args, every_gpu)] for rid, s in multi]
         stages += [lambda: [pool.submit(on_one_gpu, restore_checkpoint, "pred-direct", s, args) for s in base_seeds]]
