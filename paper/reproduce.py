@@ -960,8 +960,8 @@ def main():
     todo = [(rid, s) for rid, s in work if not os.path.exists(os.path.join(args.results, rid, f"s{s}.json"))]
     pending = [cmd for name, cmd in base_cmds.items()
                if not os.path.exists(os.path.join(args.results, "baselines", f"{name}.json"))]
-    base_seeds = [s for s in seeds if any(os.path.join(args.work, "pred-direct", f"s{s}", "ckpt.pt") in cmd
-                                          for cmd in pending)]  # (restore_checkpoint: a no-op where it exists)
+    ckpt = lambda s: os.path.join(args.work, "pred-direct", f"s{s}", "ckpt.pt")
+    base_seeds = [s for s in seeds if not os.path.exists(ckpt(s)) and any(ckpt(s) in cmd for cmd in pending)]
     cores = os.cpu_count() or 1
     if args.gpus:  # one run per GPU; the CPU threads shared out among them
         args.jobs, speed = len(args.gpus), None
@@ -993,9 +993,8 @@ def main():
             done = "done" if (rid, s) not in todo else "to run"
             print(f"# {rid} seed {s} ({done})\n{shlex.join(train)}\n{shlex.join(probe)}")
         for s in base_seeds:
-            if not os.path.exists(os.path.join(args.work, "pred-direct", f"s{s}", "ckpt.pt")):
-                print(f"# pred-direct seed {s}: its checkpoint, if still missing then, is trained again (not probed) "
-                      f"before the baselines\n{shlex.join(commands(row('pred-direct'), args, s)[0])}")
+            print(f"# pred-direct seed {s}: its checkpoint, if still missing then, is trained again (not probed) "
+                  f"before the baselines\n{shlex.join(commands(row('pred-direct'), args, s)[0])}")
         for name, cmd in base_cmds.items():
             print(f"# baseline {name}\n{shlex.join(cmd)}")
         rows_run = sorted({rid for rid, _ in work})
