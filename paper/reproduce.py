@@ -245,12 +245,17 @@ def commands(r, args, seed):
                      "--out", os.path.join(out, "eval.json")])
 
 
+def checkpoint(args, rid, seed):
+    """Where a (row, seed)'s training run leaves its checkpoint in the work folder."""
+    return os.path.join(args.work, rid, f"s{seed}", "ckpt.pt")
+
+
 def baseline_commands(args, seeds):
     """{name: probe command}: the same network at random init (one per seed; as initialised, and with its BN
     statistics re-estimated on the training images), raw pixels, and the supervised ceiling (first seed). The network's config comes from pred-direct's checkpoint (the base recipe)."""
     probe = shlex.split(SCALES[args.scale]["probe"])
     ev = ["python", script("eval_linear.py")]
-    ckpt = lambda s: os.path.join(args.work, "pred-direct", f"s{s}", "ckpt.pt")
+    ckpt = lambda s: checkpoint(args, "pred-direct", s)
     base = shlex.split(args.base)
     dataset = base[base.index("--dataset") + 1]
     data_dir = ["--data-dir", args.data_dir]
@@ -321,7 +326,7 @@ def restore_checkpoint(rid, seed, args, env):
     """The checkpoint of a finished (row, seed) whose work folder is gone (a fresh clone holds only the committed
     result files): its training command run again, not probed, so that the baselines can read its network's config
     and init. Returns the checkpoint's path."""
-    ckpt = os.path.join(args.work, rid, f"s{seed}", "ckpt.pt")
+    ckpt = checkpoint(args, rid, seed)
     if not os.path.exists(ckpt):
         sh(commands(row(rid), args, seed)[0], env, os.path.join(args.work, rid, f"s{seed}.train.txt"))
     return ckpt
@@ -960,7 +965,7 @@ def main():
     todo = [(rid, s) for rid, s in work if not os.path.exists(os.path.join(args.results, rid, f"s{s}.json"))]
     pending = [cmd for name, cmd in base_cmds.items()
                if not os.path.exists(os.path.join(args.results, "baselines", f"{name}.json"))]
-    ckpt = lambda s: os.path.join(args.work, "pred-direct", f"s{s}", "ckpt.pt")
+    ckpt = lambda s: checkpoint(args, "pred-direct", s)
     base_seeds = [s for s in seeds if not os.path.exists(ckpt(s)) and any(ckpt(s) in cmd for cmd in pending)]
     cores = os.cpu_count() or 1
     if args.gpus:  # one run per GPU; the CPU threads shared out among them
