@@ -239,16 +239,24 @@ def test_the_paper_table_file_is_reproduce_pys():
 
 
 def test_the_readme_claims_table_is_the_committed_verdicts():
-    """The README's laptop verdicts are reproduce.py's brief claims table of the committed result files
-    (paper/results/laptop), line for line, and claims.md its full one: a verdict cannot be edited by hand or go stale when
-    results land, and the two tables give each claim the same verdict."""
-    table = R.claims_markdown("laptop", str(ROOT / "paper" / "results" / "laptop"))
-    brief = R.claims_markdown("laptop", str(ROOT / "paper" / "results" / "laptop"), brief=True)
-    assert brief in (ROOT / "README.md").read_text()
-    assert table + "\n" == (ROOT / "paper" / "results" / "laptop" / "claims.md").read_text()
-    assert len(table.splitlines()) == len(brief.splitlines()) == 2 + len(R.CLAIMS)
-    kind = lambda line: re.split(r"[:;(]", line.rsplit(" | ", 1)[1])[0].strip()  # holds / does not hold / inconclusive / untestable here
-    assert [kind(a) for a in table.splitlines()[2:]] == [kind(b) for b in brief.splitlines()[2:]]
+    """The README's laptop verdicts are reproduce.py's brief claims table of the committed claims suite
+    (paper/results/claims), line for line, and each suite's claims.md (that one and the earlier paper/results/laptop)
+    its full one: a verdict cannot be edited by hand or go stale when results land, and the two tables give each claim
+    the same verdict."""
+    readme = (ROOT / "README.md").read_text()
+    for suite in ("claims", "laptop"):
+        folder = ROOT / "paper" / "results" / suite
+        table = R.claims_markdown("laptop", str(folder))
+        brief = R.claims_markdown("laptop", str(folder), brief=True)
+        assert (brief in readme) == (suite == "claims"), suite
+        assert table + "\n" == (folder / "claims.md").read_text(), suite
+        assert len(table.splitlines()) == len(brief.splitlines()) == 2 + len(R.CLAIMS)
+        kind = lambda line: re.split(r"[:;(]", line.rsplit(" | ", 1)[1])[0].strip()  # holds / does not hold / inconclusive / untestable here
+        assert [kind(a) for a in table.splitlines()[2:]] == [kind(b) for b in brief.splitlines()[2:]], suite
+    verdicts = [kind(b.rstrip(" |")) for b in R.claims_markdown("laptop", str(ROOT / "paper" / "results" / "claims"),
+                                                                brief=True).splitlines()[2:]]
+    decided = sum(v in ("holds", "does not hold") for v in verdicts)  # the README's count
+    assert f"{decided} of the {len(R.CLAIMS)} contrasts end *holds* or *does not hold*" in readme
 
 
 def test_the_readme_reference_table_is_the_committed_runs():
