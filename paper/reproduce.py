@@ -230,10 +230,20 @@ def train_flags(r, base, data_dir, scale):
     return base + shlex.split(row_flags(r, scale)) + ["--data-dir", data_dir]
 
 
+def run_dir(args, rid, seed):
+    """A (row, seed)'s training folder in the work folder (train.py's --out-dir: checkpoint, log)."""
+    return os.path.join(args.work, rid, f"s{seed}")
+
+
+def checkpoint(args, rid, seed):
+    """Where a (row, seed)'s training run leaves its checkpoint."""
+    return os.path.join(run_dir(args, rid, seed), "ckpt.pt")
+
+
 def commands(r, args, seed):
     """(train command, probe command) of one (row, seed): argument lists, exactly what runs ("python" stands for
     this interpreter)."""
-    out = os.path.join(args.work, r["id"], f"s{seed}")
+    out = run_dir(args, r["id"], seed)
     flags = train_flags(r, args.base, args.data_dir, args.scale) + ["--seed", str(seed), "--out-dir", out]
     if r["id"] in CURVES and (seed == 0 or args.scale == "laptop") and "--eval-every" not in flags:  # (a --base
         # may set its own, or 0: off)
@@ -241,13 +251,8 @@ def commands(r, args, seed):
     probe = shlex.split(SCALES[args.scale]["imagenet_probe" if r.get("imagenet") else "probe"])
     start = shlex.split(args.launcher) if r.get("imagenet") else ["python"]
     return (start + [script("train.py"), *flags],
-            start + [script("eval_linear.py"), "--ckpt", os.path.join(out, "ckpt.pt"), *probe,
+            start + [script("eval_linear.py"), "--ckpt", checkpoint(args, r["id"], seed), *probe,
                      "--out", os.path.join(out, "eval.json")])
-
-
-def checkpoint(args, rid, seed):
-    """Where a (row, seed)'s training run leaves its checkpoint in the work folder."""
-    return os.path.join(args.work, rid, f"s{seed}", "ckpt.pt")
 
 
 def baseline_commands(args, seeds):
@@ -299,9 +304,9 @@ def run_one(rid, seed, args, env):
     res_path = os.path.join(args.results, rid, f"s{seed}.json")
     if os.path.exists(res_path):
         return res_path
-    work_run = os.path.join(args.work, rid, f"s{seed}")
+    work_run = run_dir(args, rid, seed)
     train, probe = commands(row(rid), args, seed)
-    if os.path.exists(os.path.join(work_run, "ckpt.pt")):
+    if os.path.exists(checkpoint(args, rid, seed)):
         train.append("--resume")
     wall_file = os.path.join(work_run, "wall.json")  # training time of earlier attempts (a resumed run adds up)
     wall = json.load(open(wall_file))["seconds"] if os.path.exists(wall_file) else 0.0
