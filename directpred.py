@@ -23,10 +23,15 @@ GPU's own batch, so each GPU ends up with its own predictor: github.com/varun142
 Variants, all in the one class:
 - exponent a (a = 1 is DirectSet(1)), offset c inside the root (Table 7: eps = 0, c = +-0.05, +-0.1; floored at
   1e-4 inside the root, as compute_w_corr's dyn_eps_inside branch; eps, if also given, is added after the root);
-- center: F = E[f f^T] - E[f] E[f]^T (the paper finds centering hurts; off by default);
+- center (dyn_zero_mean in the authors' code): EMAs of E[f f^T] and of E[f], and at a set F = F_hat - mu_hat mu_hat^T
+  (the paper finds centering hurts; off by default);
 - mode "directcopy" (Wang, Chen, Du, Tian 2021, arXiv 2110.04947): Wp = F_hat / lambda_max(F_hat) + eps I;
-- mode "optimal" (Table 1, "plug in the optimal solution"): with C_hat the EMA of E[z f^T] (z = the target the
-  prediction of f is compared with), Wp solves Wp (F_hat + eps lambda_max I) = (C_hat + C_hat^T) / 2;
+- mode "optimal" (Table 1, "plug in the optimal solution"), the authors' two branches: with M = F_hat and M2 = C_hat,
+  the EMA of E[z f^T] (z = the target the prediction of f is compared with), and the ridge eps,
+  "solve-as-run": their `solve` branch as it ran: `Q @ (D + eps).pow(-1) @ Q.t()` with D the 1-D vector of
+  eigenvalues is a vector, not a matrix, and the vector `inv @ M2` is copied into every row of Wp (a rank-1 Wp; under
+  the cosine loss it passes no gradient into the network); "solve": the least-squares Wp = M2 (M + eps I)^-1 that
+  branch intends; "minimal-space": their `minimal_space` branch, W with M W + W M + eps W = M2 + M2^T;
 - feature-dependent Wp (Sec. 5, "6 partitions -> 78.20"), as the authors' code ran it (byol_trainer.py above,
   predictor_reg "partition"): PartitionedPredictor below, n random projections,
   each splitting the batch in two at its mean, one F_hat per side, a sample's Wp the mean over the projections.
@@ -69,6 +74,9 @@ def full_fp32(device_type):
         setattr(m, key, old)
 
 
+OPTIMAL_RULES = ("solve-as-run", "solve", "minimal-space")  # mode "optimal": the module's docstring
+
+
 class DirectPred(nn.Module):
     """Running statistics of the predictor input and the rule that turns them into Wp.
 
@@ -77,16 +85,20 @@ class DirectPred(nn.Module):
     """
 
     def __init__(self, dim, rho=0.3, eps=0.1, freq=1, exponent=0.5, offset=0.0, center=False, mode="direct",
-                 partitions=1):
-        """partitions: K sets of statistics (regions), each with its own F_hat and Wp (PartitionedPredictor)."""
+                 partitions=1, optimal_rule="solve-as-run"):
+        """partitions: K sets of statistics (regions), each with its own F_hat and Wp (PartitionedPredictor).
+        optimal_rule: mode "optimal"'s estimator, one of OPTIMAL_RULES (the module's docstring)."""
         super().__init__()
-        assert mode in ("direct", "directcopy", "optimal"), mode
+        assert mode in ("direct", "directcopy", "optimal") and optimal_rule in OPTIMAL_RULES, (mode, optimal_rule)
         self.rho, self.eps, self.freq = rho, eps, freq
         self.exponent, self.offset, self.center, self.mode, self.K = exponent, offset, center, mode, partitions
+        self.optimal_rule = optimal_rule
         self.register_buffer("F_hat", torch.zeros(partitions, dim, dim))  # (K, d, d) EMA of E[f f^T] per region
+        if center:
+            self.register_buffer("mu_hat", torch.zeros(partitions, dim))  # (K, d) EMA of E[f]
         if mode == "optimal":
             self.register_buffer("C_hat", torch.zeros(partitions, dim, dim))  # (K, d, d) EMA of E[z f^T]
-        self.register_buffer("seen", torch.zeros(partitions, dtype=torch.bool))  # region has had a sample
+        self.register_buffer("seen", torch.zeros(partitions, dtype=torch.bool))  # a batch has been accumulated
         self.n_updates = 0  # batches seen; plain ints so that the hot loop never syncs with the device
         self.n_sets = 0  # times Wp was written
 
@@ -100,7 +112,7 @@ class DirectPred(nn.Module):
     def update(self, f, z=None, region=None):
         """f: (N, d) raw predictor inputs of the local batch (both views); z: (N, d) the targets f's predictions
         are compared with (mode "optimal" only); region: (N, K) 0/1, row n counts towards region k's statistics
-        (partitions > 1 only; a row may belong to several regions). Returns F_batch (K, d, d)."""
+        (partitions > 1 only; a row may belong to several regions). Returns F_batch (K, d, d), E[f f^T] per region."""
         F_batch = self.accumulate(f, z, region)
         self.n_updates += 1
         return F_batch
@@ -126,40 +138,40 @@ class DirectPred(nn.Module):
         flat = torch.cat([s.flatten() for s in stats])
         if dist.is_available() and dist.is_initialized():  # sums and counts over all ranks: the global batch
             dist.all_reduce(flat)
-        n = flat[:self.K]
-        seen = n > 0  # regions with samples in this global batch
-        F_batch = flat[self.K:self.K + self.K * d * d].view(self.K, d, d) / n.clamp(min=1)[:, None, None]
+        n = flat[:self.K].clamp(min=1)  # a region without samples gets batch statistics 0, as the authors' code
+        F_batch = flat[self.K:self.K + self.K * d * d].view(self.K, d, d) / n[:, None, None]
         rest = flat[self.K + self.K * d * d:]
+        self._ema(self.F_hat, F_batch)
         if self.center:
-            mu = rest[:self.K * d].view(self.K, d) / n.clamp(min=1)[:, None]
-            F_batch = F_batch - mu[:, :, None] * mu[:, None, :]
+            self._ema(self.mu_hat, rest[:self.K * d].view(self.K, d) / n[:, None])
             rest = rest[self.K * d:]
-        self._ema(self.F_hat, F_batch, seen)
         if self.mode == "optimal":
-            self._ema(self.C_hat, rest.view(self.K, d, d) / n.clamp(min=1)[:, None, None], seen)
-        self.seen |= seen
+            self._ema(self.C_hat, rest.view(self.K, d, d) / n[:, None, None])
+        self.seen.fill_(True)
         return F_batch
 
-    def _ema(self, hat, batch, seen):
-        """hat <- rho hat + (1 - rho) batch in regions seen now; a region's first batch initialises it."""
-        new = torch.where(self.seen[:, None, None], self.rho * hat + (1 - self.rho) * batch, batch)
-        hat.copy_(torch.where(seen[:, None, None], new, hat))
+    def _ema(self, hat, batch):
+        """hat <- rho hat + (1 - rho) batch in every region; the first batch sets it. A region no sample fell into
+        has batch 0, so its EMA moves toward 0 (the authors' Accumulator.add_list adds a zero matrix)."""
+        first = ~self.seen.view(-1, *[1] * (hat.dim() - 1))
+        hat.copy_(torch.where(first, batch, self.rho * hat + (1 - self.rho) * batch))
 
     @torch.no_grad()
     def compute_Wp(self):
         """Wp from the current statistics, in float64 outside autocast. Returns Wp (K, d, d)."""
         with torch.autocast(self.F_hat.device.type, enabled=False):
             F = self.F_hat.double()
+            if self.center:  # dyn_zero_mean: the EMA'd correlation minus the outer product of the EMA'd mean
+                F = F - self.mu_hat.double()[:, :, None] * self.mu_hat.double()[:, None, :]
             eye = torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
             # a diverged run's nan/inf F_hat would make eigh raise; its Wp is then eps I, and train.py stops the run
             # (with one line) at its next check, without a host sync here
             F = torch.where(torch.isfinite(F).flatten(1).all(1)[:, None, None], F, eye)
-            if self.mode in ("directcopy", "optimal"):
+            if self.mode == "optimal":
+                return self._optimal(F)
+            if self.mode == "directcopy":  # Wp = F / lambda_max + eps I
                 lam_max = torch.linalg.eigvalsh(F)[:, -1].clamp(min=1e-12)[:, None, None]  # (K, 1, 1)
-                if self.mode == "directcopy":  # Wp = F / lambda_max + eps I
-                    return F / lam_max + self.eps * eye
-                S = 0.5 * (self.C_hat.double() + self.C_hat.double().mT)  # (E[z f^T] + E[f z^T]) / 2
-                return torch.linalg.solve(F + self.eps * lam_max * eye, S.mT).mT  # S (F + reg I)^-1 (F symmetric)
+                return F / lam_max + self.eps * eye
             s, U = torch.linalg.eigh(F)  # ascending eigenvalues, orthonormal columns U
             s = s.clamp(min=0)
             s = s / s.max(-1, keepdim=True).values.clamp(min=1e-12)  # max-normalise: the top eigenvalue becomes 1
@@ -170,11 +182,30 @@ class DirectPred(nn.Module):
                 p = (s.pow(self.exponent) + self.eps).clamp(min=1e-4)
             return (U * p[:, None, :]) @ U.mT  # U diag(p) U^T
 
+    def _optimal(self, M):
+        """Table 1's plug-in Wp from M = E[f f^T] and M2 = E[z f^T] (EMAs), ridge eps, as the authors' branches of
+        regulate_predictor (byol_trainer.py at luckmatters@671fca5); eigenvalues of M clamped at 0, as theirs."""
+        M2 = self.C_hat.double()  # (K, d, d): rows index the target z, columns the input f
+        s, Q = torch.linalg.eigh(M)
+        s = s.clamp(min=0)  # (K, d)
+        if self.optimal_rule == "minimal-space":  # M W + W M + eps W = M2 + M2^T, solved in M's eigenbasis
+            return Q @ (Q.mT @ (M2 + M2.mT) @ Q / (s[:, :, None] + s[:, None, :] + self.eps)) @ Q.mT
+        inv = 1 / (s + self.eps)  # (K, d)
+        if self.optimal_rule == "solve":  # least squares: Wp (M + eps I) = M2
+            return M2 @ (Q * inv[:, None, :]) @ Q.mT
+        # "solve-as-run": `inv = Q @ inv @ Q.t()` with inv 1-D gives the vector Q (Q inv); `w = inv @ M2` (their
+        # default solve_direction "left") the vector M2^T Q (Q inv); `weight.copy_(w)` writes w into every row
+        v = torch.einsum("kij,kj->ki", Q, torch.einsum("kij,kj->ki", Q, inv))
+        return torch.einsum("kij,ki->kj", M2, v)[:, None, :].expand_as(M2).contiguous()  # (K, d, d), each row w
+
     @torch.no_grad()
     def set_predictor(self, weight):
         """Call once per optimizer step, after it. Writes Wp into `weight` ((d, d), or (K, d, d) for partitions)
-        on updates 1, 1+freq, 1+2freq, ...; returns whether it did."""
+        on updates 1, 1+freq, 1+2freq, ...; returns whether it did. Between two sets, mode "optimal" with rule
+        "minimal-space" symmetrises the SGD-trained Wp (the authors' dyn_sym); every other rule leaves it."""
         if (self.n_updates - 1) % self.freq != 0:
+            if self.mode == "optimal" and self.optimal_rule == "minimal-space":
+                weight.copy_(0.5 * (weight + weight.mT))
             return False
         weight.copy_(self.compute_Wp().view(weight.shape).to(weight.dtype))
         self.n_sets += 1

@@ -211,7 +211,7 @@ def main():
     cfg = None
     if args.ckpt:
         ckpt = plumbing.load_checkpoint(args.ckpt, "--ckpt")
-        cfg = ckpt["config"]
+        cfg = {**vars(T.get_parser().parse_args([])), **ckpt["config"]}  # newer flags: defaults
         bad = plumbing.nonfinite(ckpt["online"])
         if bad and args.baseline == "none":
             raise plumbing.RunError(f"--ckpt {args.ckpt} holds nan/inf weights ({bad}): a diverged run, nothing to evaluate")

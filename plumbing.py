@@ -91,7 +91,7 @@ class Dataset(NamedTuple):
     files: str  # the layout expected there, named in the one-line error when it is not
     shape: tuple  # (channels, stored size in pixels); the streamed sets' 224 is their default crop
     n_train: int  # images train.py pretrains on with --split test (0: whatever the folder / --fake-size holds)
-    mean: tuple  # per-channel normalisation
+    mean: tuple  # per-channel normalisation (CIFAR-10, STL-10: the authors' data/transforms.py at luckmatters@671fca5)
     std: tuple
     aug: str  # train.AUG's preset for --aug auto
     stem: str  # the ResNet stem of --stem auto (cifar: 3x3 stride-1 conv1, no maxpool, for small images)
@@ -104,12 +104,12 @@ FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package datase
 FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DATASETS = {
     "cifar10": Dataset("cifar-10-batches-py", "{d}/cifar-10-batches-py/ with data_batch_1..5 and test_batch (the python "
-                       "pickle version)", (3, 32), 50_000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                       "pickle version)", (3, 32), 50_000, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
                        "cifar", "cifar", val=True),
     "cifar100": Dataset("cifar-100-python", "{d}/cifar-100-python/ with train and test (the python pickle version)",
                         (3, 32), 50_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "cifar", "cifar", val=True),
     "stl10": Dataset("stl10_binary", "{d}/stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
-                     "unlabeled_X.bin", (3, 96), 105_000, IMAGENET_MEAN, IMAGENET_STD, "stl10", "imagenet"),
+                     "unlabeled_X.bin", (3, 96), 105_000, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "stl10", "imagenet"),
     "fashion-mnist": Dataset(os.path.join("FashionMNIST", "raw"), "{d}/FashionMNIST/raw/ with the four *-ubyte(.gz) "
                              f"files (or: apt-get install dataset-fashion-mnist, found in {FMNIST_SYSTEM_DIR})",
                              (1, 28), 60_000, (0.2860,), (0.3530,), "cifar", "cifar", val=True),

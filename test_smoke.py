@@ -150,7 +150,7 @@ for center in (False, True):
         dp.update(torch.randn(6, 4, generator=torch.Generator().manual_seed(100 * t + r)) + r)
     W = torch.zeros(4, 4)
     dp.set_predictor(W)
-    out[center] = (dp.F_hat, W)
+    out[center] = (dp.F_hat, W, dp.mu_hat if center else None)
 torch.save(out, f"{sys.argv[2]}/rank{r}.pt")
 from plumbing import end_distributed
 end_distributed()
@@ -164,16 +164,16 @@ def test_directpred_ddp_F_hat_is_the_global_batch_one(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     got = [load(tmp_path / f"rank{i}.pt") for i in range(2)]
     for center in (False, True):
-        F_ref = None
+        F_ref = mu_ref = None
         for t in range(3):
             f = torch.cat([torch.randn(6, 4, generator=torch.Generator().manual_seed(100 * t + i)) + i
                            for i in range(2)]).double()  # the global batch (12, 4)
-            F_t = f.T @ f / 12
-            if center:
-                F_t = F_t - torch.outer(f.mean(0), f.mean(0))
-            F_ref = F_t if F_ref is None else 0.3 * F_ref + 0.7 * F_t
+            F_ref = f.T @ f / 12 if F_ref is None else 0.3 * F_ref + 0.7 * f.T @ f / 12
+            mu_ref = f.mean(0) if mu_ref is None else 0.3 * mu_ref + 0.7 * f.mean(0)
         for rank in got:
             torch.testing.assert_close(rank[center][0][0].double(), F_ref, atol=1e-5, rtol=0)
+            if center:  # --center: the mean's EMA over the global batch too
+                torch.testing.assert_close(rank[center][2][0].double(), mu_ref, atol=1e-5, rtol=0)
         assert torch.equal(got[0][center][0], got[1][center][0]) and torch.equal(got[0][center][1], got[1][center][1])
 
 
@@ -260,6 +260,7 @@ def reference_run(online, target, cfg, views, shards=1):
     opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
     n_part = cfg["partitions"]
     F_hat = [None] * (2 * n_part if n_part > 1 else 1)
+    mu_hat = M2_hat = None  # --center: the EMA of E[f]; --predictor optimal: the EMA of E[z f^T]
 
     def embed(m, x):
         return m.projector(m.backbone(x))
@@ -271,7 +272,7 @@ def reference_run(online, target, cfg, views, shards=1):
 
     for t, (x1, x2) in enumerate(views):
         bn_rank0 = None
-        losses, fs = [], []
+        losses, fs, crosses = [], [], []
         for x1s, x2s in zip(x1.chunk(shards), x2.chunk(shards)):
             z1, z2 = embed(net, x1s), embed(net, x2s)
             if tgt is not None:
@@ -281,6 +282,7 @@ def reference_run(online, target, cfg, views, shards=1):
                 t1, t2 = z1, z2
             t1, t2 = t1.detach(), t2.detach()
             fs.append(torch.cat([z1, z2]).detach())
+            crosses.append(t2.T @ z1.detach() + t1.T @ z2.detach())  # sums of z f^T, each f with its target
             if n_part > 1:  # statistics of every side first (both views), then each sample's mean Wp
                 R = pred.directions
                 sides = [z.detach() @ R >= (z.detach() @ R).mean(0) for z in (z1, z2)]  # (N, n) positive side
@@ -296,23 +298,30 @@ def reference_run(online, target, cfg, views, shards=1):
             losses.append(loss_fn(p1, t2) + loss_fn(p2, t1) if cfg["symmetric"] else loss_fn(p1, t2))
             if bn_rank0 is None:  # rank 0's BN running statistics (DDP broadcasts rank 0's buffers)
                 bn_rank0 = [b.clone() for m in (net, tgt) if m is not None for b in m.buffers()]
-        if cfg["predictor"] in ("direct", "directcopy") and n_part == 1:  # before backward: this step's F
+        if cfg["predictor"] in ("direct", "directcopy", "optimal") and n_part == 1:  # before backward: this F
             f = torch.cat(fs)  # (2N, d) the global batch's predictor inputs
             F_hat[0] = ref_ema(F_hat[0], f.T @ f / len(f), cfg["rho"])
+            if cfg["center"]:
+                mu_hat = ref_ema(mu_hat, f.mean(0), cfg["rho"])
+            if cfg["predictor"] == "optimal":
+                M2_hat = ref_ema(M2_hat, sum(crosses) / len(f), cfg["rho"])
         opt.zero_grad()
         (sum(losses) / shards).backward()  # DDP averages the ranks' gradients
         opt.step()
         with torch.no_grad():
             for b, b0 in zip([b for m in (net, tgt) if m is not None for b in m.buffers()], bn_rank0):
                 b.copy_(b0)  # (after backward: batch norm saves its running statistics for it)
-            if cfg["sym_wp"] and cfg["predictor"] == "mlp":
-                W = 0.5 * (pred[0].weight + pred[3].weight.T)
+            if cfg["sym_wp"] and cfg["predictor"] == "mlp":  # (pred[-1]: the second Linear, with or without BN)
+                W = 0.5 * (pred[0].weight + pred[-1].weight.T)
                 pred[0].weight.copy_(W)
-                pred[3].weight.copy_(W.T)
+                pred[-1].weight.copy_(W.T)
             elif cfg["sym_wp"]:
                 pred.weight.copy_(0.5 * (pred.weight + pred.weight.T))
             if cfg["predictor"] in ("direct", "directcopy") and n_part == 1 and t % cfg["freq"] == 0:
-                pred.weight.copy_(ref_wp(F_hat[0], cfg))
+                F = F_hat[0] - torch.outer(mu_hat, mu_hat) if cfg["center"] else F_hat[0]
+                pred.weight.copy_(ref_wp(F, cfg))
+            if cfg["predictor"] == "optimal" and t % cfg["freq"] == 0:
+                pred.weight.copy_(authors_optimal(F_hat[0], M2_hat, cfg["eps"], cfg["optimal_rule"]))
             if tgt is not None:
                 for pt, po in zip(tgt.parameters(), trunk):
                     pt.copy_(cfg["ema"] * pt + (1 - cfg["ema"]) * po)
@@ -379,6 +388,10 @@ REF_CONFIGS = {
     "offset 0.1, eps 0 (Table 7)": ["--offset", "0.1", "--eps", "0"], "directcopy": ["--predictor", "directcopy"],
     "2 partitions": ["--partitions", "2"], "asymmetric loss": ["--symmetric", "0"], "SimSiam": ["--ema", "0"],
     "2-layer predictor, sym-wp": ["--predictor", "mlp", "--sym-wp", "1"],
+    "2-layer predictor without BN, sym-wp": ["--predictor", "mlp", "--pred-bn", "0", "--sym-wp", "1"],
+    "centred F (dyn_zero_mean)": ["--center", "1"],
+    **{f"optimal plug-in, {r}": ["--predictor", "optimal", "--optimal-rule", r]
+       for r in ("solve-as-run", "solve", "minimal-space")},
     "linear predictor, l2 loss, alpha_p 3": ["--predictor", "linear", "--loss", "l2", "--pred-lr-ratio", "3"],
 }
 
@@ -570,6 +583,22 @@ def test_color_jitter_equals_torchvisions_ops_per_image(channels):
             torch.testing.assert_close(out[i], ref, atol=2e-5, rtol=0)
     off = T.apply_jitter(x, torch.zeros(8, dtype=torch.bool), factors, order)
     assert torch.equal(off, x)  # images that drew "no jitter" are untouched
+
+
+@pytest.mark.parametrize("dataset, mean, std", [
+    ("stl10", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # ToTensor only, train and test
+    ("cifar10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+])
+def test_normalisation_is_the_authors_per_dataset(dataset, mean, std):
+    """The per-channel normalisation of a view (and of the probe's features), as the authors' data/transforms.py at
+    luckmatters@671fca5: a constant image (unchanged by crops and flips) comes out as (v / 255 - mean) / std."""
+    cfg = T.parse_config(["--dataset", dataset, "--jitter", "0"])
+    aug = dict(T.aug_of(cfg), gray_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0))
+    m, s = plumbing.normalisation(dataset, "cpu")
+    x = torch.full((2, 3, 40, 40), 200, dtype=torch.uint8)
+    got = T.augment(x, aug, 0, torch.Generator().manual_seed(0), 32, (0.5, 1.0), m, s)
+    for c in range(3):
+        torch.testing.assert_close(got[:, c], torch.full_like(got[:, c], (200 / 255 - mean[c]) / std[c]))
 
 
 def test_grey_solarize_hue_and_blur_equal_torchvisions():
@@ -823,31 +852,99 @@ def test_symmetrize_predictor_by_hand():
     assert torch.equal(mlp[3].weight, mlp[0].weight.T)
 
 
-def test_centering_optimal_and_partitions_by_hand():
+def test_centering_is_the_authors_dyn_zero_mean_by_hand():
+    """--center (the authors' dyn_zero_mean, byol_trainer.py at luckmatters@671fca5): EMAs of E[f f^T] and of E[f]
+    over both views' samples, and at a set F = F_hat - mu_hat mu_hat^T, then the DirectPred rule; not the EMA of each
+    batch's centred covariance (the two differ after the first batch)."""
+    g = torch.Generator().manual_seed(0)
+    dp = DirectPred(3, rho=0.3, eps=0.1, center=True).double()
+    F_ref = mu_ref = None
+    for t in range(3):
+        f = torch.randn(8, 3, generator=g, dtype=torch.float64) + t  # a mean that moves: the two rules differ
+        F_ref = f.T @ f / 8 if F_ref is None else 0.3 * F_ref + 0.7 * f.T @ f / 8
+        mu_ref = f.mean(0) if mu_ref is None else 0.3 * mu_ref + 0.7 * f.mean(0)
+        dp.update(f)
+    torch.testing.assert_close(dp.F_hat[0], F_ref)
+    torch.testing.assert_close(dp.mu_hat[0], mu_ref)
+    s, U = torch.linalg.eigh(F_ref - torch.outer(mu_ref, mu_ref))
+    p = (s.clamp(min=0) / s.max()).sqrt() + 0.1
+    torch.testing.assert_close(dp.compute_Wp()[0], U @ torch.diag(p) @ U.T)
+
+
+def authors_optimal(M, M2, reg, rule):
+    """Table 1's plug-in, written as the authors' branches (byol_trainer.py at luckmatters@671fca5, regulate_predictor)
+    in plain float64, with torch.linalg.eigh for their torch.eig (removed from torch): "solve" as it ran, with the
+    1-D eigenvalue vector (so `inv` is a vector) and solve_direction "left", copied into a (d, d) weight; the least
+    squares that branch intends; "minimal_space" with dyn_sym, no dyn_time, no PSD projection."""
+    D, Q = torch.linalg.eigh(M)
+    d = len(M)
+    if rule == "solve-as-run":
+        inv = Q @ (D.clamp(0) + reg).pow(-1) @ Q.t()  # (d,): the code's expression, left to right
+        w = inv @ M2
+        W = torch.zeros(d, d, dtype=M.dtype)
+        return W.copy_(w)  # the copy broadcasts the vector into every row
+    if rule == "solve":
+        return M2 @ torch.linalg.inv(Q @ torch.diag(D.clamp(0) + reg) @ Q.t())
+    M2s = (M2 + M2.t()) / 2
+    conv = Q.t() @ M2s @ Q
+    conv /= (D.clamp(0).view(d, 1) + D.clamp(0).view(1, d) + reg) / 2
+    return Q @ conv @ Q.t()
+
+
+@pytest.mark.parametrize("rule", ["solve-as-run", "solve", "minimal-space"])
+def test_optimal_plug_in_is_the_authors_branch_by_hand(rule):
+    """--predictor optimal: M = the EMA of E[f f^T], M2 = the EMA of E[z f^T] (z: the target each f's prediction is
+    compared with, as the authors' cum_cross_corr: (E[z2 f1^T] + E[z1 f2^T]) / 2), ridge --eps; Wp by each rule."""
+    g = torch.Generator().manual_seed(1)
+    dp = DirectPred(4, rho=0.3, eps=0.1, mode="optimal", optimal_rule=rule).double()
+    M = M2 = None
+    for t in range(3):
+        f1, f2, z1, z2 = (torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(4))
+        dp.update(torch.cat([f1, f2]), torch.cat([z2, z1]))  # train_step's order: z2 is f1's target
+        Mb, M2b = (f1.T @ f1 + f2.T @ f2) / 12, (z2.T @ f1 / 6 + z1.T @ f2 / 6) / 2
+        M, M2 = (Mb, M2b) if M is None else (0.3 * M + 0.7 * Mb, 0.3 * M2 + 0.7 * M2b)
+    torch.testing.assert_close(dp.C_hat[0], M2)
+    W = torch.zeros(4, 4, dtype=torch.float64)
+    assert dp.set_predictor(W)
+    torch.testing.assert_close(W, authors_optimal(M, M2, 0.1, rule))
+    if rule == "solve-as-run":  # every row the same vector: a rank-1 Wp
+        assert torch.linalg.matrix_rank(W) == 1 and torch.equal(W[0], W[-1])
+
+
+def test_the_authors_solve_branch_passes_no_gradient_into_the_network():
+    """With the rank-1 Wp of "solve-as-run" every prediction is a multiple of the all-ones vector, so the cosine loss
+    depends on f only through the sign of w . f: no gradient reaches the trunk (only weight decay moves it)."""
+    cfg = tiny_cfg("--predictor", "optimal")
+    model = tiny_model(cfg).double()  # float64: the zero is exact up to rounding
+    w = torch.randn(cfg["proj_dim"], dtype=torch.float64)
+    with torch.no_grad():
+        model.predictor.weight.copy_(w.expand(cfg["proj_dim"], -1))
+    x1, x2 = (torch.randn(8, 3, 16, 16, dtype=torch.float64) for _ in range(2))
+    loss, *_ = T.ssl_loss(model, None, x1, x2, dict(cfg, ema=0.0))
+    loss.backward()
+    grads = [p.grad.abs().max().item() for n, p in model.named_parameters() if not n.startswith("predictor.")]
+    assert max(grads) < 1e-12 and loss.item() > 0.1  # a loss far from 0, and no gradient into the trunk
+    model.zero_grad()  # the least-squares Wp of "solve" (full rank) does pass one
+    with torch.no_grad():
+        model.predictor.weight.copy_(torch.randn(cfg["proj_dim"], cfg["proj_dim"], dtype=torch.float64))
+    T.ssl_loss(model, None, x1, x2, dict(cfg, ema=0.0))[0].backward()
+    assert max(p.grad.abs().max().item() for n, p in model.named_parameters() if not n.startswith("predictor.")) > 1e-3
+
+
+def test_partition_regions_by_hand():
+    """Regions: one F_hat each, a row may count in several; the first batch sets every region (one without samples
+    to 0), and later a region without samples decays toward 0 (the authors' Accumulator adds a zero matrix)."""
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [1.0, -1.0]])
-    dp = DirectPred(2, center=True)
-    dp.update(f)
-    torch.testing.assert_close(dp.F_hat[0].double(), torch.from_numpy(np.cov(f.numpy().T, bias=True)))
-    # optimal plug-in: C_hat = mean z f^T; Wp = sym(C) (F + eps lambda_max I)^-1
-    dp = DirectPred(2, eps=0.1, mode="optimal")
-    dp.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
-    torch.testing.assert_close(dp.C_hat[0], torch.tensor([[0.5, 1.5], [1.0, 2.0]]))
-    dp.F_hat[0] = torch.diag(torch.tensor([4.0, 1.0]))
-    dp.C_hat[0] = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
-    W = torch.zeros(2, 2)
-    dp.set_predictor(W)
-    torch.testing.assert_close(W, torch.tensor([[2 / 4.4, 0.5 / 1.4], [0.5 / 4.4, 1 / 1.4]]))
-    # regions: one F_hat each, a row may count in several, a region's first batch initialises it, unseen ones stay
     dp = DirectPred(2, rho=0.5, partitions=3)
     dp.update(f, region=torch.tensor([[1, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]]))
-    torch.testing.assert_close(dp.F_hat[0], torch.tensor([[5 / 3, 4 / 3], [4 / 3, 5 / 3]]))
-    torch.testing.assert_close(dp.F_hat[2], torch.tensor([[2.5, 1.5], [1.5, 2.5]]))
+    F0, F2 = torch.tensor([[5 / 3, 4 / 3], [4 / 3, 5 / 3]]), torch.tensor([[2.5, 1.5], [1.5, 2.5]])
+    torch.testing.assert_close(dp.F_hat[0], F0)
+    torch.testing.assert_close(dp.F_hat[2], F2)
     assert not dp.F_hat[1].any()
     dp.update(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), region=torch.tensor([[0, 1, 0], [1, 0, 0]]))
-    torch.testing.assert_close(dp.F_hat[0], 0.5 * torch.tensor([[5 / 3, 4 / 3], [4 / 3, 5 / 3]])
-                               + 0.5 * torch.diag(torch.tensor([0.0, 9.0])))
-    torch.testing.assert_close(dp.F_hat[1], torch.tensor([[4.0, 0.0], [0.0, 0.0]]))
-    torch.testing.assert_close(dp.F_hat[2], torch.tensor([[2.5, 1.5], [1.5, 2.5]]))
+    torch.testing.assert_close(dp.F_hat[0], 0.5 * F0 + 0.5 * torch.diag(torch.tensor([0.0, 9.0])))
+    torch.testing.assert_close(dp.F_hat[1], 0.5 * torch.tensor([[4.0, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(dp.F_hat[2], 0.5 * F2)
 
 
 def test_partitioned_predictor_matches_the_authors_rule_by_hand():

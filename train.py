@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from directpred import DirectPred, PartitionedPredictor, diagnostics, feature_stats
+from directpred import OPTIMAL_RULES, DirectPred, PartitionedPredictor, diagnostics, feature_stats
 from plumbing import (DATASETS, GE0, GE1, GE2, GT0, UNIT, ArgumentParser, CollapseWatch, DivergenceGuard, RunError,
                       RunLog, TwoCrops, bf16_if_faster, decide_bf16, end_distributed, epoch_batches, extract_features,
                       init_distributed, knn_eval, load_checkpoint, load_dataset, load_split, normalisation,
@@ -78,6 +78,8 @@ def get_parser():
     a("--predictor", default="direct", choices=["none", "linear", "mlp", *CLOSED_FORM],
       help="none = identity; linear/mlp = trained; direct/directcopy/optimal = closed form (directpred.py)")
     a("--pred-hidden", type=int, default=512, valid=GE1, help="hidden size of the 2-layer (mlp) predictor")
+    a("--pred-bn", type=int, default=1, choices=[0, 1], needs=("mlp",), help="BatchNorm between the 2-layer "
+      "predictor's layers (1: the authors' default MLP head; 0: none, their symmetric branch's comment)")
     a("--pred-bias", type=int, default=0, choices=[0, 1], help="bias in the linear predictor (Table 2)")
     a("--sym-wp", type=int, default=0, choices=[0, 1],
       help="Wp <- (Wp + Wp^T)/2 after every step; mlp: tie layer 2 = layer 1^T (Table 3)")
@@ -85,13 +87,16 @@ def get_parser():
     a("--rho", type=float, default=0.3, valid=UNIT, needs=CLOSED_FORM,
       help="DirectPred: EMA rate of F_hat (F_hat <- rho F_hat + (1-rho) F)")
     a("--eps", type=float, default=0.1, valid=GE0, needs=CLOSED_FORM, help="DirectPred: added to p_j after "
-      "max-normalisation (directcopy: to the diagonal; optimal: ridge, times lambda_max)")
+      "max-normalisation (directcopy: to the diagonal; optimal: the ridge added to E[f f^T]'s eigenvalues)")
     a("--freq", type=int, default=1, valid=GE1, needs=CLOSED_FORM, help="DirectPred: set Wp each freq steps, else SGD")
     a("--exponent", type=float, default=0.5, valid=GT0, needs=("direct",), help="DirectPred: p_j = s_j^a; 1: DirectSet")
     a("--offset", type=float, default=0.0, valid=(lambda v: v < 1, "< 1 (the eigenvalues are max-normalised to 1)"),
       needs=("direct",), help="DirectPred: p_j = max(s_j - c, 1e-4)^exponent (Table 7; --eps 0)")
-    a("--center", type=int, default=0, choices=[0, 1], needs=("direct", "directcopy"), help="DirectPred: center F "
-      "(subtract mean outer product)")
+    a("--center", type=int, default=0, choices=[0, 1], needs=("direct", "directcopy"), help="DirectPred: F = the "
+      "EMA of E[f f^T] minus the outer product of the EMA of E[f] (the authors' dyn_zero_mean)")
+    a("--optimal-rule", default="solve-as-run", choices=list(OPTIMAL_RULES), needs=("optimal",), help="Table 1's "
+      "plug-in: the authors' solve branch as it ran (a rank-1 Wp), the least squares it intends, or their "
+      "minimal_space branch (directpred.py)")
     a("--partitions", type=int, default=1, valid=GE1, needs=("direct",), help="DirectPred: feature-dependent Wp "
       "(Sec. 5): n random projections split the batch at their mean, one F_hat per side (the authors' code); "
       "1 = one Wp")
@@ -202,7 +207,7 @@ def config_error(cfg, P, world_size=None):
                 f"past --ddp-timeout. Evaluate the checkpoint with eval_linear.py instead")
     for k, predictors in P.needs.items():
         if cfg["predictor"] not in predictors and cfg[k] != defaults[k]:
-            return f"--{k} is a DirectPred option; it needs --predictor {' or '.join(predictors)}"
+            return f"--{k.replace('_', '-')} is an option of --predictor {' or '.join(predictors)} only"
     if cfg["partitions"] > 1 and (cfg["freq"] != 1 or cfg["pred_bias"]):
         return "--partitions > 1 sets every side's Wp at every step (no --freq, no --pred-bias), as the authors' code"
     if cfg["predictor"] == "none":
@@ -457,10 +462,11 @@ class ResNet(nn.Module):
         return torch.flatten(self.avgpool(x), 1)  # (B, dim)
 
 
-def mlp(d_in, d_hidden, d_out, bn_affine):
-    """Linear-BN-ReLU-Linear: the projector, and the 2-layer predictor baseline (Tian et al. 2021, Table 3)."""
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.BatchNorm1d(d_hidden, affine=bool(bn_affine)),
-                         nn.ReLU(inplace=True), nn.Linear(d_hidden, d_out))
+def mlp(d_in, d_hidden, d_out, bn_affine, bn=True):
+    """Linear-BN-ReLU-Linear: the projector, and the 2-layer predictor baseline (Tian et al. 2021, Table 3);
+    bn=False drops the BN (the 2-layer predictor with --pred-bn 0)."""
+    norm = [nn.BatchNorm1d(d_hidden, affine=bool(bn_affine))] if bn else []
+    return nn.Sequential(nn.Linear(d_in, d_hidden), *norm, nn.ReLU(inplace=True), nn.Linear(d_hidden, d_out))
 
 
 class SiameseNet(nn.Module):
@@ -487,7 +493,7 @@ def build_model(cfg, in_chans):
     if cfg["predictor"] == "none":  # Wp = I: Theorem 2 says this collapses
         predictor = nn.Identity()
     elif cfg["predictor"] == "mlp":  # the 2-layer baseline, trained
-        predictor = mlp(d, cfg["pred_hidden"], d, cfg["bn_affine"])
+        predictor = mlp(d, cfg["pred_hidden"], d, cfg["bn_affine"], bn=bool(cfg["pred_bn"]))
     elif cfg["partitions"] > 1:  # feature-dependent Wp, set in closed form inside the forward pass
         predictor = PartitionedPredictor(d, cfg["partitions"], cfg["rho"], cfg["eps"], cfg["exponent"], cfg["offset"],
                                          bool(cfg["center"]))
@@ -513,7 +519,7 @@ def build_directpred(cfg, device):
     if cfg["predictor"] not in ("direct", "directcopy", "optimal") or cfg["partitions"] > 1:
         return None
     return DirectPred(cfg["proj_dim"], cfg["rho"], cfg["eps"], cfg["freq"], cfg["exponent"], cfg["offset"],
-                      bool(cfg["center"]), mode=cfg["predictor"]).to(device)
+                      bool(cfg["center"]), mode=cfg["predictor"], optimal_rule=cfg["optimal_rule"]).to(device)
 
 
 def ema_pairs(target, online):
@@ -524,12 +530,14 @@ def ema_pairs(target, online):
 
 
 def symmetrize_predictor(predictor):
-    """--sym-wp (Table 3): Wp <- (Wp + Wp^T) / 2; the 2-layer predictor's layers are tied, W2 = W1^T."""
+    """--sym-wp (Table 3): Wp <- (Wp + Wp^T) / 2; the 2-layer predictor's layers are tied, W1 <- (W1 + W2^T) / 2,
+    W2 <- W1^T (the authors' two-layer branch of regulate_predictor; biases untouched, as theirs)."""
     with torch.no_grad():
         if isinstance(predictor, nn.Sequential):
-            W = 0.5 * (predictor[0].weight + predictor[3].weight.T)  # (hidden, d)
-            predictor[0].weight.copy_(W)
-            predictor[3].weight.copy_(W.T)
+            first, last = (m for m in predictor if isinstance(m, nn.Linear))
+            W = 0.5 * (first.weight + last.weight.T)  # (hidden, d)
+            first.weight.copy_(W)
+            last.weight.copy_(W.T)
         else:
             predictor.weight.copy_(0.5 * (predictor.weight + predictor.weight.mT))
 

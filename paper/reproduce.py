@@ -39,6 +39,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+from paper import stats
 from plumbing import DATASETS, VAL_SIZE, ArgumentParser, RunError, fmnist_missing
 from train import looks_collapsed, parse_config
 
@@ -61,7 +62,8 @@ ROWS = [
     dict(id="pred-none", table="Thm 2", label="no predictor (Wp = I)", paper="collapses (Theorem 2)",
          flags="--predictor none", seeds=5),
     dict(id="pred-linear", table="Table 8", label="linear predictor, trained by SGD", paper=[(75.06, None)],
-         flags="--predictor linear", seeds=5, scale_flags=LAPTOP_AP),
+         flags="--predictor linear", seeds=5, scale_flags=LAPTOP_AP,
+         check="75.06 is also Table 6's eps 0.5 row, and Table 3's same setting reads 74.51"),
     dict(id="pred-mlp", table="Table 3", label="2-layer predictor, trained (EMA, regular)", paper=[(78.85, None)],
          flags="--predictor mlp", seeds=5, scale_flags=LAPTOP_AP),
     dict(id="pred-direct", table="Table 8", label="DirectPred, freq 1 (rho 0.3, eps 0.1)", paper=[(77.86, None)],
@@ -80,6 +82,7 @@ ROWS = [
     dict(id="t3-1l-noema-reg", table="Table 3", label="1-layer, no EMA, regular", paper=[(72.85, None)],
          flags="--predictor linear --ema 0 --target-init copy", seeds=5),
     dict(id="t3-2l-ema-sym", table="Table 3", label="2-layer, EMA, symmetric", paper=[(71.58, 6.46)],
+         check="the std 6.46 is not in our notes of the paper",
          flags="--predictor mlp --sym-wp 1", seeds=5),
     dict(id="t3-2l-ema-reg", table="Table 3", label="2-layer, EMA, regular", paper=[(78.85, None)],
          flags="--predictor mlp", same_as="pred-mlp", seeds=5),
@@ -112,14 +115,16 @@ ROWS = [
     # Table 6: DirectPred's eps (and rho)
     *[dict(id=f"t6-rho0.3-eps{e}", table="Table 6", label=f"DirectPred rho 0.3, eps {e}", paper=[(p, None)],
            flags=f"--rho 0.3 --eps {e}", seeds=5 if e in (0, 0.5) else 1,
-           **({"same_as": "pred-direct"} if e == 0.1 else {}))
+           **({"same_as": "pred-direct"} if e == 0.1 else {}),
+           **({"check": "75.06 is also Table 8's SGD linear predictor (100 epochs)"} if e == 0.5 else {}))
       for e, p in ((0, 76.77), (0.01, 77.11), (0.1, 77.86), (0.5, 75.06))],
     *[dict(id=f"t6-rho0.5-eps{e}", table="Table 6", label=f"DirectPred rho 0.5, eps {e}", paper=[(p, None)],
            flags=f"--rho 0.5 --eps {e}", laptop="paper scale only: the laptop suite runs Table 6 at one rho (budget)")
       for e, p in ((0, 76.65), (0.01, 76.76), (0.1, 77.56), (0.5, 75.22))],
     # Table 7: an offset c inside the root, at freq 1 and 2
     *[dict(id=f"t7-f{f}-c{c}", table="Table 7", label=f"offset c {c}, freq {f}", paper=[(p, s)],
-           flags=f"--eps 0 --offset {c}" + (" --freq 2" if f == 2 else ""), seeds=5 if (f, c) in ((1, 0.1), (1, -0.1), (2, 0.1)) else 1)
+           flags=f"--eps 0 --offset {c}" + (" --freq 2" if f == 2 else ""), seeds=5 if (f, c) in ((1, 0.1), (1, -0.1), (2, 0.1)) else 1,
+           **({"check": "the std 18.43 is not in our notes of the paper"} if s else {}))
       for f, row in ((1, ((0.1, 46.57, 18.43), (0.05, 65.31, None), (-0.05, 77.11, None), (-0.1, 76.46, None))),
                      (2, ((0.1, 75.01, None), (0.05, 75.10, None), (-0.05, 76.83, None), (-0.1, 76.31, None))))
       for c, p, s in row],
@@ -416,7 +421,7 @@ def aggregate(scale, results):
         src = runs_row(r, scale)
         got = runs.get(src, {}) if src else {}
         rec = dict(id=r["id"], table=r["table"], label=r["label"], flags=row_flags(r, scale), paper=paper_text(r),
-                   runs_as=src, n=len(got))
+                   runs_as=src, n=len(got), check=r.get("check"))
         if scale == "laptop" and src is None:
             rec["note"] = r["laptop"]
         rec["diverged"] = sum("diverged" in v for v in got.values())
@@ -443,7 +448,8 @@ def table_markdown(scale, results):
                  "--protocol paper, ImageNet --protocol augmented) |", "| --- | --- | --- | --- | --- |"]
         for r in rows:
             ours = fmt(r["linear"]) if "linear" in r else "not run"
-            lines.append(f"| {r['table']} | {r['label']} | `{r['flags'] or '(none)'}` | {r['paper']} | {ours} |")
+            check = f" (to check against the paper: {r['check']})" if r["check"] else ""
+            lines.append(f"| {r['table']} | {r['label']} | `{r['flags'] or '(none)'}` | {r['paper']}{check} | {ours} |")
         return "\n".join(lines)
     lines = ["| paper | row | flags | paper (STL-10) | linear top-1 | kNN top-1 | gain over random init (linear / kNN; BN re-estimated where probed) "
              "| final rank / z_std |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -468,41 +474,42 @@ def table_markdown(scale, results):
 # the verdicts: each claim of the paper (arXiv 2102.06810) as a contrast between two rows, judged seed by seed (the
 # same seed = the same init and batch order) on the linear probe, kNN beside. sign: +1 = a above b, 0 = about equal.
 # b "random": the same network at its random init (the baselines). collapse: the row's runs end collapsed and the
-# contrast row's do not. wd: a weight-decay effect, which acts through e^(-2 eta t) (Thm 1; Fig. 2's symmetrisation)
+# contrast row's do not. wd: a weight-decay effect, which acts through e^(-2 eta t) (Thm 1; Fig. 2's symmetrisation).
+# basin: the paper's mechanism is the weight-decay / EMA basin of its eigenmode dynamics (claims-v2/PLAN.md, rule 6)
 CLAIMS = [
     dict(claim="C1", text="no predictor (Wp = I) collapses (Thm 2)", collapse="pred-none", b="pred-direct"),
     dict(claim="C1", text="no stop-gradient collapses (Thm 2)", collapse="thm2-no-stop-grad", b="pred-direct"),
     dict(claim="C2", text="1-layer, no EMA: regular works, symmetric fails (Table 3: 72.85 vs 36.62)",
-         a="t3-1l-noema-reg", b="t3-1l-noema-sym", sign=1),
+         a="t3-1l-noema-reg", b="t3-1l-noema-sym", sign=1, basin=True),
     dict(claim="C2", text="1-layer, EMA: symmetric about equal to regular (Table 3: 75.09 vs 74.51)",
-         a="t3-1l-ema-sym", b="t3-1l-ema-reg", sign=0),
+         a="t3-1l-ema-sym", b="t3-1l-ema-reg", sign=0, basin=True),
     dict(claim="C3", text="2-layer, no EMA: regular beats symmetric (Table 3: 65.98 vs 35.59)",
-         a="t3-2l-noema-reg", b="t3-2l-noema-sym", sign=1),
+         a="t3-2l-noema-reg", b="t3-2l-noema-sym", sign=1, basin=True),
     dict(claim="C3", text="2-layer regular with EMA beats the linear predictor (Tables 3, 8: 78.85 vs 75.06)",
          a="pred-mlp", b="pred-linear", sign=1),
     dict(claim="C3", text="2-layer regular with EMA beats the symmetric one (Table 3: 78.85 vs 71.58)",
-         a="t3-2l-ema-reg", b="t3-2l-ema-sym", sign=1),
+         a="t3-2l-ema-reg", b="t3-2l-ema-sym", sign=1, basin=True),
     dict(claim="C4", text="wd 4e-4 helps the linear predictor (Table 2: 74.51 vs 70.62 at wd 0)",
-         a="t3-1l-ema-reg", b="t2-ema-nobias", sign=1, wd=True),
+         a="t3-1l-ema-reg", b="t2-ema-nobias", sign=1, wd=True, basin=True),
     dict(claim="C5", text="wd on the predictor only, EMA: symmetric above regular (Table 5: 71.91 vs 70.54)",
-         a="t5-etap-ema-sym", b="t5-etap-ema-reg", sign=1, wd=True),
+         a="t5-etap-ema-sym", b="t5-etap-ema-reg", sign=1, wd=True, basin=True),
     dict(claim="C6", text="alpha_p 5 makes symmetric Wp work without EMA (Fig. 6)",
-         a="f6-ap5", b="t3-1l-noema-sym", sign=1),
+         a="f6-ap5", b="t3-1l-noema-sym", sign=1, basin=True),
     dict(claim="C7", text="DirectPred learns without training Wp (Table 6)", a="pred-direct", b="random", sign=1),
     dict(claim="C7", text="eps 0.1 above eps 0.5 (Table 6: 77.86 vs 75.06)", a="pred-direct", b="t6-rho0.3-eps0.5",
          sign=1),
     dict(claim="C7", text="eps 0.1 slightly above eps 0 (Table 6: 77.86 vs 76.77)", a="pred-direct",
          b="t6-rho0.3-eps0", sign=1),
     dict(claim="C8", text="freq 1: offset c = -0.1 fine, c = +0.1 hurts (Table 7: 76.46 vs 46.57)",
-         a="t7-f1-c-0.1", b="t7-f1-c0.1", sign=1),
+         a="t7-f1-c-0.1", b="t7-f1-c0.1", sign=1, basin=True),
     dict(claim="C8", text="c = +0.1 hurts less at freq 2 (Table 7: 75.01 vs 46.57)", a="t7-f2-c0.1", b="t7-f1-c0.1",
-         sign=1),
+         sign=1, basin=True),
     dict(claim="C9", text="DirectPred above the SGD-trained linear predictor (Table 8: 77.86 vs 75.06)",
          a="pred-direct", b="pred-linear", sign=1),
     dict(claim="C9", text="freq 5 about equal to freq 1 at 100 epochs (Table 8: 77.54 vs 77.86)",
          a="pred-direct-f5", b="pred-direct", sign=0),
     dict(claim="C10", text="ImageNet R50: DirectPred about equal to the 2-layer predictor (Table 9: 64.4 vs 64.7); "
-         "here the Fashion-MNIST analog", a="pred-direct", b="pred-mlp", sign=0,
+         "here the Fashion-MNIST analog", a="pred-direct", b="pred-mlp", sign=0, effect=(64.4 - 64.7) / 100,
          untestable="ImageNet ResNet-50 (paper scale only); the row is the laptop analog",
          untestable_brief="ImageNet only; this row is the analog"),
     dict(claim="C11", text="a trained linear Wp aligns with F's eigenvectors (Fig. 2): mean cos(u_j, Wp u_j) of the "
@@ -514,36 +521,10 @@ CLAIMS = [
 ]
 PAPER_LR_WD = 82_100 * 0.03 * 4e-4  # the paper's STL-10 run: steps x lr x wd (100 epochs of batch 128)
 # the tests of the analysis plan (paper/results/claims/PLAN.md, committed before the suite's first run): a claim's
-# paired differences over seeds, Student's t with n - 1 degrees of freedom
+# paired differences over seeds, Student's t with n - 1 degrees of freedom (scipy's, through paper/stats.py). The
+# rules that supersede them are paper/results/claims-v2/PLAN.md's (paper/verdicts.py)
 ALPHA = 0.05  # one-sided, for every test
 EQ_MARGIN = 0.01  # "about equal": the equivalence margin, +-1 point of linear top-1
-
-
-def t_cdf(t, df):
-    """P(T <= t) for Student's t with an integer df >= 1: the closed forms of Abramowitz & Stegun 26.7.3 (odd df) and
-    26.7.4 (even df) for A(t | df) = P(|T| <= |t|), with theta = atan(t / sqrt(df)) carrying the sign."""
-    th = math.atan(t / math.sqrt(df))
-    c2, term, total = math.cos(th) ** 2, 1.0, 1.0  # total: the series in cos^2 theta
-    if df % 2:  # 2/pi (theta + sin cos (1 + 2/3 c2 + 2*4/(3*5) c2^2 + ...)); df = 1: 2 theta / pi
-        for k in range(1, (df - 1) // 2):
-            term *= 2 * k / (2 * k + 1) * c2
-            total += term
-        a = 2 / math.pi * (th + (math.sin(th) * math.cos(th) * total if df > 1 else 0.0))
-    else:  # sin theta (1 + 1/2 c2 + 1*3/(2*4) c2^2 + ...)
-        for k in range(1, df // 2):
-            term *= (2 * k - 1) / (2 * k) * c2
-            total += term
-        a = math.sin(th) * total
-    return 0.5 + 0.5 * a
-
-
-def t_ppf(q, df):
-    """The q-quantile of Student's t (bisection on t_cdf)."""
-    lo, hi = -1e6, 1e6
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_cdf(mid, df) < q else (lo, mid)
-    return (lo + hi) / 2
 
 
 def paired_test(diffs):
@@ -553,15 +534,18 @@ def paired_test(diffs):
     m, s, n = mean_std(diffs)
     se = s / math.sqrt(n)
     t = m / se if se > 0 else math.copysign(math.inf, m) if m else 0.0
-    ci = lambda level: (m - t_ppf(1 - (1 - level) / 2, n - 1) * se, m + t_ppf(1 - (1 - level) / 2, n - 1) * se)
-    p_within = max(1 - t_cdf((m + EQ_MARGIN) / se, n - 1), t_cdf((m - EQ_MARGIN) / se, n - 1)) if se > 0 else \
+    ci = lambda level: (m - stats.t_ppf(1 - (1 - level) / 2, n - 1) * se, m + stats.t_ppf(1 - (1 - level) / 2, n - 1) * se)
+    p_within = max(1 - stats.t_cdf((m + EQ_MARGIN) / se, n - 1), stats.t_cdf((m - EQ_MARGIN) / se, n - 1)) if se > 0 else \
         float(abs(m) >= EQ_MARGIN)  # the equivalence test's p: the larger of its two one-sided p's
-    return dict(mean=m, std=s, n=n, t=t, p_above=1 - t_cdf(t, n - 1), p_below=t_cdf(t, n - 1), p_within=p_within,
+    return dict(mean=m, std=s, n=n, t=t, p_above=1 - stats.t_cdf(t, n - 1), p_below=stats.t_cdf(t, n - 1), p_within=p_within,
                 ci95=ci(0.95), ci90=ci(0.90))
 
 
 def paper_effect(c):
-    """The paper's a - b of a contrast (a fraction, as the results), where both rows have a published number."""
+    """The paper's a - b of a contrast (a fraction, as the results), where both rows have a published number (or
+    the claim states its own: C10's ImageNet numbers)."""
+    if "effect" in c:
+        return c["effect"]
     a, b = row(c["a"])["paper"], (row(c["b"])["paper"] if c["b"] != "random" else None)
     return (a[0][0] - b[0][0]) / 100 if isinstance(a, list) and isinstance(b, list) else None
 

@@ -21,6 +21,7 @@ import torch
 
 import train as T
 from paper import reproduce as R
+from paper import stats as S
 from paper import theory as TH
 from test_smoke import ROOT, TINY, config_error, one_line_error, run
 
@@ -289,9 +290,93 @@ def test_reproduce_bad_input_gives_one_line_and_starts_nothing(tmp_path, argv, n
 @pytest.mark.parametrize("df, q95, q975", [(1, 6.314, 12.706), (2, 2.920, 4.303), (3, 2.353, 3.182),
                                            (4, 2.132, 2.776), (5, 2.015, 2.571), (9, 1.833, 2.262), (10, 1.812, 2.228)])
 def test_students_t_quantiles_match_the_printed_table(df, q95, q975):
-    """R.t_cdf / t_ppf (closed forms for integer df) against a printed table of Student's t (3 decimals)."""
-    assert R.t_ppf(0.95, df) == pytest.approx(q95, abs=6e-4) and R.t_ppf(0.975, df) == pytest.approx(q975, abs=6e-4)
-    assert R.t_cdf(0.0, df) == 0.5 and R.t_cdf(-q975, df) == pytest.approx(0.025, abs=1e-4)
+    """paper/stats.py's Student's t (scipy) against a printed table (3 decimals)."""
+    assert S.t_ppf(0.95, df) == pytest.approx(q95, abs=6e-4) and S.t_ppf(0.975, df) == pytest.approx(q975, abs=6e-4)
+    assert S.t_cdf(0.0, df) == 0.5 and S.t_cdf(-q975, df) == pytest.approx(0.025, abs=1e-4)
+
+
+def test_the_v2_tests_against_printed_tables_and_hand_enumeration():
+    """paper/stats.py: the t interval (printed t_{0.975, 2} = 4.303), the one-sided t-test at the printed 5% point
+    (t_{0.95, 2} = 2.920), the exact sign-flip test by enumerating the 2^n sign patterns by hand, Holm by hand."""
+    lo, hi = S.interval([2.0, 3.0, 4.0])
+    assert (lo, hi) == pytest.approx((3 - 4.303 / 3 ** 0.5, 3 + 4.303 / 3 ** 0.5), abs=1e-3)
+    m = 2.920 / 3 ** 0.5  # mean m, std 1, n 3: t = 2.920
+    assert S.t_test([m - 1, m, m + 1], "greater") == pytest.approx(0.05, abs=2e-4)
+    assert S.t_test([m - 1, m, m + 1], "less") == pytest.approx(0.95, abs=2e-4)
+    # [1, 2, -0.5]: of the 8 sign patterns, sums >= the observed 2.5: (1, 2, -0.5) and (1, 2, 0.5): p = 2 / 8
+    assert S.sign_flip_test([1.0, 2.0, -0.5], "greater") == pytest.approx(0.25)
+    assert S.sign_flip_test([0.3, 1.0, 2.0, 0.1, 5.0], "greater") == pytest.approx(1 / 32)  # its smallest p at n = 5
+    assert S.sign_flip_test([0.3, 1.0, 2.0, 0.1, -5.0], "greater") > 0.05  # one seed the other way: never below 0.05
+    assert S.sign_flip_test([0.5, 0.2], "greater", null=1.0) == 1.0  # shifted by the null: both below it
+    # Holm: sorted 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06 (monotone)
+    assert S.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert S.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_v2_verdicts_follow_the_plan_on_hand_made_results(tmp_path):
+    """paper/results/claims-v2/PLAN.md's rules on hand-made result files, 5 seeds (points of linear top-1):
+    gains over the per-seed stronger init (random 0.03 under DirectPred, random-bn far below); C3 (pred-mlp -
+    pred-linear) +2.0, +2.2, +1.8, +2.1, +1.9: holds; C13 all negative: opposite; C9 (pred-direct - pred-linear)
+    four large positives and one negative: the t-test alone would pass, the sign-flip (p 2/32) does not:
+    inconclusive; C9 freq 5 within +-0.1: equivalent; C7 eps 0.5 mixed: inconclusive, the paper's +2.80 outside the
+    interval only as its magnitude; C2, C6 (the basin) untestable by the run's budget, whatever they measure; C1 by
+    the paired contrast of rank and z_std, with the count at the threshold beside; Holm over every hypothesis of the
+    testable contrasts. Then pred-linear and pred-mlp made not to learn: C3 untestable by rule (b); then one of
+    DirectPred's gains negative: the regime gate fails and only C1 stays testable."""
+    V = importlib.import_module("paper.verdicts")
+
+    def put(rid, seed, lin, rank=20.0, z=0.9):
+        R.write_json(str(tmp_path / rid / f"s{seed}.json"), dict(
+            row=rid, seed=seed, linear_top1=lin, knn_top1=lin - 0.01, final_erank=rank, final_z_std=z, steps=2340,
+            command="python train.py --lr 0.03 --wd 4e-4", curve=[]))
+    direct = (0.70, 0.71, 0.72, 0.705, 0.715)
+    for s, d in enumerate(direct):
+        put("pred-direct", s, d)
+        put("pred-linear", s, d - (0.02, 0.03, 0.025, 0.035, -0.001)[s])
+        put("pred-mlp", s, d - (0.02, 0.03, 0.025, 0.035, -0.001)[s] + (0.02, 0.022, 0.018, 0.021, 0.019)[s])
+        put("t1-optimal", s, d + (0.03, 0.02, 0.04, 0.035, 0.025)[s])
+        put("pred-direct-f5", s, d + (0.001, -0.001, 0.0005, -0.0005, 0.0)[s])
+        put("t6-rho0.3-eps0.5", s, d - (0.01, -0.01, 0.015, -0.005, 0.002)[s])
+        put("t3-1l-ema-reg", s, d - 0.03)
+        put("t3-1l-ema-sym", s, d - 0.03 + 0.05)
+        put("f6-ap5", s, 0.59 + (0.0, 0.01, -0.005, 0.0, 0.0)[s])
+        put("t3-1l-noema-sym", s, 0.60)
+        put("pred-none", s, 0.6, rank=(1.2, 2.5, 1.1, 3.0, 1.25)[s], z=0.2)
+        for name, top1 in ((f"random-bn-s{s}", 0.60), (f"random-s{s}", d - (0.03, 0.04, 0.05, 0.035, 0.045)[s])):
+            R.write_json(str(tmp_path / "baselines" / f"{name}.json"), dict(baseline=name, linear_top1=top1,
+                                                                            knn_top1=top1))
+    recs, gate, gains = V.verdicts(str(tmp_path))
+    by = {(r["claim"], r["contrast"].split(" - ")[-1].split(":")[0]): r for r in recs}
+    c7 = by[("C7", "the stronger random init (per seed)")]
+    assert c7["d"] == pytest.approx([3.0, 4.0, 5.0, 3.5, 4.5]) and c7["verdict"] == "holds" and gate["passes"]
+    assert gate["vs random-bn"] == pytest.approx([100 * (d - 0.60) for d in direct])
+    assert by[("C3", "pred-linear")]["verdict"] == "holds"
+    assert by[("C13", "t1-optimal")]["verdict"] == "opposite"
+    c9 = by[("C9", "pred-linear")]
+    assert c9["verdict"] == "inconclusive" and c9["hyp"]["paper"][0] < 0.05 and c9["hyp"]["paper"][1] == 2 / 32
+    assert by[("C9", "pred-direct")]["verdict"] == "equivalent"
+    eps = by[("C7", "t6-rho0.3-eps0.5")]
+    assert eps["verdict"] == "inconclusive" and eps["magnitude"] == "the paper's +2.80 is outside"
+    for claim in ("C2", "C6"):
+        assert all(r["untestable"].endswith("(rule 6)") for r in recs if r["claim"] == claim)
+    assert "2,340 steps here vs 82,100" in by[("C2", "t3-1l-ema-reg")]["untestable"]
+    c1 = next(r for r in recs if r["contrast"].startswith("pred-none"))
+    assert c1["verdict"] == "holds" and c1["magnitude"].startswith("3 of 5 collapsed by the rule")
+    family = [r for r in recs if not r["untestable"] and len(r["seeds"]) > 1]
+    size = sum(len(r["hyp"]) for r in family)  # 2 per directional contrast, 3 per "about equal" one
+    assert size == 2 * sum(r["kind"] != "equal" for r in family) + 3 * sum(r["kind"] == "equal" for r in family)
+    raw = sorted((r["hyp"][h][0], r["holm"][h][0]) for r in family for h in r["hyp"])
+    assert raw[0][1] == pytest.approx(min(1.0, size * raw[0][0]))  # Holm's first step: the smallest p times m
+    for s in range(5):  # pred-linear and pred-mlp at their random init: C3 untestable by rule (b)
+        put("pred-linear", s, direct[s] - (0.03, 0.04, 0.05, 0.035, 0.045)[s] + (0.001, -0.001, 0.0, 0.002, -0.002)[s])
+        put("pred-mlp", s, direct[s] - (0.03, 0.04, 0.05, 0.035, 0.045)[s] + (-0.001, 0.001, 0.0, -0.002, 0.002)[s])
+    by = {(r["claim"], r["contrast"].split(" - ")[-1]): r for r in V.verdicts(str(tmp_path))[0]}
+    assert by[("C3", "pred-linear")]["untestable"] == "neither row beats the stronger random init (rule (b))"
+    put("pred-direct", 4, direct[4] - 0.046)  # seed 4 below its init: the gate's sign-flip fails
+    recs, gate, _ = V.verdicts(str(tmp_path))
+    assert not gate["passes"]
+    assert all(r["untestable"] for r in recs if r["kind"] != "collapse")
+    assert [r["verdict"] for r in recs if r["kind"] == "collapse" and r["seeds"]] == ["holds"]
 
 
 def test_claims_are_judged_by_the_plans_paired_tests(tmp_path):
@@ -463,8 +548,8 @@ def test_reproduce_on_3_gpus_one_run_per_gpu_imagenet_on_all_and_a_killed_suite_
     root = tmp_path / "repo"
     root.mkdir()
     (root / "paper").mkdir()
-    shutil.copy(ROOT / "paper" / "reproduce.py", root / "paper")
-    shutil.copy(ROOT / "paper" / "__init__.py", root / "paper")
+    for name in ("reproduce.py", "stats.py", "__init__.py"):
+        shutil.copy(ROOT / "paper" / name, root / "paper")
     shutil.copy(ROOT / "plumbing.py", root)  # the real one: reproduce.py reads the Debian data folder's path there
     shutil.copy(ROOT / "directpred.py", root)  # plumbing.py imports full_fp32 from it
     for name in ("train.py", "eval_linear.py"):
