@@ -707,12 +707,20 @@ def claims_markdown(scale, results, brief=False):
 
 
 def write_tables(scale, results):
-    """table.md (every row) and, at laptop scale, claims.md (the verdicts) into the results directory."""
+    """table.md (every row) and, at laptop scale, the verdicts into the results directory: claims.md by
+    paper/results/claims/PLAN.md's rules where the folder was judged by them (it holds that claims.md), else
+    verdicts.md by paper/results/claims-v2/PLAN.md's (paper/verdicts.py)."""
     with open(os.path.join(results, "table.md"), "w") as fh:
         fh.write(table_markdown(scale, results) + "\n")
-    if scale == "laptop":
+    if scale != "laptop":
+        return
+    if os.path.exists(os.path.join(results, "claims.md")):
         with open(os.path.join(results, "claims.md"), "w") as fh:
             fh.write(claims_markdown(scale, results) + "\n")
+        return
+    from paper.verdicts import report  # (it imports this module)
+    with open(os.path.join(results, "verdicts.md"), "w") as fh:
+        fh.write(report(results, f"v2 verdicts of {results}"))
 
 
 def lead_figure(runs, rows, out_dir, name, title):
