@@ -178,18 +178,19 @@ GROUPS = {  # --rows names a table or a group as well as row ids
     "thm2": ["pred-none", "thm2-no-stop-grad"], "fig2": ["fig2-linear"],
 }
 
-# the two scales: train.py's base flags and the probe (seeds: each row's own at laptop scale; 5 at paper scale, 1 for
-# the ImageNet rows, parse() below). The laptop protocol was chosen on the validation split by a rule written down
-# before the search (paper/results/laptop-search/README.md): a width-16 ResNet-18, the paper's constant lr 0.03, crop
-# scale 0.4-1, 5 epochs (2,340 steps of batch 128), alpha_p 10 on the predictor rows (LAPTOP_AP); fp32 (--bf16 0), so
-# that a verdict does not depend on whether the CPU has bf16 instructions; a checkpoint every 500 steps, so that a
-# stopped suite resumes
+# the two scales: train.py's base flags, the probe, and where the work and the result files go (seeds: each row's own
+# at laptop scale; 5 at paper scale, 1 for the ImageNet rows, parse() below). The laptop protocol is the claims
+# suite's (paper/results/claims/PLAN.md), the README's main job and the class demo's: the regime search's width-16
+# point (paper/results/regime-search, chosen on the validation split), the paper's constant lr 0.03, crop scale 0.7-1,
+# 5 epochs (2,340 steps of batch 128), alpha_p 10 on the predictor comparison's trained rows (LAPTOP_AP); fp32 (a
+# verdict must not depend on the CPU's bf16 instructions); a checkpoint every 500 steps (a stopped suite resumes)
 SCALES = {
-    "laptop": dict(base="--dataset fashion-mnist --width 16 --stem imagenet --crop-min 0.4 --lr 0.03 --lr-schedule const "
+    "laptop": dict(base="--dataset fashion-mnist --width 16 --stem imagenet --crop-min 0.7 --lr 0.03 --lr-schedule const "
                         "--epochs 5 --bf16 0 --ckpt-every 500 --log-every 100",
-                   probe="--protocol fast"),
+                   probe="--protocol fast", work="out/claims", results="paper/results/claims"),
     "paper": dict(base="--preset paper-stl10 --dataset stl10 --ckpt-every 5000 --log-every 500",
-                  probe="--protocol paper", imagenet_probe="--protocol augmented"),
+                  probe="--protocol paper", imagenet_probe="--protocol augmented", work="out/reproduce/paper",
+                  results="paper/results/paper"),
 }
 DEMO_ROWS = ("pred-none", "pred-linear", "pred-direct")  # --demo: collapse against a trained and a set predictor,
 DEMO_FLAGS = "--max-steps 600 --eval-every 300 --log-every 20"  # 600 steps of the laptop protocol, side by side
@@ -723,9 +724,11 @@ def write_tables(scale, results):
         fh.write(report(results, f"v2 verdicts of {results}"))
 
 
-def lead_figure(runs, rows, out_dir, name, title):
+def lead_figure(runs, rows, out_dir, name, title, base=None):
     """The lead figure: the predictor input's effective rank and the kNN monitor over steps, one line per run of
-    each row (collapse against not). runs: {row id: {seed: result}}. Returns the PNG's path."""
+    each row (collapse against not), and on the kNN panel the baselines' kNN as horizontal lines (raw pixels, the
+    network at random init as initialised and with BN statistics re-estimated, mean over seeds, the network trained
+    with labels). runs: {row id: {seed: result}}; base: {baseline name: result}. Returns the PNG's path."""
     from paper.theory import pyplot, save  # the repo's one plotting module; matplotlib is imported there
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -737,10 +740,26 @@ def lead_figure(runs, rows, out_dir, name, title):
             axes[0].plot([c["step"] for c in rank], [c["erank"] for c in rank], **kw)
             knn = [c for c in curve if "knn_top1" in c]
             axes[1].plot([c["step"] for c in knn], [100 * c["knn_top1"] for c in knn], marker=".", **kw)
+    # the baselines' kNN on the kNN panel, each line named on it
+    for prefix, label, style, va in (("pixels", "raw pixels", "-", "bottom"),
+                                     ("supervised", "trained with labels", "-.", "bottom"),
+                                     ("random-s", "random init", "--", "top"),
+                                     ("random-bn-s", "random init, BN re-estimated", ":", "bottom")):
+        got = [v["knn_top1"] for n, v in (base or {}).items()
+               if n == prefix or n.startswith(prefix) and n[len(prefix):].isdigit()]
+        if got:
+            y = 100 * statistics.mean(got)
+            axes[1].axhline(y, color="0.35", ls=style, lw=1)
+            axes[1].annotate(f"{label} {y:.1f}", (0.45, y), xycoords=("axes fraction", "data"), fontsize=6, va=va,
+                             color="0.25")
     axes[0].set(xlabel="step", ylabel="effective rank", yscale="log", title="effective rank of the predictor input "
                 "(centered; 1 = collapsed)")
     axes[1].set(xlabel="step", ylabel="kNN top-1 (%), test images", title="kNN monitor (k = 200): step 0 = random init")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7, frameon=False)
+    from train import COLLAPSE_ERANK  # the one collapse rule's rank threshold
+    axes[0].axhline(COLLAPSE_ERANK, color="0.35", ls=":", lw=1)
+    axes[0].annotate(f"collapse rule: rank < {COLLAPSE_ERANK}", (0.99, COLLAPSE_ERANK), xycoords=("axes fraction", "data"),
+                     fontsize=6, va="bottom", ha="right", color="0.25")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return save(fig, out_dir, name)
@@ -776,7 +795,8 @@ def figures(scale, results):
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     paths = [save(fig, results, "tables.png")]
-    paths.append(lead_figure(runs, CURVES, results, "lead.png", f"Fashion-MNIST, {scale} scale, every seed a line"))
+    paths.append(lead_figure(runs, CURVES, results, "lead.png", f"Fashion-MNIST, {scale} scale, every seed a line",
+                             base))
     log = runs.get("pred-linear", {}).get(0, {}).get("log")
     if log:
         path = os.path.join(results, "fig2_linear.jsonl")
@@ -808,9 +828,10 @@ def get_parser():
     P.add_argument("--data-dir", default="data", help="train.py's --data-dir")
     P.add_argument("--base", default=None, help="train.py flags every row starts from (default: the scale's, "
                    "SCALES in reproduce.py), e.g. the laptop recipe with --epochs 2")
-    P.add_argument("--work", default=None, help="checkpoints and logs (default out/reproduce/<scale>)")
-    P.add_argument("--results", default=None, help="per-run result files, table and figures (default "
-                   "paper/results/<scale>): small, meant to be committed")
+    P.add_argument("--work", default=None, help="checkpoints and logs (default: the scale's, out/claims at laptop "
+                   "scale)")
+    P.add_argument("--results", default=None, help="per-run result files, table and figures (default: the scale's, "
+                   "paper/results/claims at laptop scale): small, meant to be committed")
     P.add_argument("--launcher", default=None, help="paper scale: how the ImageNet rows (Table 9) start train.py "
                    "and eval_linear.py (default: torchrun --standalone --nproc_per_node=<number of --gpus>)")
     P.add_argument("--baselines", default="all", choices=["all", "random", "none"], help="the baselines probed after "
@@ -833,8 +854,8 @@ def parse(argv=None):
         args.results = args.results or os.path.join(args.work, "results")
         args.base = args.base if args.base is not None else f"{SCALES['laptop']['base']} {DEMO_FLAGS}"
         args.jobs = str(len(DEMO_ROWS)) if args.jobs == "auto" else args.jobs
-    args.work = args.work or os.path.join("out", "reproduce", args.scale)
-    args.results = args.results or os.path.relpath(os.path.join(HERE, "results", args.scale))
+    args.work = args.work or SCALES[args.scale]["work"]
+    args.results = args.results or os.path.relpath(os.path.join(ROOT, SCALES[args.scale]["results"]))
     args.base = args.base if args.base is not None else SCALES[args.scale]["base"]
     if args.jobs != "auto" and not (args.jobs.isdigit() and int(args.jobs) >= 1):
         raise RunError(f"--jobs must be auto or an integer >= 1, got {args.jobs!r}")

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -271,6 +272,22 @@ def test_the_v2_reports_are_the_committed_result_files():
     finally:
         os.chdir(cwd)
     assert (ROOT / "paper" / "results" / "claims-v2" / "exploratory.md").read_text() == got
+
+
+def test_the_laptop_scale_is_the_claims_suites_protocol():
+    """`python -m paper.reproduce --scale laptop` (the README's laptop suite, the class demo's base) gives, for every
+    (row, seed) of the committed claims suite, exactly the train.py command its result file records."""
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        args, work = R.parse(["--scale", "laptop"])
+        runs, _ = R.load_results(args.results)
+        assert args.results == os.path.join("paper", "results", "claims") and len(work) == 126
+        for rid, s in work:
+            recorded = runs[rid][s]["command"].removesuffix(" --resume")  # (a run that was stopped and resumed)
+            assert recorded == shlex.join(R.commands(R.row(rid), args, s)[0]), (rid, s)
+    finally:
+        os.chdir(cwd)
 
 
 def test_the_readme_reference_table_is_the_committed_runs():
