@@ -24,6 +24,7 @@ import torch
 import plumbing
 import train as T
 from directpred import DirectPred, diagnostics, feature_stats
+from data import load_dataset, normalisation
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the README's main job (DirectPred on Fashion-MNIST, ResNet-18 with the ImageNet stem at width 64, 28 px, batch 128,
@@ -52,7 +53,7 @@ def median_ms(fn, dev, n=6):
 def augment_ms(dev, batch):
     """Both views of one batch of 32 px images (train.augment, the cifar preset), in ms."""
     x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=dev)
-    mean, std = plumbing.normalisation("cifar10", dev)
+    mean, std = normalisation("cifar10", dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     return median_ms(lambda: [T.augment(x, T.AUG["cifar"], v, gen, 32, (0.08, 1.0), mean, std) for v in (0, 1)], dev)
 
@@ -106,7 +107,7 @@ def views(cfg, dev, fmt):
     C, H = T.DATASETS[cfg["dataset"]].shape
     size = cfg["img_size"] or H
     x = torch.randint(0, 256, (cfg["batch_size"], C, H, H), dtype=torch.uint8, device=dev)
-    mean, std = plumbing.normalisation(cfg["dataset"], dev)
+    mean, std = normalisation(cfg["dataset"], dev)
     aug = T.aug_of(cfg)  # train.py's own: the preset and --jitter, as the run
     gen = torch.Generator(device=dev)
 
@@ -239,8 +240,8 @@ def precision_suite(args):
     for m, v in got.items():
         print(f"{m:14s} img/s {v}")
     # Wp from one batch's predictor inputs: the network in bf16 autocast against the same network in fp32
-    x, _ = plumbing.load_dataset("fashion-mnist", args.data_dir, "train")
-    mean, std = plumbing.normalisation("fashion-mnist", "cpu")
+    x, _ = load_dataset("fashion-mnist", args.data_dir, "train")
+    mean, std = normalisation("fashion-mnist", "cpu")
     cfg = T.parse_config(main)
     model = T.build_model(cfg, 1)
     if args.ckpt:

@@ -48,6 +48,8 @@ from tqdm import tqdm
 
 import plumbing
 import train as T
+from data import (epoch_batches, extract_features, knn_eval, load_split, normalisation,
+                  split_val_error)
 
 # -----------------------------------------------------------------------------
 # config (None = the protocol's default: PROTOCOLS below); each range is checked after those are filled in
@@ -104,16 +106,16 @@ def topk(logits, y, k):
 
 
 def shard_features(backbone, data, rank, world_size, **kw):
-    """plumbing.extract_features of one split, split over the DDP ranks: each rank extracts a contiguous shard, so no
+    """extract_features of one split, split over the DDP ranks: each rank extracts a contiguous shard, so no
     rank waits for another's long solo pass (past --ddp-timeout on ImageNet). Rank 0 gathers and returns (features,
     labels) of the whole split; the other ranks return None."""
     if world_size == 1:
-        return plumbing.extract_features(backbone, data, **kw)
+        return extract_features(backbone, data, **kw)
     n = len(data[0]) if isinstance(data, tuple) else len(data)
     per = math.ceil(n / world_size)
     a, b = min(n, rank * per), min(n, (rank + 1) * per)
     part = (data[0][a:b], data[1][a:b]) if isinstance(data, tuple) else torch.utils.data.Subset(data, range(a, b))
-    f, y = plumbing.extract_features(backbone, part, **kw)  # (b - a, D), (b - a,)
+    f, y = extract_features(backbone, part, **kw)  # (b - a, D), (b - a,)
     pad = torch.cat([f, y[:, None].to(f.dtype)], 1)  # labels ride along as a last column (exact below 2^24)
     pad = nnf.pad(pad, (0, 0, 0, per - len(pad)))  # every rank sends `per` rows
     # rank 0 gathers into one buffer (world_size * per, D + 1): rank r's rows land at r * per, so the n real rows are
@@ -128,13 +130,13 @@ def shard_features(backbone, data, rank, world_size, **kw):
 def reestimate_bn(backbone, data, **kw):
     """--baseline random-bn: replace the BN running statistics by those of the training images, one pass in train
     mode without gradient (momentum None: the running statistics become the plain average of every batch's mean and
-    unbiased variance). kw: plumbing.extract_features' (mean, std, device, ctx, size, fmt, ...)."""
+    unbiased variance). kw: extract_features' (mean, std, device, ctx, size, fmt, ...)."""
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momentum = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    plumbing.extract_features(backbone, data, bn_pass=True, **kw)
+    extract_features(backbone, data, bn_pass=True, **kw)
     for m, mom in zip(bns, momentum):
         m.momentum = mom
 
@@ -165,7 +167,7 @@ def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, worker
     pbar = tqdm(total=max_steps, desc="supervised baseline", dynamic_ncols=True, file=sys.stdout)
     while step < max_steps:
         epoch = step // steps_per_epoch
-        for x, y in plumbing.epoch_batches(data, cfg["batch_size"], epoch, cfg["seed"], 0, 1, device, workers=workers):
+        for x, y in epoch_batches(data, cfg["batch_size"], epoch, cfg["seed"], 0, 1, device, workers=workers):
             gen.manual_seed(T.step_seed(cfg["seed"], step, 0))
             x = T.augment(x, aug, 0, gen, size, (cfg["crop_min"], 1.0), mean, std, crop=isinstance(data, tuple))
             for g in optimizer.param_groups:
@@ -236,11 +238,11 @@ def main():
     data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
     fake_size = cfg["fake_size"] if cfg else 1024
     size = args.img_size or (cfg["img_size"] if cfg else 0)  # train.py's crop size; 0 = the dataset's default
-    mean, std = plumbing.normalisation(dataset, device)
+    mean, std = normalisation(dataset, device)
     split = args.split or (cfg.get("split", "test") if cfg else "test")
     if split == "val" and not T.DATASETS[dataset].val:
-        raise plumbing.RunError(f"{plumbing.split_val_error()}")
-    splits = [plumbing.load_split(dataset, data_dir, role, split, fake_size) for role in ("train", "eval")]
+        raise plumbing.RunError(f"{split_val_error()}")
+    splits = [load_split(dataset, data_dir, role, split, fake_size) for role in ("train", "eval")]
     if not T.DATASETS[dataset].streamed:
         splits = [(x.to(device), y.to(device)) for x, y in splits]
     size = size or (224 if T.DATASETS[dataset].streamed else splits[0][0].shape[-1])  # train.py's rule for --img-size 0
@@ -278,7 +280,7 @@ def main():
                             fmt=fmt) for d, s in zip(splits, ("train", "test"))]
     if master_process:
         (train_f, train_y), (test_f, test_y) = feats
-        res["knn_top1"] = plumbing.knn_eval(train_f, train_y, test_f, test_y, args.knn_k, args.knn_t)
+        res["knn_top1"] = knn_eval(train_f, train_y, test_f, test_y, args.knn_k, args.knn_t)
     del feats
 
     # --- the linear head
@@ -332,7 +334,7 @@ def main():
         pbar = tqdm(total=total, desc="linear probe (augmented)", disable=not master_process, dynamic_ncols=True,
                     file=sys.stdout)
         for epoch in range(args.epochs):
-            for x, y in plumbing.epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank,
+            for x, y in epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank,
                                                ddp_world_size, device, workers=args.workers):
                 gen.manual_seed(T.step_seed(args.seed, step, ddp_rank))
                 x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), mean, std, crop=not T.DATASETS[dataset].streamed)

@@ -27,6 +27,8 @@ import torchvision.transforms.functional as TF
 
 import plumbing
 import train as T
+from data import (FMNIST_SYSTEM_DIR, extract_features, knn_eval, load_dataset, load_split, normalisation,
+                  val_mask)
 from directpred import DirectPred, PartitionedPredictor, diagnostics, effective_rank, feature_stats
 
 ROOT = Path(__file__).resolve().parent
@@ -594,7 +596,7 @@ def test_normalisation_is_the_authors_per_dataset(dataset, mean, std):
     luckmatters@671fca5: a constant image (unchanged by crops and flips) comes out as (v / 255 - mean) / std."""
     cfg = T.parse_config(["--dataset", dataset, "--jitter", "0"])
     aug = dict(T.aug_of(cfg), gray_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0))
-    m, s = plumbing.normalisation(dataset, "cpu")
+    m, s = normalisation(dataset, "cpu")
     x = torch.full((2, 3, 40, 40), 200, dtype=torch.uint8)
     got = T.augment(x, aug, 0, torch.Generator().manual_seed(0), 32, (0.5, 1.0), m, s)
     for c in range(3):
@@ -693,7 +695,7 @@ def test_cifar_pickles_and_stl_binaries(tmp_path):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         imgs[name] = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
         pickle.dump({"data": imgs[name], "labels": list(rng.integers(0, 10, 20))}, open(base / name, "wb"))
-    x, y = plumbing.load_dataset("cifar10", str(tmp_path), "train")
+    x, y = load_dataset("cifar10", str(tmp_path), "train")
     assert x.shape == (100, 3, 32, 32) and y.shape == (100,) and x.dtype == torch.uint8
     assert torch.equal(x[20], torch.from_numpy(imgs["data_batch_2"][0].reshape(3, 32, 32)))
     run(["--dataset", "cifar10", "--data-dir", tmp_path, "--width", "4", "--proj-hidden", "32", "--proj-dim", "16",
@@ -707,7 +709,7 @@ def test_cifar_pickles_and_stl_binaries(tmp_path):
         arr.transpose(0, 1, 3, 2).tofile(stl / f"{part}_X.bin")  # STL-10 stores each channel column-major
         if part != "unlabeled":
             np.full(n, 10, np.uint8).tofile(stl / f"{part}_y.bin")  # labels on disk are 1..10
-    x, y = plumbing.load_dataset("stl10", str(tmp_path), "pretrain")
+    x, y = load_dataset("stl10", str(tmp_path), "pretrain")
     assert x.shape == (7, 3, 96, 96) and torch.equal(x[5], torch.from_numpy(img))
     assert y.tolist() == [9, 9, 9, -1, -1, -1, -1]
 
@@ -726,31 +728,31 @@ def test_imagefolder_of_jpegs_streams(tmp_path):
     assert len(log_lines(tmp_path / "out")) == 5  # step 0, then 24 images / batch 8: crosses an epoch boundary
 
 
-@pytest.mark.skipif(not os.path.isdir(plumbing.FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(not os.path.isdir(FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_from_debian_package(tmp_path):
     """Read from the Debian package's .gz files, unpacked under --data-dir; three processes unpacking into one empty
     --data-dir at once (reproduce.py --jobs 3 on a fresh machine) all load it (a shared temp file made two fail)."""
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import plumbing; print(len(plumbing.load_dataset('fashion-mnist', " \
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import data; print(len(data.load_dataset('fashion-mnist', " \
            f"{str(tmp_path)!r}, 'train')[0]))"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     assert [p.communicate()[0].strip() for p in procs] == ["60000"] * 3
     assert not list((tmp_path / "FashionMNIST" / "raw").glob("*.tmp"))
-    x, y = plumbing.load_dataset("fashion-mnist", str(tmp_path), "train")
+    x, y = load_dataset("fashion-mnist", str(tmp_path), "train")
     assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.uint8 and sorted(y.unique().tolist()) == list(range(10))
-    x, y = plumbing.load_dataset("fashion-mnist", str(tmp_path), "test")
+    x, y = load_dataset("fashion-mnist", str(tmp_path), "test")
     assert x.shape == (10000, 1, 28, 28) and y.bincount().tolist() == [1000] * 10
 
 
 def test_val_split_holds_out_stratified_images_the_run_never_trains_on(tmp_path):
     """--split val: a fixed, class-stratified sixth (at most 10k) of the training split is held out: train.py trains
     on the rest and its kNN monitor reports on the held-out images; eval_linear.py follows the checkpoint's split."""
-    x, y = plumbing.load_dataset("fake", "", "train", 600)
-    held = plumbing.val_mask(y)
-    assert torch.equal(held, plumbing.val_mask(y)) and 95 <= held.sum() <= 105  # the same every time; 600 / 6
+    x, y = load_dataset("fake", "", "train", 600)
+    held = val_mask(y)
+    assert torch.equal(held, val_mask(y)) and 95 <= held.sum() <= 105  # the same every time; 600 / 6
     for c in range(10):  # stratified: each class gives its share, within rounding
         assert abs(held[y == c].sum() - (y == c).sum() / 6) <= 0.5
-    (xp, yp), (xe, ye) = (plumbing.load_split("fake", "", role, "val", 600) for role in ("pretrain", "eval"))
+    (xp, yp), (xe, ye) = (load_split("fake", "", role, "val", 600) for role in ("pretrain", "eval"))
     assert torch.equal(xe, x[held]) and torch.equal(xp, x[~held]) and len(xp) + len(xe) == 600
     r = run(TINY + ["--fake-size", "600", "--split", "val", "--max-steps", "2", "--eval-every", "2", "--out-dir",
                     tmp_path / "out"])
@@ -1140,7 +1142,7 @@ def test_wandb_logs_what_log_jsonl_holds(tmp_path):
 # than LEARN_TOL fails
 LEARN_KNN, LEARN_INIT, LEARN_TOL = 0.6985, 0.6530, 0.03
 
-@pytest.mark.skipif(not os.path.isdir(plumbing.FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(not os.path.isdir(FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_directpred_learns_on_fashion_mnist(tmp_path):
     """The laptop suite's recipe (width-16 ResNet-18, ImageNet stem, crop-min 0.4, constant lr 0.03, fp32) cut to
     300 steps (about a CPU minute), against the same network at its random initialisation: kNN top-1
@@ -1152,13 +1154,13 @@ def test_directpred_learns_on_fashion_mnist(tmp_path):
              "--bf16", "0", "--max-steps", "300", "--log-every", "50", "--out-dir", tmp_path / "out"])
     assert "looks collapsed" not in r.stdout
     ckpt = load(tmp_path / "out" / "ckpt.pt")
-    (x_tr, y_tr), (x_te, y_te) = [plumbing.load_dataset("fashion-mnist", str(tmp_path / "data"), s) for s in ("train", "test")]
-    mean, std = plumbing.normalisation("fashion-mnist", "cpu")
+    (x_tr, y_tr), (x_te, y_te) = [load_dataset("fashion-mnist", str(tmp_path / "data"), s) for s in ("train", "test")]
+    mean, std = normalisation("fashion-mnist", "cpu")
 
     def knn(model):
-        f = [plumbing.extract_features(model.backbone.eval(), d, mean, std, "cpu", torch.autocast("cpu", enabled=False))
+        f = [extract_features(model.backbone.eval(), d, mean, std, "cpu", torch.autocast("cpu", enabled=False))
              for d in ((x_tr[:10000], y_tr[:10000]), (x_te[:2000], y_te[:2000]))]
-        return plumbing.knn_eval(*f[0], *f[1])
+        return knn_eval(*f[0], *f[1])
 
     trained = T.build_model(ckpt["config"], 1)
     trained.load_state_dict(ckpt["online"])
@@ -1624,11 +1626,11 @@ def test_features_are_taken_at_the_training_crop_size():
     backbone = tiny_model(tiny_cfg()).backbone.eval()
     x, y = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8), torch.arange(6)
     mean, std = torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
-    f, _ = plumbing.extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False), size=24)
+    f, _ = extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False), size=24)
     with torch.no_grad():
         ref = backbone((TF.resize(x.float() / 255, [24, 24], antialias=False) - mean) / std)
     torch.testing.assert_close(f, ref)
-    f, _ = plumbing.extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False))
+    f, _ = extract_features(backbone, (x, y), mean, std, "cpu", torch.autocast("cpu", enabled=False))
     with torch.no_grad():
         torch.testing.assert_close(f, backbone((x.float() / 255 - mean) / std))  # no size: as stored
 
@@ -1679,7 +1681,7 @@ def test_eval_linear_paper_protocol_reports_the_best_test_epoch(tmp_path, good_c
     assert f["batch_size"] == 256 and "best_epoch" not in f and f["knn_top1"] == p["knn_top1"]
 
 
-@pytest.mark.skipif(not os.path.isdir(plumbing.FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(not os.path.isdir(FMNIST_SYSTEM_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_supervised_baseline_trains_the_runs_network_and_beats_its_random_init(tmp_path):
     """--baseline supervised: the checkpoint's network from its random init, trained with labels for the run's
     number of steps (--max-steps 200 here), then probed. On Fashion-MNIST (a width-4 net, batch 64) its probe must
@@ -1704,9 +1706,9 @@ SUPERVISED_MARGIN = 0.05  # 5 of the 13.3 points measured
 SHARD_WRAPPER = """
 import runpy, sys, time
 sys.path.insert(0, sys.argv[1])
-import plumbing
-extract = plumbing.extract_features
-plumbing.extract_features = lambda *a, **k: (time.sleep(4), extract(*a, **k))[1]  # a slow feature pass
+import data
+extract = data.extract_features
+data.extract_features = lambda *a, **k: (time.sleep(4), extract(*a, **k))[1]  # a slow feature pass
 sys.argv = ["eval_linear.py", *sys.argv[2:]]
 runpy.run_path(sys.path[0] + "/eval_linear.py", run_name="__main__")
 """

@@ -19,25 +19,19 @@ import copy
 import hashlib
 import math
 import os
-import signal
 import sys
-import time
 from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as nnf  # "F" is the paper's correlation matrix, so functional gets another name
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.profiler import record_function
-from tqdm import tqdm
 
+from data import DATASETS, KnnMonitor, epoch_batches, normalisation, split_val_error, train_set
 from directpred import OPTIMAL_RULES, DirectPred, PartitionedPredictor, diagnostics, feature_stats
-from plumbing import (DATASETS, GE0, GE1, GE2, GT0, UNIT, ArgumentParser, CollapseWatch, DivergenceGuard, RunError,
-                      RunLog, TwoCrops, bf16_if_faster, decide_bf16, end_distributed, epoch_batches, extract_features,
-                      init_distributed, knn_eval, load_checkpoint, load_dataset, load_split, normalisation,
-                      out_dir_error, range_error, refuse_busy_out_dir, restore_rng, resume_error, rng_state,
-                      save_checkpoint, seed_all, speed_paths, split_val_error, stop_after_the_step_on_signal,
-                      torchrun_world_size)
+from plumbing import (GE0, GE1, GE2, GT0, UNIT, ArgumentParser, Run, RunError, bf16_if_faster, decide_bf16,
+                      end_distributed, init_distributed, load_checkpoint, out_dir_error, range_error,
+                      restore_rng, resume_error, rng_state, seed_all, speed_paths, torchrun_world_size)
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
@@ -546,36 +540,32 @@ def symmetrize_predictor(predictor):
 # loss, optimizer, schedules
 
 
-def at_least_fp32(x):
-    """x in fp32 if it is bf16 / fp16 (autocast's outputs), float64 kept (the float64 reference step of the tests)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
 def cosine_loss(p, z):
-    """2 - 2 cos(p, z), averaged over the batch, in fp32 at least (the normalised loss used in practice)."""
-    return 2 - 2 * nnf.cosine_similarity(at_least_fp32(p), at_least_fp32(z), dim=-1).mean()
+    """2 - 2 cos(p, z), averaged over the batch (the normalised loss used in practice)."""
+    return 2 - 2 * nnf.cosine_similarity(p, z, dim=-1).mean()
 
 
 def l2_loss(p, z):
-    """1/2 ||p - z||^2, averaged over the batch, in fp32 at least (the un-normalised loss of Tian et al.'s theory)."""
-    return 0.5 * (at_least_fp32(p) - at_least_fp32(z)).pow(2).sum(-1).mean()
+    """1/2 ||p - z||^2, averaged over the batch (the un-normalised loss of Tian et al.'s theory, Sec. 3)."""
+    return 0.5 * (p - z).pow(2).sum(-1).mean()
 
 
 def ssl_loss(model, target, x1, x2, cfg):
     """One step's loss. Online: z = projector(backbone(x)) (the predictor's input f), p = predictor(z); targets t from
     the EMA net under no_grad, or the online z (SimSiam), behind a stop-gradient unless --stop-grad 0.
     Loss: L(p1, t2) + L(p2, t1), summed (--symmetric 1), or L(p1, t2) alone. Returns (loss, z1, z2, t1, t2)."""
-    with record_function("online forward"):  # (labels for bench.py --suite profile; free when not profiling)
-        z1, z2, p1, p2 = model(x1, x2)  # (B, d) each
+    z1, z2, p1, p2 = model(x1, x2)  # (B, d) each
     if target is not None:
-        with torch.no_grad(), record_function("target forward"):
+        with torch.no_grad():
             t1, t2, _, _ = target(x1, x2)
     else:
         t1, t2 = z1, z2
     if cfg["stop_grad"]:
         t1, t2 = t1.detach(), t2.detach()
     L = cosine_loss if cfg["loss"] == "cosine" else l2_loss
-    loss = L(p1, t2) + L(p2, t1) if cfg["symmetric"] else L(p1, t2)
+    q1, q2, u1, u2 = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (p1, p2, t1, t2))  # the loss
+    # in fp32 at least, whatever precision autocast gave the outputs
+    loss = L(q1, u2) + L(q2, u1) if cfg["symmetric"] else L(q1, u2)
     return loss, z1, z2, t1, t2
 
 
@@ -644,256 +634,201 @@ def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, ta
     the new Wp is used from the next step on; the EMA target last, keyed to optimizer steps.
     model: the online network as called (compiled and/or DDP-wrapped); raw_model: the same module unwrapped;
     dp: DirectPred or None; lr: the scheduled lr (each parameter group takes lr x its lr_mult); ema: (target tensors,
-    online tensors), target <- tau target + (1 - tau) online.
-    Returns (loss, z1, z2) for the caller's diagnostics. bench.py times this same function."""
+    online tensors), target <- tau target + (1 - tau) online. Every rank calls it (dp.update all-reduces F).
+    Returns (loss, z1, z2) for the caller's diagnostics."""
     with ctx:
         loss, z1, z2, t1, t2 = ssl_loss(model, target, x1, x2, cfg)
-    if dp is not None:  # F = E[f f^T] over both views' f (2B, d); dp.update all-reduces F over the DDP ranks before
-        # it enters F_hat (directpred.py), so every rank calls it at every step and all ranks set the same Wp
-        with record_function("directpred statistics"):
-            dp.update(torch.cat([z1, z2]), torch.cat([t2, t1]) if cfg["predictor"] == "optimal" else None)
+    if dp is not None:  # F = E[f f^T] over both views' f (2B, d), summed over the DDP ranks: one F_hat, one Wp
+        dp.update(torch.cat([z1, z2]), torch.cat([t2, t1]) if cfg["predictor"] == "optimal" else None)
     optimizer.zero_grad(set_to_none=True)
     for g in optimizer.param_groups:
         g["lr"] = lr * g["lr_mult"]  # the predictor's group: alpha_p x lr (Fig. 6)
-    with record_function("backward"):
-        loss.backward()
+    loss.backward()
     optimizer.step()
     if cfg["sym_wp"]:
         symmetrize_predictor(raw_model.predictor)
     if dp is not None:  # every freq steps: Wp <- U diag(p) U^T (eigh of F_hat), used from the next step on
-        with record_function("directpred set Wp"):
-            dp.set_predictor(raw_model.predictor.weight)
+        dp.set_predictor(raw_model.predictor.weight)
     if target is not None:  # under no_grad, else each step chains one more autograd node per weight (a leak)
-        with torch.no_grad(), record_function("ema"):
+        with torch.no_grad():
             torch._foreach_lerp_(*ema, 1 - tau)
     return loss, z1, z2
 
 
-# collapse (Theorem 2), as directpred.py's diagnostics show it (the run's warning; paper/ judges by it too): the
-# effective rank of the predictor input's centered covariance below 1.3, or z_std below 0.1. From the laptop protocol
-# search's validation runs (paper/results/laptop-search): the three collapse controls end at rank 1.28 / 1.00 / 1.00
-# and z_std 0.081 / 0.008 / 0.008; none of the 28 runs that learned went below rank 1.35 or z_std 0.11 at any log
-# line (a trained linear predictor dips to 1.35-1.9, then recovers)
+# collapse (Theorem 2), the repository's one rule (paper/results/claims-v2/PLAN.md, rule 5; why these thresholds:
+# docs/reference.md, "Has my run collapsed?"): the effective rank of the predictor input's centred covariance below
+# 1.3, or z_std below 0.1
 COLLAPSE_ERANK, COLLAPSE_Z_STD = 1.3, 0.1
 looks_collapsed = lambda erank, z_std: erank < COLLAPSE_ERANK or z_std < COLLAPSE_Z_STD
 
 
 # -----------------------------------------------------------------------------
-# the run: DDP / device, data, model, optimizer, resume, compile, the training loop
+# starting a run: its networks, a resume, the precision, the wrapping; the loop's two views; what a checkpoint holds
 
 
-def main():
-    cfg = parse_config()  # the config dict: key == flag name with '_' for '-'
-    P = get_parser()
-    defaults = vars(P.parse_args([]))
-    err = config_error(cfg, P) or out_dir_error(cfg["out_dir"], cfg["resume"])
-    if err:  # every bad flag (for torchrun's number of ranks), an out-dir that cannot take the run: one line, first
-        raise RunError(err)
-    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-
-    # --- DDP / device
-    ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(cfg["device"], cfg["ddp_timeout"])
-    master_process = ddp_rank == 0
-    device_type = "cuda" if "cuda" in device else "cpu"
-    seed_all(cfg["seed"])
-    ctx, fmt = speed_paths(device_type, cfg["bf16"], cfg["channels_last"], cfg["deterministic"], cfg["width"])
-    B = cfg["batch_size"] // ddp_world_size  # local batch (config_error: it splits evenly, >= 2 per rank)
-
-    # --- data: small sets live on the device as one uint8 tensor, ImageNet-size sets stream through a DataLoader
-    aug, (mean, std) = aug_of(cfg), normalisation(cfg["dataset"], device)
-    if DATASETS[cfg["dataset"]].streamed:
-        size = cfg["img_size"] or 224
-        train_data = load_dataset(cfg["dataset"], cfg["data_dir"], "pretrain")
-        train_data.transform = TwoCrops(size, (cfg["crop_min"], 1.0))
-        n_train, in_chans = len(train_data), 3
-    else:
-        images, labels = load_split(cfg["dataset"], cfg["data_dir"], "pretrain", cfg["split"], cfg["fake_size"])
-        images, labels = images.to(device), labels.to(device)  # (N, C, H, W) uint8, resident on the device
-        train_data = (images, labels)
-        n_train, in_chans = images.shape[0], images.shape[1]
-        size = cfg["img_size"] or images.shape[-1]
-    steps_per_epoch = n_train // cfg["batch_size"]
-    if steps_per_epoch == 0:
-        raise RunError(f"--batch-size {cfg['batch_size']} is larger than the {n_train} training images")
-    total_steps = cfg["epochs"] * steps_per_epoch
-    max_steps = min(cfg["max_steps"], total_steps) if cfg["max_steps"] > 0 else total_steps
-
-    knn_sets = None  # kNN monitor: (labelled train split, test split), the same evaluation as eval_linear.py's
-    if cfg["eval_every"] and master_process:
-        if DATASETS[cfg["dataset"]].streamed:
-            knn_sets = tuple(load_dataset(cfg["dataset"], cfg["data_dir"], s) for s in ("train", "test"))
-        else:
-            keep = labels >= 0  # STL-10's unlabeled images have y = -1
-            x_test, y_test = load_split(cfg["dataset"], cfg["data_dir"], "eval", cfg["split"], cfg["fake_size"])
-            knn_sets = ((images[keep], labels[keep]), (x_test.to(device), y_test.to(device)))
-
-    # --- model: online (DDP-wrapped), EMA target (never wrapped), DirectPred state
+def build_run(cfg, in_chans, device, ddp, master_process, fmt):
+    """The online network, its EMA target (never wrapped in DDP), DirectPred's state and the optimizer, on the
+    device in the run's memory format; SyncBatchNorm under DDP on CUDA. Returns (online, target, dp, optimizer)."""
     online = build_model(cfg, in_chans).to(device)
-    target = build_target(online, cfg, in_chans)  # never wrapped in DDP
-    if ddp and cfg["sync_bn"] and device_type == "cuda":
+    target = build_target(online, cfg, in_chans)
+    if ddp and cfg["sync_bn"] and "cuda" in device:
         online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
         target = nn.SyncBatchNorm.convert_sync_batchnorm(target) if target is not None else None
     elif ddp and cfg["sync_bn"] and master_process:
         print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch statistics")
     online = online.to(memory_format=fmt)
     target = target.to(memory_format=fmt) if target is not None else None
-    dp = build_directpred(cfg, device)
-    optimizer = build_optimizer(online, cfg)
+    return online, target, build_directpred(cfg, device), build_optimizer(online, cfg)
 
-    # --- resume
-    step, knn_init = 0, None  # knn_init: kNN top-1 at random init (--eval-every), kept in the checkpoint
-    monitor_stats = None  # feature_stats of the predictor's input: the collapse diagnostics' running E[f f^T], E[f]
-    saved_bf16 = None  # the precision --bf16 auto chose at the run's start (a resume reuses it)
-    if cfg["resume"]:
-        ckpt = load_checkpoint(ckpt_path, "--resume")
-        err = resume_error(ckpt, cfg, defaults, P.free, n_train, ckpt_path)
-        if err:  # the same run, or one line naming the flag that differs
-            raise RunError(err)
-        online.load_state_dict(ckpt["online"])
-        if target is not None:
-            target.load_state_dict(ckpt["target"])
-        if dp is not None:
-            dp.load_state_dict(ckpt["directpred"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, knn_init = ckpt["step"], ckpt.get("knn_init")
-        monitor_stats = tuple(t.to(device) for t in ckpt["monitor_stats"]) if ckpt.get("monitor_stats") else None
-        restore_rng(ckpt["rng"], device_type)
-        saved_bf16 = ckpt["config"]["bf16"]
-        del ckpt
 
-    # --- precision: --bf16 auto is decided once per run and recorded as "0" / "1" in its config (the checkpoint, the
-    # log's first record): measured at the start (on a CPU with bf16 instructions), reused by every --resume, so a run
-    # never switches precision midway and a resume replays the same bits
-    if cfg["bf16"] == "auto":
-        x_probe = lambda: torch.rand(B, in_chans, size, size, generator=torch.Generator(device).manual_seed(0),
-                                     device=device).contiguous(memory_format=fmt)  # its own RNG: the run's is untouched
-        measure = lambda: bf16_if_faster(online, target, lambda o, t, x: ssl_loss(o, t, x, x, cfg)[0], x_probe(), ddp)
-        cfg["bf16"], line = decide_bf16(saved_bf16, device_type, measure)  # under DDP: rank 0's choice on every rank
-        ctx = torch.autocast(device_type, dtype=torch.bfloat16) if cfg["bf16"] == "1" else nullcontext()
-        if master_process:
-            print(line)
+def resume(cfg, P, online, target, dp, optimizer, n_train, device):
+    """--resume: the checkpoint's state into this run's (every tensor, the optimizer, the RNG), or one line naming
+    the flag that differs. Returns (step, knn_init, monitor_stats, the precision --bf16 auto chose at the start)."""
+    path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    ckpt = load_checkpoint(path, "--resume")
+    err = resume_error(ckpt, cfg, vars(P.parse_args([])), P.free, n_train, path)
+    if err:
+        raise RunError(err)
+    online.load_state_dict(ckpt["online"])
+    if target is not None:
+        target.load_state_dict(ckpt["target"])
+    if dp is not None:
+        dp.load_state_dict(ckpt["directpred"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    stats = tuple(t.to(device) for t in ckpt["monitor_stats"]) if ckpt.get("monitor_stats") else None
+    restore_rng(ckpt["rng"], "cuda" if "cuda" in device else "cpu")
+    return ckpt["step"], ckpt.get("knn_init"), stats, ckpt["config"]["bf16"]
 
-    # --- compile, DDP
-    raw_model = online  # what gets saved: no "_orig_mod." or "module." in the keys
-    if cfg["compile"] and ddp and cfg["sync_bn"] and device_type == "cuda" and master_process:
+
+def choose_bf16(cfg, saved, online, target, shape, device, fmt, ddp):
+    """--bf16 auto, decided once per run and recorded in its config as "0" / "1" (the checkpoint, the log's first
+    record): timed at the start on a CPU with bf16 instructions (on a batch of `shape` from its own RNG), reused by
+    every --resume, so a run never switches precision midway. Every rank calls it (under DDP rank 0's choice wins).
+    Returns (the autocast context, the line saying how it was decided)."""
+    device_type = "cuda" if "cuda" in device else "cpu"
+    x = torch.rand(*shape, generator=torch.Generator(device).manual_seed(0), device=device)
+    loss = lambda o, t, v: ssl_loss(o, t, v, v, cfg)[0]
+    cfg["bf16"], line = decide_bf16(saved, device_type, lambda: bf16_if_faster(
+        online, target, loss, x.contiguous(memory_format=fmt), ddp))
+    return (torch.autocast(device_type, dtype=torch.bfloat16) if cfg["bf16"] == "1" else nullcontext()), line
+
+
+def wrap(online, cfg, ddp, local_rank, device, master_process):
+    """The online network as the loop calls it: compiled (--compile 1), then DDP under torchrun."""
+    if cfg["compile"] and ddp and cfg["sync_bn"] and "cuda" in device and master_process:
         print("warning: --compile 1 with DDP and SyncBatchNorm: dynamo breaks the graph at every SyncBatchNorm "
               "(pytorch#161302) and the combination has failed (pytorch#107372); --sync-bn 0 compiles whole")
     model = torch.compile(online) if cfg["compile"] else online
-    if ddp:
-        model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
-    ema = ema_pairs(target, raw_model)
+    return DDP(model, device_ids=[local_rank] if "cuda" in device else None) if ddp else model
 
+
+def two_views(x, cfg, aug, gen, size, mean, std, fmt):
+    """Both augmented views of a batch, each image with its own random draws from gen (augment), in the run's memory
+    format. x: (B, C, H, W) uint8, cropped here, or (B, 2, C, H, W), the DataLoader's two crops."""
+    crop = x.dim() == 4
+    return tuple(augment(x if crop else x[:, v], aug, v, gen, size, (cfg["crop_min"], 1.0), mean, std, crop)
+                 .contiguous(memory_format=fmt) for v in (0, 1))
+
+
+def checkpoint(raw_model, target, optimizer, dp, step, cfg, knn_init, n_train, monitor_stats, device):
+    """Everything a resume needs: the networks, the optimizer, DirectPred's state, the step, the config, the kNN at
+    random init, the collapse diagnostics' statistics and the RNG."""
+    return {"online": raw_model.state_dict(), "target": target.state_dict() if target is not None else None,
+            "optimizer": optimizer.state_dict(), "directpred": dp.state_dict() if dp is not None else None,
+            "step": step, "config": cfg, "knn_init": knn_init, "n_train": n_train, "monitor_stats": monitor_stats,
+            "rng": rng_state("cuda" if "cuda" in device else "cpu")}
+
+
+# -----------------------------------------------------------------------------
+# the run
+
+
+def main():
+    # --- config: every bad flag (for torchrun's number of ranks) and an out-dir that cannot take the run, first
+    cfg, P = parse_config(), get_parser()
+    err = config_error(cfg, P) or out_dir_error(cfg["out_dir"], cfg["resume"])
+    if err:
+        raise RunError(err)
+
+    # --- DDP / device
+    ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(cfg["device"], cfg["ddp_timeout"])
+    master_process = ddp_rank == 0
+    seed_all(cfg["seed"])
+    ctx, fmt = speed_paths(device.split(":")[0], cfg["bf16"], cfg["channels_last"], cfg["deterministic"],
+                           cfg["width"])
+
+    # --- data: small sets on the device as one uint8 tensor, ImageNet-size sets streamed
+    train_data, n_train, in_chans, size = train_set(cfg, device)
+    steps_per_epoch = n_train // cfg["batch_size"]
+    if steps_per_epoch == 0:
+        raise RunError(f"--batch-size {cfg['batch_size']} is larger than the {n_train} training images")
+    total_steps = cfg["epochs"] * steps_per_epoch
+    max_steps = min(cfg["max_steps"], total_steps) if cfg["max_steps"] > 0 else total_steps
+    aug, (mean, std) = aug_of(cfg), normalisation(cfg["dataset"], device)
+
+    # --- model and optimizer: online network, EMA target, DirectPred's state
+    online, target, dp, optimizer = build_run(cfg, in_chans, device, ddp, master_process, fmt)
+
+    # --- resume, precision, compile and DDP
+    step, knn_init, monitor_stats, saved_bf16 = 0, None, None, None  # monitor_stats: the collapse diagnostics'
+    if cfg["resume"]:
+        step, knn_init, monitor_stats, saved_bf16 = resume(cfg, P, online, target, dp, optimizer, n_train, device)
+    if cfg["bf16"] == "auto":  # every rank
+        B = cfg["batch_size"] // ddp_world_size  # the local batch
+        ctx, line = choose_bf16(cfg, saved_bf16, online, target, (B, in_chans, size, size), device, fmt, ddp)
+        if master_process:
+            print(line)
+    raw_model = online  # what gets saved: no "_orig_mod." or "module." in the keys
+    model = wrap(online, cfg, ddp, ddp_local_rank, device, master_process)
+    ema = ema_pairs(target, raw_model)
     # F_hat of DirectPred (partitioned: of its regions, inside the predictor), watched for nan/inf; None: trained Wp
     F_hat = dp.F_hat if dp is not None else getattr(getattr(raw_model.predictor, "dp", None), "F_hat", None)
-    # the first step whose loss or F_hat went nan/inf, on the device; the run stops at the next log / checkpoint step
-    guard = DivergenceGuard(device, cfg["lr"], f"step {step} in {ckpt_path}" if cfg["resume"] else "none written",
-                            on_stop=lambda: pbar.close())
+    knn = KnnMonitor(cfg, train_data, device, mean, std, ctx, size, fmt) if cfg["eval_every"] and master_process \
+        else None  # rank 0's kNN monitor
 
-    def checkpoint(path):
-        """Everything a resume needs (online, target, F_hat, optimizer, step, RNG, config), written atomically."""
-        guard.stop_if_diverged()
-        online_sd, target_sd = raw_model.state_dict(), target.state_dict() if target is not None else None
-        guard.stop_if_nonfinite(step, online_sd, target_sd or {})
-        save_checkpoint({"online": online_sd, "target": target_sd, "optimizer": optimizer.state_dict(),
-                         "directpred": dp.state_dict() if dp is not None else None, "step": step, "config": cfg,
-                         "knn_init": knn_init, "n_train": n_train, "monitor_stats": monitor_stats,
-                         "rng": rng_state(device_type)}, path)
-
-    def knn_monitor():
-        """kNN top-1 of the online backbone (rank 0), the same evaluation as eval_linear.py's kNN."""
-        pbar.set_description("kNN monitor")  # feature extraction takes a while on a CPU: say so
-        feats = [extract_features(raw_model.backbone, d, mean, std, device, ctx, size, workers=cfg["workers"], fmt=fmt)
-                 for d in knn_sets]
-        pbar.set_description(None)
-        return knn_eval(*feats[0], *feats[1])
-
-    # --- training loop
-    os.makedirs(cfg["out_dir"], exist_ok=True)
-    log = lock = None  # rank 0's log.jsonl (and W&B with --wandb-project), the out_dir's lock
-    if master_process:
-        lock = refuse_busy_out_dir(cfg["out_dir"])  # one run per out_dir, held until it is closed or the process ends
-        log = RunLog(cfg["out_dir"], cfg["resume"], step, cfg["wandb_project"], cfg["wandb_run_name"], cfg)
-    stop = stop_after_the_step_on_signal()  # Ctrl-C / SIGTERM: checkpoint after this step, then stop
-    gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
+    # --- the training loop
+    run = Run(cfg, ddp_rank, ddp, device, step, max_steps, looks_collapsed)  # every rank
     if master_process:
         print(f"{cfg['dataset']}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} -> {max_steps}, "
-              f"{ddp_world_size} rank(s) x batch {B}, device {device}")
-    # progress on stdout: stderr carries errors alone, so a failure is exactly one line there
-    pbar = tqdm(total=max_steps, initial=step, disable=not master_process, dynamic_ncols=True, file=sys.stdout)
-    if knn_sets is not None and step == 0:  # the same network at random init: the baseline the run must beat
-        knn_init = knn_monitor()
-    log_step = lambda k: k % cfg["log_every"] == 0 or k <= cfg["log_early"] and k % 10 == 0 or k == max_steps
-    t0, step0, t_eval, rec = time.time(), step, 0.0, {}
-    collapse = CollapseWatch(looks_collapsed)  # a warning when the diagnostics look collapsed a few log lines running
+              f"{ddp_world_size} rank(s) x batch {cfg['batch_size'] // ddp_world_size}, device {device}")
+    run.open_bar(step)
+    if knn is not None and step == 0:  # the same network at random init: the baseline the run must beat
+        knn_init = run.knn(knn, raw_model.backbone)
+    gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
+    rec = {}
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
-        for x, _ in epoch_batches(train_data, cfg["batch_size"], epoch, cfg["seed"], ddp_rank, ddp_world_size, device,
-                                  start=k, workers=cfg["workers"]):
+        for x, _ in epoch_batches(train_data, cfg["batch_size"], epoch, cfg["seed"], ddp_rank, ddp_world_size,
+                                  device, start=k, workers=cfg["workers"]):
             gen.manual_seed(step_seed(cfg["seed"], step, ddp_rank))
-            crop = x.dim() == 4  # (B, C, H, W): crop here; (B, 2, C, H, W): two crops made by the DataLoader
-            x1 = augment(x if crop else x[:, 0], aug, 0, gen, size, (cfg["crop_min"], 1.0), mean, std, crop)
-            x2 = augment(x if crop else x[:, 1], aug, 1, gen, size, (cfg["crop_min"], 1.0), mean, std, crop)
-            x1, x2 = x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt)
+            x1, x2 = two_views(x, cfg, aug, gen, size, mean, std, fmt)
             lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)
-            # the paper's order: forward, DirectPred statistics (F all-reduced over the ranks), backward, step, Wp, EMA
             loss, z1, z2 = train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, tau, ema)
-            monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d): both views' predictor input
-            if master_process and step == 0:  # step 0: the random init (this step's forward ran before its update)
-                log.write({"step": 0, "epoch": 0.0, "bf16": cfg["bf16"], "loss": loss.item(),
+            monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d): both views' f
+            if master_process and step == 0:  # the random init (this step's forward ran before its update)
+                run.write({"step": 0, "epoch": 0.0, "bf16": cfg["bf16"], "loss": loss.item(),
                            **diagnostics(monitor_stats, None, z1),
                            **({"knn_top1": knn_init} if knn_init is not None else {})})
-            guard.record(step, loss, F_hat)  # on the device: no host sync
             step += 1
-            pbar.update(1)
-            if master_process and step < cfg["log_every"] and step & (step - 1) == 0:  # steps 1, 2, 4, 8, ...: the
-                pbar.set_postfix(loss=f"{loss.item():.4f}")  # loss before the first log line, at few host syncs
-
-            if log_step(step) or step % cfg["ckpt_every"] == 0:
-                guard.stop_if_diverged(sync_ranks=ddp)
+            run.stepped(step, loss, F_hat)  # every rank: at log / checkpoint steps, a collective stop if diverged
             rec = {"step": step, "epoch": step / steps_per_epoch}
-            if knn_sets is not None and (step % cfg["eval_every"] == 0 or step == max_steps):
-                te = time.time()
-                rec["knn_top1"] = knn_monitor()
-                t_eval += time.time() - te  # left out of img/s
-                pbar.set_postfix(knn=f"{rec['knn_top1']:.4f}")
-            if master_process and log_step(step):
-                if device_type == "cuda":
-                    torch.cuda.synchronize()
-                imgs = (step - step0) * cfg["batch_size"] / (time.time() - t0 - t_eval)
-                step0 = step
+            if knn is not None and (step % cfg["eval_every"] == 0 or step == max_steps):
+                rec["knn_top1"] = run.knn(knn, raw_model.backbone)
+            if master_process and run.log_due(step):
                 Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors (not mlp, not partitioned)
-                rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=imgs, **diagnostics(monitor_stats, Wp, z1))
-                if device_type == "cuda":
-                    rec["mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
-                pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{imgs:.0f}", z_std=f"{rec['z_std']:.2f}",
-                                 rank=f"{rec['erank']:.1f}", **({"knn": f"{rec['knn_top1']:.4f}"} if "knn_top1" in rec else {}))
-                alarm = collapse.line(step, rec["erank"], rec["z_std"], len(rec["F_eig"]))
-                if alarm:  # on stdout (stderr carries errors alone)
-                    pbar.write(alarm)
-                t0, t_eval = time.time(), 0.0  # the next interval's clock starts after this one's diagnostics
+                rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=run.img_per_s(step),
+                           **diagnostics(monitor_stats, Wp, z1), **run.memory())
+                run.show(rec)
             if master_process and len(rec) > 2:
-                log.write(rec)
-            if step % cfg["ckpt_every"] == 0 or step == max_steps or stop:
-                if master_process:
-                    checkpoint(ckpt_path)
-                    guard.last_ckpt = f"step {step} in {ckpt_path}"
-                if cfg["save_every_rank"]:
-                    checkpoint(os.path.join(cfg["out_dir"], f"ckpt_rank{ddp_rank}.pt"))
-            if stop:  # each rank stops at its own next step; torchrun ends any rank still waiting on the others
-                pbar.close()
-                raise RunError(f"stopped by {signal.Signals(stop[0]).name} at step {step}"
-                         + (f"; checkpoint {ckpt_path}: continue with the same flags plus --resume" if master_process else ""))
+                run.write(rec)
+            if run.ckpt_due(step):  # every rank: rank 0 writes ckpt.pt, each rank its own with --save-every-rank
+                state = checkpoint(raw_model, target, optimizer, dp, step, cfg, knn_init, n_train, monitor_stats,
+                                   device)
+                run.save(state, state["online"], state["target"] or {})
+            run.stop_if_signalled(step)  # every rank
             if step >= max_steps:
                 break
-    pbar.close()
-    if master_process:
-        print(f"done: step {step}, checkpoint {ckpt_path}")
-        if knn_init is not None and "knn_top1" in rec:  # the gain over the same network at random init, in one line
-            print(f"kNN top-1: random init {100 * knn_init:.2f} -> trained {100 * rec['knn_top1']:.2f} "
-                  f"({100 * (rec['knn_top1'] - knn_init):+.2f}) after {step} steps")
-    if log is not None:
-        log.close()  # (and W&B's run)
-        lock.close()
+    run.close(step, knn_init, rec.get("knn_top1"))
     if ddp:  # leave the process group and exit 0, past gloo's random abort at interpreter exit
         end_distributed()
 

@@ -34,6 +34,7 @@ import torchvision.transforms as TV
 import plumbing
 from bench import augment_ms, child_env, median_ms, real_step, run_child, sync, train_loop
 from directpred import DirectPred
+from data import FMNIST_SYSTEM_DIR, fmnist_missing, normalisation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py, test_smoke.py
 
@@ -62,7 +63,7 @@ def peer_loop(dev, batch, steps, workers, width=64):
     DataLoader (uint8 -> float and normalisation on the device, bf16 autocast and channels_last where train.py would
     use them)."""
     step, cfg, ctx, fmt = real_step(["--dataset", "cifar10", "--batch-size", str(batch), "--width", str(width)], dev)
-    mean, std = plumbing.normalisation("cifar10", dev)
+    mean, std = normalisation("cifar10", dev)
     loader = torch.utils.data.DataLoader(PeerDataset(batch * (steps + 2)), batch_size=batch, shuffle=True,
                                          num_workers=workers, pin_memory=dev.startswith("cuda"), drop_last=True,
                                          persistent_workers=workers > 0)
@@ -187,10 +188,10 @@ def gpu_suite(args):
     sizes = (16, 32) if args.tiny else (128, 256, 512)
     steps, width = (4, 8) if args.tiny else (200, 64)  # 200 steps: img/s over the last 100 (G: 15 were noise)
     workers = min(16, os.cpu_count() or 1) if not args.tiny else 1
-    missing = plumbing.fmnist_missing(args.data_dir)
+    missing = fmnist_missing(args.data_dir)
     if missing:  # said now, before any step: the Fashion-MNIST step will be skipped, never a download attempt
         res["fmnist"] = {"skipped": f"--data-dir {args.data_dir}: no {', '.join(missing)} (.gz) under "
-                                    f"{os.path.join(args.data_dir, 'FashionMNIST', 'raw')} nor {plumbing.FMNIST_SYSTEM_DIR}; "
+                                    f"{os.path.join(args.data_dir, 'FashionMNIST', 'raw')} nor {FMNIST_SYSTEM_DIR}; "
                                     f"copy the four files there and let that folder travel with the run"}
         print(f"note: Fashion-MNIST step skipped: {res['fmnist']['skipped']}", flush=True)
     cost = lambda gpu, rehearsal: rehearsal if args.tiny else gpu  # estimated seconds (the rehearsal's on 2 cores)

@@ -40,8 +40,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from paper import stats
-from plumbing import DATASETS, VAL_SIZE, ArgumentParser, RunError, fmnist_missing
+from plumbing import ArgumentParser, RunError
 from train import looks_collapsed, parse_config
+from data import DATASETS, VAL_SIZE, fmnist_missing
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # paper/
 ROOT = os.path.dirname(HERE)  # the repository: train.py, eval_linear.py, bench.py
@@ -926,7 +927,7 @@ def visible_gpus(spec):
 
 def missing_data(datasets, data_dir):
     """The datasets of the suite whose files are not under --data-dir (Fashion-MNIST: nor in the Debian package's
-    folder), as train.py's loaders would look for them (plumbing.DATASETS)."""
+    folder), as train.py's loaders would look for them (DATASETS)."""
     return [d for d in sorted(datasets) if DATASETS[d].folder and (fmnist_missing(data_dir) if d == "fashion-mnist"
                                                                    else not os.path.isdir(os.path.join(data_dir, DATASETS[d].folder)))]
 
@@ -985,7 +986,7 @@ def main():
                if not os.path.exists(os.path.join(args.results, "baselines", f"{name}.json"))]
     ckpt = lambda s: checkpoint(args, "pred-direct", s)
     base_seeds = [s for s in seeds if not os.path.exists(ckpt(s)) and any(ckpt(s) in cmd for cmd in pending)]
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use (taskset, cgroups), not the machine's
     if args.gpus:  # one run per GPU; the CPU threads shared out among them
         args.jobs, speed = len(args.gpus), None
     elif args.jobs == "auto" and args.scale == "laptop" and len(todo) > 1:  # measured: the layout and its img/s
