@@ -9,6 +9,7 @@ Linear probe and kNN of a train.py checkpoint: the online backbone, frozen, in e
     python eval_linear.py --ckpt out/ckpt.pt --baseline random-bn   # ... with its BN statistics re-estimated
     python eval_linear.py --ckpt out/ckpt.pt --baseline supervised  # the same network trained with labels
     python eval_linear.py --dataset fashion-mnist --baseline pixels # the same probe on raw pixels
+    python eval_linear.py --ckpt out/ckpt.pt --baseline none,random,pixels   # several, side by side at the end
 
 --protocol fast (default): features extracted once without augmentation and cached on the device, standardised,
   then logistic regression as in the paper's code (Adam lr 3e-4, wd 1e-3, 50 epochs, constant lr), batch 256;
@@ -29,7 +30,7 @@ to a JSON file. The backbone is checked to be bitwise unchanged at the end.
 --baseline supervised: the checkpoint's network from its random init, trained end to end with labels (cross-entropy
   through a linear head) with the run's own augmentations, optimizer, lr schedule, batch and number of steps; then
   probed like the others. A ceiling for what the same network, data and budget can reach. One process.
-Model, augmentation and training pieces are train.py's, dataset files and frozen features plumbing.py's, imported.
+Model, augmentation and training pieces are train.py's, dataset files and frozen features data.py's, imported.
 """
 import argparse
 import json
@@ -58,10 +59,10 @@ P.add_argument("--ckpt", default="", help="train.py checkpoint (out_dir/ckpt.pt)
 P.add_argument("--protocol", default="fast", choices=["fast", "paper", "augmented"],
                help="fast: cached features, final epoch; paper: the authors' (batch 128, best test epoch, "
                     "optimistic); augmented: SimSiam's ImageNet protocol")
-P.add_argument("--baseline", default="none", choices=["none", "random", "random-bn", "pixels", "supervised"],
-               help="random = the checkpoint's network at random init; random-bn = the same with its BN statistics "
-                    "re-estimated on the training images; pixels = raw pixels (no network); "
-                    "supervised = the checkpoint's network trained with labels (same augmentations and budget)")
+P.add_argument("--baseline", default="none", help="what is probed, one or several (comma-separated, side by "
+               "side at the end): none = the checkpoint's backbone; random = its network at random init; random-bn = "
+               "the same with its BN statistics re-estimated on the training images; pixels = raw pixels (no "
+               "network); supervised = the checkpoint's network trained with labels (same augmentations and budget)")
 P.add_argument("--dataset", default=None, choices=list(T.DATASETS), help="default: the checkpoint's")
 P.add_argument("--data-dir", default=None, help="default: the checkpoint's")
 P.add_argument("--split", default=None, choices=["test", "val"], help="what the probe and the kNN report on: the "
@@ -98,6 +99,8 @@ PROTOCOLS = {
     "paper": dict(optimizer="adam", lr=3e-4, wd=1e-3, epochs=50, batch_size=128),
     "augmented": dict(optimizer="lars", lr=None, wd=0.0, epochs=90, batch_size=4096),  # lr None: 0.1 * batch / 256
 }
+BASELINES = {"none": "trained", "random": "random init", "random-bn": "random init, BN re-estimated",
+             "pixels": "raw pixels", "supervised": "trained with labels"}  # --baseline: what each is called
 NO_COLOR = dict(jitter=(0, 0, 0, 0), jitter_p=0.0, gray_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0))
 
 
@@ -187,104 +190,8 @@ def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, worker
     return backbone, step
 
 
-def main():
-    args = P.parse_args()
-    for k, v in PROTOCOLS[args.protocol].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.lr is None:
-        args.lr = 0.1 * args.batch_size / 256
-    err = plumbing.range_error(vars(args), P.valid)  # after the protocol's defaults are filled in
-    if err:
-        raise plumbing.RunError(f"{err}")
-
-    # --- DDP / device
-    if "RANK" in os.environ and (args.protocol != "augmented" or args.baseline == "supervised"):
-        raise plumbing.RunError("torchrun is for --protocol augmented (and not with --baseline supervised); the others run "
-                 "in one process")
-    ddp, ddp_rank, _, ddp_world_size, device = plumbing.init_distributed(args.device, args.ddp_timeout)
-    master_process = ddp_rank == 0
-    device_type = "cuda" if "cuda" in device else "cpu"
-    torch.manual_seed(args.seed)
-    if args.batch_size % ddp_world_size:
-        raise plumbing.RunError(f"--batch-size {args.batch_size} must divide evenly over {ddp_world_size} DDP ranks")
-
-    # --- checkpoint and data
-    cfg = None
-    if args.ckpt:
-        ckpt = plumbing.load_checkpoint(args.ckpt, "--ckpt")
-        cfg = {**vars(T.get_parser().parse_args([])), **ckpt["config"]}  # newer flags: defaults
-        bad = plumbing.nonfinite(ckpt["online"])
-        if bad and args.baseline == "none":
-            raise plumbing.RunError(f"--ckpt {args.ckpt} holds nan/inf weights ({bad}): a diverged run, nothing to evaluate")
-    elif args.baseline != "pixels":
-        raise plumbing.RunError("--ckpt is needed (only --baseline pixels runs without one)")
-    elif args.dataset is None:
-        raise plumbing.RunError("--baseline pixels needs --dataset")
-    dataset = args.dataset or cfg["dataset"]
-    if args.baseline == "supervised" and dataset != cfg["dataset"]:
-        raise plumbing.RunError(f"--baseline supervised trains on the run's own --dataset ({cfg['dataset']}), not {dataset}")
-    out = args.out or os.path.join(os.path.dirname(args.ckpt) if args.ckpt else "out",
-                                   f"eval_{args.protocol}_{args.baseline}_{dataset}.json")
-    if master_process:  # the result file must be writable before minutes of work, not after
-        try:
-            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-            existed = os.path.exists(out)
-            open(out, "a").close()
-            if not existed:  # a real write test, leaving nothing behind if the evaluation fails later
-                os.remove(out)
-        except OSError as e:
-            raise plumbing.RunError(f"--out {out} cannot be written ({e.strerror or e})")
-    data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
-    fake_size = cfg["fake_size"] if cfg else 1024
-    size = args.img_size or (cfg["img_size"] if cfg else 0)  # train.py's crop size; 0 = the dataset's default
-    mean, std = normalisation(dataset, device)
-    split = args.split or (cfg.get("split", "test") if cfg else "test")
-    if split == "val" and not T.DATASETS[dataset].val:
-        raise plumbing.RunError(f"{split_val_error()}")
-    splits = [load_split(dataset, data_dir, role, split, fake_size) for role in ("train", "eval")]
-    if not T.DATASETS[dataset].streamed:
-        splits = [(x.to(device), y.to(device)) for x, y in splits]
-    size = size or (224 if T.DATASETS[dataset].streamed else splits[0][0].shape[-1])  # train.py's rule for --img-size 0
-    in_chans = splits[0][0].shape[1] if not T.DATASETS[dataset].streamed else 3
-    n_cls = len(splits[0].classes) if T.DATASETS[dataset].streamed else int(splits[0][1].max()) + 1
-
-    ctx, fmt = plumbing.speed_paths(device_type, args.bf16, args.channels_last, width=cfg["width"] if cfg else 64)
-
-    # --- the frozen backbone
-    t_start, res = time.time(), {"split": split}
-    if args.baseline == "pixels":
-        backbone = nn.Flatten()
-    else:
-        model = T.build_model(cfg, in_chans)  # random init from --seed
-        if args.baseline == "none":
-            try:
-                model.load_state_dict(ckpt["online"])
-            except RuntimeError:  # e.g. --dataset with another number of channels than the checkpoint was trained on
-                raise plumbing.RunError(f"--ckpt {args.ckpt} was trained on --dataset {cfg['dataset']} and does not fit "
-                         f"--dataset {dataset} ({in_chans}-channel images)")
-        if args.baseline == "random-bn":  # every rank passes the whole split: the same statistics on each
-            reestimate_bn(model.backbone.to(device).to(memory_format=fmt), splits[0], mean=mean, std=std,
-                          device=device, ctx=ctx, size=size, workers=args.workers, fmt=fmt,
-                          desc="BN statistics (train)" if master_process else None)
-        if args.baseline == "supervised":
-            model.backbone, res["supervised_steps"] = train_supervised(model, splits[0], cfg, size, mean, std, device,
-                                                                       ctx, fmt, args.workers)
-        backbone = model.backbone
-    backbone = backbone.to(device).eval().requires_grad_(False).to(memory_format=fmt)
-    before = {k: v.clone() for k, v in backbone.state_dict().items()}
-
-    # --- features (sharded over the ranks under torchrun) and kNN, on rank 0
-    feats = [shard_features(backbone, d, ddp_rank, ddp_world_size, mean=mean, std=std, device=device, ctx=ctx,
-                            size=size, workers=args.workers, desc=f"features ({s})" if master_process else None,
-                            fmt=fmt) for d, s in zip(splits, ("train", "test"))]
-    if master_process:
-        (train_f, train_y), (test_f, test_y) = feats
-        res["knn_top1"] = knn_eval(train_f, train_y, test_f, test_y, args.knn_k, args.knn_t)
-    del feats
-
-    # --- the linear head
-    dim = backbone(torch.zeros(2, in_chans, size, size, device=device).contiguous(memory_format=fmt)).shape[1]
+def linear_head(args, dim, n_cls, device):
+    """The linear classifier on the frozen features (SimSiam's init for --protocol augmented) and its optimizer."""
     head = nn.Linear(dim, n_cls).to(device)
     if args.protocol == "augmented":  # SimSiam's init of the linear layer
         nn.init.normal_(head.weight, std=0.01)
@@ -293,91 +200,256 @@ def main():
     optimizer = {"adam": lambda: torch.optim.Adam(params, lr=args.lr, weight_decay=args.wd),
                  "sgd": lambda: torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.wd, nesterov=True),
                  "lars": lambda: T.LARS(params, lr=args.lr, weight_decay=args.wd)}[args.optimizer]()
+    return head, optimizer
+
+
+def probe_cached(args, head, optimizer, feats, device):
+    """--protocol fast / paper: logistic regression on the standardised cached features (the paper's code).
+    Returns (the test logits after the last epoch, the last batch's loss, the test top-1 after every epoch for
+    --protocol paper, else [])."""
+    (train_f, train_y), (test_f, test_y) = feats
+    mu, sd = train_f.mean(0), train_f.std(0).clamp(min=1e-6)
+    train_f, test_f = (train_f - mu) / sd, (test_f - mu) / sd
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    test_acc = []  # test top-1 after every epoch: --protocol paper reports the best one
+    pbar = tqdm(range(args.epochs), "linear probe", dynamic_ncols=True, file=sys.stdout)
+    for epoch in pbar:
+        perm = torch.randperm(len(train_f), device=device, generator=gen)
+        loss_sum, hits = torch.zeros((), device=device), torch.zeros((), device=device)  # summed on the device
+        for i in range(0, len(perm), args.batch_size):
+            idx = perm[i:i + args.batch_size]
+            logits = head(train_f[idx])
+            loss = nnf.cross_entropy(logits, train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            hits += (logits.argmax(1) == train_y[idx]).sum()
+        if args.protocol == "paper":
+            with torch.no_grad():
+                test_acc.append(topk(head(test_f), test_y, 1))
+        pbar.set_postfix(loss=f"{loss_sum.item() / len(perm):.4f}", train_acc=f"{hits.item() / len(perm):.4f}")
+    with torch.no_grad():
+        return head(test_f), loss, test_acc
+
+
+def probe_augmented(args, head, optimizer, backbone, feats, train_data, dataset, ddp, rank, world_size, **kw):
+    """--protocol augmented (SimSiam's): a crop and flip per sample on the device every step, the frozen backbone's
+    features, the head trained under DDP on each rank's shard of each batch, cosine lr. Returns (the test logits on
+    rank 0, else None; the last batch's loss; [])."""
+    device, size, fmt = kw["device"], kw["size"], kw["fmt"]
+    test_f = feats[1][0] if rank == 0 else None
     ddp_head = DDP(head) if ddp else head  # under torchrun the head's gradients are averaged over ranks
-    gen = torch.Generator(device=device)
+    if T.DATASETS[dataset].streamed:
+        train_data.transform = TV.Compose([TV.RandomResizedCrop(size), TV.PILToTensor()])
+    n = len(train_data[0]) if isinstance(train_data, tuple) else len(train_data)
+    steps_per_epoch = n // args.batch_size
+    if steps_per_epoch == 0:
+        raise plumbing.RunError(f"--batch-size {args.batch_size} is larger than the {n} training images")
+    gen, step, total = torch.Generator(device=device), 0, args.epochs * steps_per_epoch
+    pbar = tqdm(total=total, desc="linear probe (augmented)", disable=rank != 0, dynamic_ncols=True, file=sys.stdout)
+    for epoch in range(args.epochs):
+        for x, y in epoch_batches(train_data, args.batch_size, epoch, args.seed, rank, world_size, device,
+                                  workers=args.workers):
+            gen.manual_seed(T.step_seed(args.seed, step, rank))
+            x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), kw["mean"], kw["std"],
+                          crop=not T.DATASETS[dataset].streamed)
+            with torch.no_grad(), kw["ctx"]:
+                f = backbone(x.contiguous(memory_format=fmt))
+            for g in optimizer.param_groups:
+                g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = nnf.cross_entropy(ddp_head(f.float()), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            pbar.update(1)
+            if rank == 0 and step % 50 == 0:  # a host sync, so not every step
+                pbar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+    pbar.close()
+    with torch.no_grad():
+        return (head(test_f) if rank == 0 else None), loss, []
 
-    if args.protocol != "augmented":  # logistic regression on standardised cached features (the paper's code)
-        mu, sd = train_f.mean(0), train_f.std(0).clamp(min=1e-6)
-        train_f, test_f = (train_f - mu) / sd, (test_f - mu) / sd
-        gen.manual_seed(args.seed)
-        test_acc = []  # test top-1 after every epoch: --protocol paper reports the best one
-        pbar = tqdm(range(args.epochs), "linear probe", dynamic_ncols=True, file=sys.stdout)
-        for epoch in pbar:
-            perm = torch.randperm(len(train_f), device=device, generator=gen)
-            loss_sum, hits = torch.zeros((), device=device), torch.zeros((), device=device)  # summed on the device
-            for i in range(0, len(perm), args.batch_size):
-                idx = perm[i:i + args.batch_size]
-                logits = head(train_f[idx])
-                loss = nnf.cross_entropy(logits, train_y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(idx)
-                hits += (logits.argmax(1) == train_y[idx]).sum()
-            if args.protocol == "paper":
-                with torch.no_grad():
-                    test_acc.append(topk(head(test_f), test_y, 1))
-            pbar.set_postfix(loss=f"{loss_sum.item() / len(perm):.4f}", train_acc=f"{hits.item() / len(perm):.4f}")
-        with torch.no_grad():
-            logits = head(test_f)
-    else:  # augmented: crop + flip per sample on the device, features of the frozen backbone, cosine lr
+
+def report(args, res, baseline, dataset, logits, test_y, loss, curve, n_cls, dim, out, seconds):
+    """Rank 0: the RESULT line, then the JSON file (after it: a failure there cannot lose the numbers)."""
+    res["top1"] = topk(logits, test_y, 1)  # the final epoch
+    if args.protocol == "paper":  # the authors' number: the best test epoch (optimistic), and which one
+        res.update(top1_final=res["top1"], top1=max(curve), best_epoch=curve.index(max(curve)) + 1,
+                   test_curve=curve)  # every epoch's test top-1, so the choice can be checked
+    res["final_train_loss"] = loss.item()
+    if n_cls > 10:
+        res["top5"] = topk(logits, test_y, 5)
+    res.update(dataset=dataset, ckpt=args.ckpt, baseline=baseline, protocol=args.protocol, epochs=args.epochs,
+               optimizer=args.optimizer, lr=args.lr, wd=args.wd, batch_size=args.batch_size, knn_k=args.knn_k,
+               knn_t=args.knn_t, backbone_unchanged=True, seconds=round(seconds, 1), feature_dim=dim)
+    top5 = f" top5={100 * res['top5']:.2f}" if "top5" in res else ""
+    best = f" (best epoch {res['best_epoch']}; final {100 * res['top1_final']:.2f})" if "best_epoch" in res else ""
+    print(f"RESULT dataset={dataset} baseline={baseline} protocol={args.protocol} top1={100 * res['top1']:.2f}"
+          f"{best}{top5} knn_top1={100 * res['knn_top1']:.2f} epochs={args.epochs} seconds={res['seconds']} "
+          f"ckpt={args.ckpt or '-'} json={out}", flush=True)
+    with open(out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    return res
+
+
+def parse_args():
+    """The flags, the protocol's defaults filled in, each range checked after them (one line for a bad one)."""
+    args = P.parse_args()
+    for k, v in PROTOCOLS[args.protocol].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.lr is None:
+        args.lr = 0.1 * args.batch_size / 256
+    err = plumbing.range_error(vars(args), P.valid)
+    if err:
+        raise plumbing.RunError(err)
+    args.baselines = args.baseline.split(",")
+    bad = [b for b in args.baselines if b not in BASELINES]
+    if bad or len(set(args.baselines)) < len(args.baselines):
+        raise plumbing.RunError(f"--baseline must be one or more of {', '.join(BASELINES)} (comma-separated, each "
+                                f"once), got {args.baseline!r}")
+    if args.out and len(args.baselines) > 1:
+        raise plumbing.RunError("--out names one result file: leave it out with several --baseline (each goes next "
+                                "to the checkpoint)")
+    if "RANK" in os.environ and (args.protocol != "augmented" or "supervised" in args.baselines):
+        raise plumbing.RunError("torchrun is for --protocol augmented (and not with --baseline supervised); the "
+                                "others run in one process")
+    return args
+
+
+def checkpoint_config(args):
+    """The checkpoint and its run's config (flags newer than it at their defaults), or (None, None) for pixels
+    alone; one line for a missing, damaged or diverged checkpoint or a meaningless combination."""
+    if not args.ckpt:
+        if args.baselines != ["pixels"]:
+            raise plumbing.RunError("--ckpt is needed (only --baseline pixels runs without one)")
+        if args.dataset is None:
+            raise plumbing.RunError("--baseline pixels needs --dataset")
+        return None, None
+    ckpt = plumbing.load_checkpoint(args.ckpt, "--ckpt")
+    cfg = {**vars(T.get_parser().parse_args([])), **ckpt["config"]}  # newer flags: their defaults
+    bad = plumbing.nonfinite(ckpt["online"])
+    if bad and "none" in args.baselines:
+        raise plumbing.RunError(f"--ckpt {args.ckpt} holds nan/inf weights ({bad}): a diverged run, nothing to "
+                                f"evaluate")
+    if "supervised" in args.baselines and (args.dataset or cfg["dataset"]) != cfg["dataset"]:
+        raise plumbing.RunError(f"--baseline supervised trains on the run's own --dataset ({cfg['dataset']}), not "
+                                f"{args.dataset}")
+    return ckpt, cfg
+
+
+def result_path(args, baseline, dataset):
+    """Where a baseline's JSON goes (--out, else next to the checkpoint), checked writable before minutes of work."""
+    out = args.out or os.path.join(os.path.dirname(args.ckpt) if args.ckpt else "out",
+                                   f"eval_{args.protocol}_{baseline}_{dataset}.json")
+    try:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        existed = os.path.exists(out)
+        open(out, "a").close()
+        if not existed:  # a real write test, leaving nothing behind if the evaluation fails later
+            os.remove(out)
+    except OSError as e:
+        raise plumbing.RunError(f"--out {out} cannot be written ({e.strerror or e})")
+    return out
+
+
+def probe_data(args, cfg, dataset, device):
+    """The labelled train split the probe is fitted on and the split it reports on (on the device where they fit),
+    the crop size, the channels and the classes."""
+    split = args.split or (cfg.get("split", "test") if cfg else "test")
+    if split == "val" and not T.DATASETS[dataset].val:
+        raise plumbing.RunError(split_val_error())
+    data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
+    splits = [load_split(dataset, data_dir, role, split, cfg["fake_size"] if cfg else 1024)
+              for role in ("train", "eval")]
+    streamed = T.DATASETS[dataset].streamed
+    if not streamed:
+        splits = [(x.to(device), y.to(device)) for x, y in splits]
+    size = args.img_size or (cfg["img_size"] if cfg else 0) or (224 if streamed else splits[0][0].shape[-1])
+    in_chans = 3 if streamed else splits[0][0].shape[1]
+    n_cls = len(splits[0].classes) if streamed else int(splits[0][1].max()) + 1
+    return splits, split, size, in_chans, n_cls
+
+
+def frozen_backbone(baseline, args, ckpt, cfg, splits, in_chans, res, master_process, **kw):
+    """The backbone a baseline probes, frozen, in eval mode: the checkpoint's, its network at random init (--seed),
+    the same with its BN statistics re-estimated, that network trained with labels, or the raw pixels.
+    kw: extract_features' (mean, std, device, ctx, size, fmt)."""
+    if baseline == "pixels":
+        return nn.Flatten().to(kw["device"]).eval()
+    model = T.build_model(cfg, in_chans)  # random init from --seed
+    if baseline == "none":
+        try:
+            model.load_state_dict(ckpt["online"])
+        except RuntimeError:  # e.g. --dataset with another number of channels than the checkpoint was trained on
+            raise plumbing.RunError(f"--ckpt {args.ckpt} was trained on --dataset {cfg['dataset']} and does not "
+                                    f"fit --dataset {args.dataset} ({in_chans}-channel images)")
+    if baseline == "random-bn":  # every rank passes the whole split: the same statistics on each
+        reestimate_bn(model.backbone.to(kw["device"]).to(memory_format=kw["fmt"]), splits[0], workers=args.workers,
+                      desc="BN statistics (train)" if master_process else None, **kw)
+    if baseline == "supervised":
+        model.backbone, res["supervised_steps"] = train_supervised(model, splits[0], cfg, kw["size"], kw["mean"],
+                                                                   kw["std"], kw["device"], kw["ctx"], kw["fmt"],
+                                                                   args.workers)
+    return model.backbone.to(kw["device"]).eval().requires_grad_(False).to(memory_format=kw["fmt"])
+
+
+def main():
+    args = parse_args()
+
+    # --- DDP / device
+    ddp, ddp_rank, _, ddp_world_size, device = plumbing.init_distributed(args.device, args.ddp_timeout)
+    master_process = ddp_rank == 0
+    if args.batch_size % ddp_world_size:
+        raise plumbing.RunError(f"--batch-size {args.batch_size} must divide evenly over {ddp_world_size} DDP ranks")
+
+    # --- checkpoint and data
+    ckpt, cfg = checkpoint_config(args)
+    dataset = args.dataset or cfg["dataset"]
+    outs = [result_path(args, b, dataset) if master_process else None for b in args.baselines]
+    splits, split, size, in_chans, n_cls = probe_data(args, cfg, dataset, device)
+    ctx, fmt = plumbing.speed_paths(device.split(":")[0], args.bf16, args.channels_last,
+                                    width=cfg["width"] if cfg else 64)
+    kw = dict(mean=normalisation(dataset, device)[0], std=normalisation(dataset, device)[1], device=device,
+              ctx=ctx, size=size, fmt=fmt)
+
+    results = []
+    for baseline, out in zip(args.baselines, outs):
+        # --- the frozen backbone (or the baseline's), from the same seed as alone
+        torch.manual_seed(args.seed)
+        t_start, res = time.time(), {"split": split}
+        backbone = frozen_backbone(baseline, args, ckpt, cfg, splits, in_chans, res, master_process, **kw)
+        before = {k: v.clone() for k, v in backbone.state_dict().items()}
+
+        # --- features (sharded over the ranks under torchrun) and kNN, on rank 0
+        feats = [shard_features(backbone, d, ddp_rank, ddp_world_size, workers=args.workers, **kw,
+                                desc=f"features ({s})" if master_process else None)
+                 for d, s in zip(splits, ("train", "test"))]
         if master_process:
-            del train_f, train_y  # kept only for the kNN (10 GB on ImageNet)
-        train_data = splits[0]
-        if T.DATASETS[dataset].streamed:
-            train_data.transform = TV.Compose([TV.RandomResizedCrop(size), TV.PILToTensor()])
-        n = len(train_data[0]) if isinstance(train_data, tuple) else len(train_data)
-        steps_per_epoch = n // args.batch_size
-        if steps_per_epoch == 0:
-            raise plumbing.RunError(f"--batch-size {args.batch_size} is larger than the {n} training images")
-        step, total = 0, args.epochs * steps_per_epoch
-        pbar = tqdm(total=total, desc="linear probe (augmented)", disable=not master_process, dynamic_ncols=True,
-                    file=sys.stdout)
-        for epoch in range(args.epochs):
-            for x, y in epoch_batches(train_data, args.batch_size, epoch, args.seed, ddp_rank,
-                                               ddp_world_size, device, workers=args.workers):
-                gen.manual_seed(T.step_seed(args.seed, step, ddp_rank))
-                x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), mean, std, crop=not T.DATASETS[dataset].streamed)
-                with torch.no_grad(), ctx:
-                    f = backbone(x.contiguous(memory_format=fmt))
-                for g in optimizer.param_groups:
-                    g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                loss = nnf.cross_entropy(ddp_head(f.float()), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                pbar.update(1)
-                if master_process and step % 50 == 0:  # a host sync, so not every step
-                    pbar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
-        pbar.close()
-        with torch.no_grad():
-            logits = head(test_f) if master_process else None
+            res["knn_top1"] = knn_eval(*feats[0], *feats[1], args.knn_k, args.knn_t)
 
-    # --- report (rank 0), after checking that the backbone did not move
-    after = backbone.state_dict()
-    unchanged = all(torch.equal(before[k], after[k]) for k in before)
-    if not unchanged:
-        raise plumbing.RunError("the backbone changed during evaluation (it must stay frozen)")
-    if master_process:
-        res["top1"] = topk(logits, test_y, 1)  # the final epoch
-        if args.protocol == "paper":  # the authors' number: the best test epoch (optimistic), and which one
-            res.update(top1_final=res["top1"], top1=max(test_acc), best_epoch=test_acc.index(max(test_acc)) + 1,
-                       test_curve=test_acc)  # every epoch's test top-1, so the choice can be checked
-        res["final_train_loss"] = loss.item()
-        if n_cls > 10:
-            res["top5"] = topk(logits, test_y, 5)
-        res.update(dataset=dataset, ckpt=args.ckpt, baseline=args.baseline,
-                   protocol=args.protocol, epochs=args.epochs, optimizer=args.optimizer,
-                   lr=args.lr, wd=args.wd, batch_size=args.batch_size, knn_k=args.knn_k, knn_t=args.knn_t,
-                   backbone_unchanged=unchanged, seconds=round(time.time() - t_start, 1), feature_dim=dim)
-        top5 = f" top5={100 * res['top5']:.2f}" if "top5" in res else ""
-        best = f" (best epoch {res['best_epoch']}; final {100 * res['top1_final']:.2f})" if "best_epoch" in res else ""
-        print(f"RESULT dataset={dataset} baseline={args.baseline} protocol={args.protocol} "
-              f"top1={100 * res['top1']:.2f}{best}{top5} knn_top1={100 * res['knn_top1']:.2f} "
-              f"epochs={args.epochs} seconds={res['seconds']} ckpt={args.ckpt or '-'} json={out}", flush=True)
-        with open(out, "w") as fh:  # after the RESULT line: a failure here cannot lose the numbers
-            json.dump(res, fh, indent=1)
+        # --- the linear probe of the protocol
+        dim = backbone(torch.zeros(2, in_chans, size, size, device=device).contiguous(memory_format=fmt)).shape[1]
+        head, optimizer = linear_head(args, dim, n_cls, device)
+        test_y = feats[1][1] if master_process else None
+        if args.protocol != "augmented":
+            logits, loss, curve = probe_cached(args, head, optimizer, feats, device)
+        else:
+            logits, loss, curve = probe_augmented(args, head, optimizer, backbone, feats, splits[0], dataset, ddp,
+                                                  ddp_rank, ddp_world_size, **kw)
+        del feats
+        if not all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items()):
+            raise plumbing.RunError("the backbone changed during evaluation (it must stay frozen)")
+
+        # --- report (rank 0)
+        if master_process:
+            results.append(report(args, res, baseline, dataset, logits, test_y, loss, curve, n_cls, dim, out,
+                                  time.time() - t_start))
+    if master_process and len(results) > 1:  # the numbers side by side, so a reader sees where each stands
+        print(f"linear top-1 / kNN top-1 ({args.protocol} probe, {split} split): " + " | ".join(
+            f"{BASELINES[b]} {100 * r['top1']:.2f} / {100 * r['knn_top1']:.2f}"
+            for b, r in zip(args.baselines, results)))
     if ddp:  # past gloo's random abort at interpreter exit (plumbing.end_distributed)
         plumbing.end_distributed()
 

@@ -61,6 +61,10 @@ def one_line_error(r, needle):
     assert "Traceback" not in r.stderr
 
 
+def load_json(path):
+    return json.loads(Path(path).read_text())
+
+
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -1338,10 +1342,32 @@ def test_corrupt_image_in_an_imagefolder_is_named(tmp_path):
 
 @pytest.mark.parametrize("flags, needle", [(["--knn-k", "0"], "--knn-k"), (["--knn-t", "0"], "--knn-t"),
                                            (["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
-                                           (["--lr", "-1"], "--lr"), (["--out", "/proc/no/such.json"], "--out")])
+                                           (["--lr", "-1"], "--lr"), (["--out", "/proc/no/such.json"], "--out"),
+                                           (["--baseline", "pixels,nope"], "--baseline"),
+                                           (["--baseline", "pixels,pixels"], "--baseline")])
 def test_eval_linear_bad_input_gives_one_line(tmp_path, flags, needle):
     one_line_error(run(["--dataset", "fake", "--baseline", "pixels", *flags], script="eval_linear.py", expect_ok=False),
                    needle)
+
+
+def test_eval_linear_several_baselines_give_each_ones_numbers_side_by_side(tmp_path, good_ckpt):
+    """--baseline none,random,pixels: each baseline's result file holds exactly what it holds when probed alone
+    (the same seed, the same probe), and one last line puts the three side by side."""
+    (tmp_path / "ckpt.pt").write_bytes(good_ckpt)
+    ckpt = ["--ckpt", tmp_path / "ckpt.pt", "--epochs", "2"]
+    r = run(ckpt + ["--baseline", "none,random,pixels"], script="eval_linear.py")
+    together = {b: load_json(tmp_path / f"eval_fast_{b}_fake.json") for b in ("none", "random", "pixels")}
+    for b in together:
+        run(ckpt + ["--baseline", b, "--out", tmp_path / f"alone_{b}.json"], script="eval_linear.py")
+        alone = load_json(tmp_path / f"alone_{b}.json")
+        assert {k: v for k, v in alone.items() if k != "seconds"} == \
+            {k: v for k, v in together[b].items() if k != "seconds"}, b
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("linear top-1 / kNN top-1") and all(
+        f"{label} {100 * together[b]['top1']:.2f}" in last for b, label in
+        (("none", "trained"), ("random", "random init"), ("pixels", "raw pixels")))
+    one_line_error(run(ckpt + ["--baseline", "none,random", "--out", tmp_path / "x.json"], script="eval_linear.py",
+                       expect_ok=False), "--out")
 
 
 # -----------------------------------------------------------------------------
