@@ -2,7 +2,7 @@
 Speed benchmarks. They print numbers; they assert nothing.
 
     python bench.py                                   # this device: augmentation + the real training loop
-    python bench.py --suite profile                   # where a step's time goes (main job's network at widths 16, 32)
+    python bench.py --suite profile                   # the step's pieces, each timed (main job's network, widths 16, 32)
     python bench.py --suite step --train-flags "..."  # img/s of the real step of one run (reproduce.py --jobs auto)
     python bench.py --suite roofline --train-flags "..."  # that step's GFLOP/s against this CPU's fp32 matmul rate
     python bench.py --suite precision                 # fp32 / bf16 / channels_last / both (3 interleaved runs),
@@ -27,10 +27,10 @@ from directpred import DirectPred, diagnostics, feature_stats
 from data import load_dataset, normalisation
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# the README's main job (DirectPred on Fashion-MNIST, ResNet-18 with the ImageNet stem at width 64, 28 px, batch 128,
-# the reference runs' recipe at 3 epochs); precision is left to each suite
-MAIN_JOB = ["--dataset", "fashion-mnist", "--predictor", "direct", "--width", "64", "--stem", "imagenet", "--crop-min",
-            "0.7", "--lr", "0.06", "--lr-schedule", "cosine", "--warmup-epochs", "1", "--epochs", "3"]
+# the README's main job (DirectPred on Fashion-MNIST, the laptop protocol: ResNet-18 with the ImageNet stem at width
+# 16, 28 px, crop-min 0.7, batch 128, lr 0.03 constant, 5 epochs); precision is left to each suite
+MAIN_JOB = ["--dataset", "fashion-mnist", "--predictor", "direct", "--width", "16", "--stem", "imagenet", "--crop-min",
+            "0.7", "--epochs", "5"]
 
 
 def sync(dev):
@@ -97,7 +97,10 @@ def real_step(flags, dev):
     target = target.to(memory_format=fmt) if target is not None else None
     opt, dp = T.build_optimizer(model, cfg), T.build_directpred(cfg, dev)
     ema = T.ema_pairs(target, model)
-    step = lambda x1, x2: T.train_step(model, model, target, dp, opt, x1, x2, cfg, ctx, cfg["lr"], cfg["ema"], ema)
+
+    def step(x1, x2):
+        return T.train_step(model, model, target, dp, opt, x1, x2, cfg, ctx, cfg["lr"], cfg["ema"], ema)
+    step.parts = (model, target, dp, opt, ema)  # what step_pieces calls piece by piece
     return step, cfg, ctx, fmt
 
 
@@ -171,58 +174,91 @@ CATEGORIES = [  # (kind of op, substrings of the aten op names it holds); the fi
     ("convolutions", ("conv",)), ("BatchNorm", ("batch_norm",)), ("matmul (projector, predictor, F)", ("mm", "einsum",
      "linear")), ("eigh", ("linalg",)), ("pooling", ("pool",)), ("augmentation sampling", ("grid_sampler", "affine_grid")),
 ]
-SECTIONS = ("augment", "online forward", "target forward", "directpred statistics", "backward", "directpred set Wp",
-            "ema")  # the record_function labels of train.train_step and train.ssl_loss (and the views here)
+
+
+def step_pieces(flags, dev):
+    """The pieces of one training step, in train.train_step's order, each a call of the function the step calls:
+    [(name, fn(state) -> None)], state a dict the pieces share (the views, the outputs, the loss), and the real step
+    (bench's real_step) to hold their sum against."""
+    step, cfg, ctx, fmt = real_step(flags, dev)
+    model, target, dp, opt, ema = step.parts
+    make = views(cfg, dev, fmt)
+
+    def forward(st):
+        with ctx:
+            st["z1"], st["z2"], st["p1"], st["p2"] = model(st["x1"], st["x2"])
+
+    def target_forward(st):
+        with torch.no_grad(), ctx:
+            st["t1"], st["t2"], _, _ = target(st["x1"], st["x2"])
+
+    def loss(st):
+        st["loss"] = T.cosine_loss(st["p1"].float(), st["t2"].float()) + T.cosine_loss(st["p2"].float(),
+                                                                                     st["t1"].float())
+
+    def backward(st):
+        opt.zero_grad(set_to_none=True)
+        st["loss"].backward()
+
+    def ema_update(st):
+        with torch.no_grad():
+            torch._foreach_lerp_(*ema, 1 - cfg["ema"])
+    pieces = [("views (augment)", lambda st: st.update(zip(("x1", "x2"), make(st["k"])))),
+              ("online forward", forward), ("target forward", target_forward), ("loss", loss),
+              ("DirectPred statistics", lambda st: dp.update(torch.cat([st["z1"], st["z2"]]))),
+              ("backward", backward), ("optimizer step", lambda st: opt.step()),
+              ("DirectPred set Wp", lambda st: dp.set_predictor(model.predictor.weight)), ("EMA", ema_update)]
+    return pieces, step, make, cfg
 
 
 def profile_suite(args):
     """Where one training step's time goes (the README main job's network at each --widths, batch 128, this device):
-    wall ms per step without the profiler, then under torch.profiler the sections of train.train_step and ssl_loss
-    (their record_function labels), the aten ops by kind, and what is left (Python, autograd, the profiler)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    each piece of the step (step_pieces: the calls train.train_step makes, in its order) timed on its own, median
+    over --steps steps, their sum beside the whole real step's time; then the aten ops by kind under torch.profiler
+    over whole real steps, and what is left (Python, autograd, the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, bf16 instructions: "
           f"{plumbing.cpu_has_bf16()}; {args.steps} steps per measurement")
     other = "other aten ops (elementwise, copies, allocation)"
     for width in args.widths:
-        step, cfg, _, fmt = real_step(MAIN_JOB + ["--width", str(width)] + args.extra.split(), args.device)
-        make = views(cfg, args.device, fmt)
-
-        def one(k):
-            with record_function("augment"):
-                x1, x2 = make(k)
-            return step(x1, x2)
-        for k in range(3):
-            loss, z1, z2 = one(k)
-        wall = median_ms(lambda: [one(k) for k in range(args.steps)], args.device, n=3) / args.steps
-        stats = feature_stats(None, torch.cat([z1, z2]))
+        pieces, step, make, cfg = step_pieces(MAIN_JOB + ["--width", str(width)] + args.extra.split(), args.device)
+        times = {name: [] for name, _ in pieces}
+        for k in range(args.steps + 2):  # 2 warm-up steps
+            st = {"k": k}
+            for name, fn in pieces:
+                sync(args.device)
+                t = time.perf_counter()
+                fn(st)
+                sync(args.device)
+                if k >= 2:
+                    times[name].append(1000 * (time.perf_counter() - t))
+        med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+        whole = median_ms(lambda: step(*make(0)), args.device, n=args.steps + 1)
+        stats = feature_stats(None, torch.cat([st["z1"], st["z2"]]))
         Wp = torch.zeros(cfg["proj_dim"], cfg["proj_dim"], device=args.device)
-        diag = median_ms(lambda: diagnostics(stats, Wp, z1.detach()), args.device)
+        diag = median_ms(lambda: diagnostics(stats, Wp, st["z1"].detach()), args.device)
+        total = sum(med.values())
+        print(f"\nwidth {width}: the pieces sum to {total:.1f} ms per step ({cfg['batch_size'] * 1000 / total:.0f} "
+              f"img/s); one real step of a fixed batch (views excluded) takes {whole:.1f} ms")
+        for name, v in med.items():
+            print(f"  {name:34s} {v:7.2f} ms  {100 * v / total:5.1f}%")
+        print(f"  {'diagnostics (once per log step)':34s} {diag:7.2f} ms  = {100 * diag / 50 / total:.2f}% of a step "
+              f"at --log-every 50")
+        x1, x2 = make(0)
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda")
                                                           else [])) as prof:
-            for k in range(args.steps):
-                one(k)
+            for _ in range(args.steps):
+                step(x1, x2)
             sync(args.device)
-        events = prof.key_averages()
-        per_step = lambda us: us / 1000 / args.steps
-        sec = {e.key: per_step(e.cpu_time_total) for e in events
-               if e.key in SECTIONS or e.key.startswith(("Optimizer.step", "Optimizer.zero_grad"))}
         cats = dict.fromkeys([n for n, _ in CATEGORIES] + [other], 0.0)
-        for e in events:
+        for e in prof.key_averages():
             if e.key.startswith("aten::"):
                 cats[next((n for n, keys in CATEGORIES if any(k in e.key for k in keys)), other)] += \
-                    per_step(e.self_cpu_time_total)
-        in_sections, in_ops = sum(sec.values()), sum(cats.values())
-        print(f"\nwidth {width}: {wall:.1f} ms per step ({cfg['batch_size'] * 1000 / wall:.0f} img/s) without the "
-              f"profiler; under it (its own overhead included) the sections take {in_sections:.1f} ms:")
-        for k, v in sec.items():
-            print(f"  {k:34s} {v:7.2f} ms  {100 * v / in_sections:5.1f}%")
-        print(f"  {'diagnostics (once per log step)':34s} {diag:7.2f} ms  = {100 * diag / 50 / wall:.2f}% of a step "
-              f"at --log-every 50")
-        print(f"  aten ops by kind (self time, {in_ops:.1f} ms in all):")
+                    e.self_cpu_time_total / 1000 / args.steps
+        in_ops = sum(cats.values())
+        print(f"  aten ops by kind under the profiler (self time per real step, {in_ops:.1f} ms in all):")
         for k, v in cats.items():
-            print(f"    {k:48s} {v:7.2f} ms  {100 * v / in_sections:5.1f}%")
-        left = in_sections - in_ops
-        print(f"    {'left: Python, autograd, the profiler':48s} {left:7.2f} ms  {100 * left / in_sections:5.1f}%")
+            print(f"    {k:48s} {v:7.2f} ms  {100 * v / in_ops:5.1f}%")
 
 
 def precision_suite(args):
