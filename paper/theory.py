@@ -238,22 +238,11 @@ def lambda_min_K(F, Wp, tau, sigma2, eta, alpha_p):
     return torch.linalg.eigvalsh(K)[0].item()
 
 
-def simulate(cfg, log=None):
-    """Run the matrix model for cfg["steps"] Euler / SGD steps. Returns (records, final) with final = {"W", "Wp",
-    "Wa"} (float64 tensors; Wa None for SimSiam) and records every --log-every steps
-    (and at 0 and the end): step, t, loss, ||W||_F^2, ||Wp||_F^2, tau_hat = <Wa, W> / ||W||^2, ||[F, Wp]||_F and
-    lambda_min(K) (F = W W^T, the reduced dynamics'), and directpred.py's Fig. 2 diagnostics (F_eig, Wp_eig, align,
-    asym, z_std) of the predictor input correlation. log: an open file that gets one JSON line per record.
-    Raises Diverged on NaN/inf, naming the step and the knob most likely at fault."""
-    err = config_error(cfg)
-    if err:
-        raise ValueError(err)
-    torch.manual_seed(cfg["seed"])
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    n1, n2, lr, eta, ap = cfg["n1"], cfg["n2"], cfg["lr"], cfg["wd"], cfg["pred_lr_ratio"]
-    X, Xp = covariances(cfg)
-    S = X + Xp  # E[x1 x1^T]
-    f64 = dict(dtype=torch.float64)
+def init_weights(cfg, gen):
+    """The matrix model at t = 0: W random (scale --w-init), Wp random (--wp-init; I without a predictor;
+    symmetrised with --sym-wp), DirectPred's state for the closed-form predictors, the EMA target a copy of W (None
+    for SimSiam). Returns (W, Wp, Wa, dp, train_wp); W, and Wp where it is trained, require grad."""
+    n1, n2, f64 = cfg["n1"], cfg["n2"], dict(dtype=torch.float64)
     W = (torch.randn(n2, n1, generator=gen, **f64) * cfg["w_init"] / math.sqrt(n1)).requires_grad_()
     Wp = torch.eye(n2, **f64) if cfg["predictor"] == "none" else \
         torch.randn(n2, n2, generator=gen, **f64) * cfg["wp_init"] / math.sqrt(n2)
@@ -265,44 +254,71 @@ def simulate(cfg, log=None):
     train_wp = cfg["predictor"] == "linear" or (dp is not None and cfg["freq"] > 1)  # freq 1: Wp is never learned
     Wp.requires_grad_(train_wp)
     Wa = W.detach().clone() if cfg["ema"] > 0 else None  # the EMA target starts as a copy (BYOL)
+    return W, Wp, Wa, dp, train_wp
+
+
+def model_loss(cfg, W, Wp, Wa, X, S, x1=None, x2=None):
+    """The loss of the matrix model: the L2 loss in expectation (closed form) without views, else the sampled loss
+    (L2 or cosine) of the views x1, x2; the target Wa (W for SimSiam) behind a stop-gradient unless --stop-grad 0."""
+    B = W if Wa is None else Wa
+    if cfg["stop_grad"]:
+        B = B.detach()
+    A = Wp @ W
+    if x1 is None:
+        L = expected_l2(A, B, X, S)
+        return 2 * L if cfg["symmetric"] else L  # both pairings have the same expectation
+    L = sampled_loss(A, B, x1, x2, cfg["loss"])
+    return L + sampled_loss(A, B, x2, x1, cfg["loss"]) if cfg["symmetric"] else L
+
+
+@torch.no_grad()
+def model_record(cfg, step, loss, W, Wp, Wa, S, probe):
+    """One record of a simulation: step, t, loss, ||W||_F^2, ||Wp||_F^2, tau_hat = <Wa, W> / ||W||^2,
+    ||[F, Wp]||_F and lambda_min(K) (F = W W^T, the reduced dynamics'), and directpred.py's Fig. 2 diagnostics of the
+    predictor input correlation (probe: a fixed sample of inputs, for z_std)."""
+    F = W @ W.T  # the reduced dynamics' F (X = I)
+    f = probe @ W.T  # (512, n2) online features of a fixed sample
+    F_in = W @ S @ W.T  # E[f f^T] over both views: DirectPred's F
+    tau_hat = 1.0 if Wa is None else (torch.sum(Wa * W) / torch.sum(W * W).clamp(min=1e-300)).item()
+    return {"step": step, "t": step * cfg["lr"], "loss": loss, "W_norm2": torch.sum(W * W).item(),
+            "Wp_norm2": torch.sum(Wp * Wp).item(), "tau_hat": tau_hat,
+            "comm": torch.linalg.matrix_norm(F @ Wp - Wp @ F).item(),  # ||[F, Wp]||_F (Theorem 3)
+            "lambda_min_K": lambda_min_K(F, Wp, tau_hat, cfg["sigma2"], cfg["wd"], cfg["pred_lr_ratio"]),
+            **diagnostics((F_in, torch.zeros_like(F_in[0])), Wp if cfg["predictor"] != "none" else None, f)}
+
+
+def simulate(cfg, log=None):
+    """Run the matrix model for cfg["steps"] Euler / SGD steps. Returns (records, final) with final = {"W", "Wp",
+    "Wa"} (float64 tensors; Wa None for SimSiam) and records (model_record) every --log-every steps (and at 0 and
+    the end). log: an open file that gets one JSON line per record.
+    Raises Diverged on NaN/inf, naming the step and the knob most likely at fault."""
+    err = config_error(cfg)
+    if err:
+        raise ValueError(err)
+    torch.manual_seed(cfg["seed"])
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    lr, eta, ap = cfg["lr"], cfg["wd"], cfg["pred_lr_ratio"]
+    X, Xp = covariances(cfg)
+    S = X + Xp  # E[x1 x1^T]
+    W, Wp, Wa, dp, train_wp = init_weights(cfg, gen)
     mc = draw_views(cfg["mc_samples"], X, Xp, gen) if cfg["loss"] == "cosine" and cfg["mode"] == "flow" else None
     probe = draw_views(512, X, Xp, torch.Generator().manual_seed(cfg["seed"] + 1))[0]  # z_std's fixed sample
     S_half = S.diagonal().sqrt()  # rows of sqrt(n1) (W S^1/2)^T have mean outer product W S W^T = E[f f^T]
-
-    def loss_fn(x1=None, x2=None):
-        B = W if Wa is None else Wa
-        if cfg["stop_grad"]:
-            B = B.detach()
-        A = Wp @ W
-        if x1 is None:  # the L2 loss in expectation, closed form
-            L = expected_l2(A, B, X, S)
-            return 2 * L if cfg["symmetric"] else L  # both pairings have the same expectation
-        L = sampled_loss(A, B, x1, x2, cfg["loss"])
-        return L + sampled_loss(A, B, x2, x1, cfg["loss"]) if cfg["symmetric"] else L
+    records = []
 
     def record(step, loss):
-        with torch.no_grad():
-            F = W @ W.T  # the reduced dynamics' F (X = I)
-            f = probe @ W.T  # (512, n2) online features of a fixed sample
-            F_in = W @ S @ W.T  # E[f f^T] over both views: DirectPred's F
-            tau_hat = 1.0 if Wa is None else (torch.sum(Wa * W) / torch.sum(W * W).clamp(min=1e-300)).item()
-            rec = {"step": step, "t": step * lr, "loss": loss, "W_norm2": torch.sum(W * W).item(),
-                   "Wp_norm2": torch.sum(Wp * Wp).item(), "tau_hat": tau_hat,
-                   "comm": torch.linalg.matrix_norm(F @ Wp - Wp @ F).item(),  # ||[F, Wp]||_F (Theorem 3)
-                   "lambda_min_K": lambda_min_K(F, Wp, tau_hat, cfg["sigma2"], eta, ap),
-                   **diagnostics((F_in, torch.zeros_like(F_in[0])), Wp if cfg["predictor"] != "none" else None, f)}
+        rec = model_record(cfg, step, loss, W, Wp, Wa, S, probe)
         if log is not None:
             log.write(json.dumps(rec) + "\n")
-        return rec
+        records.append(rec)
 
-    records = []
     for step in range(cfg["steps"]):
         x1, x2 = draw_views(cfg["batch_size"], X, Xp, gen) if cfg["mode"] == "sgd" else (mc or (None, None))
-        loss = loss_fn(x1, x2)
+        loss = model_loss(cfg, W, Wp, Wa, X, S, x1, x2)
         if step == 0:
-            records.append(record(0, loss.item()))
+            record(0, loss.item())
         if dp is not None:  # before the gradient step, as in train.py: statistics of both views' f
-            f = torch.cat([x1 @ W.T, x2 @ W.T]) if x1 is not None else math.sqrt(n1) * (W * S_half).T
+            f = torch.cat([x1 @ W.T, x2 @ W.T]) if x1 is not None else math.sqrt(cfg["n1"]) * (W * S_half).T
             dp.update(f.detach())
         grads = torch.autograd.grad(loss, [W, Wp] if train_wp else [W])
         with torch.no_grad():
@@ -320,7 +336,7 @@ def simulate(cfg, log=None):
             raise Diverged(f"the simulation diverged (nan/inf) at step {step + 1}: lower {knob} "
                            f"(--lr {cfg['lr']}, --pred-lr-ratio {ap})")
         if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
-            records.append(record(step + 1, loss_fn(x1, x2).item()))
+            record(step + 1, model_loss(cfg, W, Wp, Wa, X, S, x1, x2).item())
     return records, {"W": W.detach(), "Wp": Wp.detach(), "Wa": Wa}
 
 
