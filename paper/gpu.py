@@ -31,10 +31,9 @@ import PIL.Image
 import torch
 import torchvision.transforms as TV
 
-import plumbing
 from bench import augment_ms, child_env, median_ms, real_step, run_child, sync, train_loop
-from directpred import DirectPred
 from data import FMNIST_SYSTEM_DIR, fmnist_missing, normalisation
+from directpred import DirectPred
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py, test_smoke.py
 

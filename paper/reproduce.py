@@ -29,198 +29,25 @@ network trained with labels for the same number of steps (eval_linear.py --basel
 """
 import argparse
 import json
-import math
 import os
 import queue
 import shlex
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from paper import stats
-from plumbing import ArgumentParser, RunError
-from train import looks_collapsed, parse_config
 from data import DATASETS, VAL_SIZE, fmnist_missing
+from paper.report import claims_markdown, collect, figures, lead_figure, load_results, read_log, run_config, \
+    table_markdown, write_json
+from paper.rows import ASSUMED_IMG_S, CURVES, DEMO_FLAGS, DEMO_ROWS, EVAL_EVERY, GROUPS, ROW_IDS, ROWS, SCALES, row, \
+    row_flags, runs_row
+from plumbing import ArgumentParser, RunError
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # paper/
+
+
 ROOT = os.path.dirname(HERE)  # the repository: train.py, eval_linear.py, bench.py
-
-# -----------------------------------------------------------------------------
-# the rows: Tian et al. 2021, STL-10 top-1 of the linear probe (100 epochs, 5 seeds) unless the table says otherwise.
-# paper: [(mean, std or None), ...] (None: the std is not in our notes), or a sentence for a figure or a theorem.
-# flags: train.py flags on top of the scale's base. laptop: run | same as <row id> (no run of its own) |
-# "paper scale only: <why>". seeds: laptop seeds by default, 5 on every row a claim rests on and 1 elsewhere, as
-# paper/results/claims/PLAN.md says (the paper scale runs 5 everywhere, as the paper).
-
-# scale_flags: more flags at one scale. At laptop scale the trained predictors of the predictor comparison (and the
-# no-stop-gradient control) run with the predictor lr 10x the trunk's (alpha_p, Fig. 6's knob, chosen by the protocol
-# search); the ablations of a trained predictor (Tables 2, 3, 5, Fig. 6) keep the paper's alpha_p 1
-LAPTOP_AP = {"laptop": "--pred-lr-ratio 10"}
-ROWS = [
-    # the predictors (Table 8 / Table 9's comparison; Table 3's 2-layer regular EMA row for mlp)
-    dict(id="pred-none", table="Thm 2", label="no predictor (Wp = I)", paper="collapses (Theorem 2)",
-         flags="--predictor none", seeds=5),
-    dict(id="pred-linear", table="Table 8", label="linear predictor, trained by SGD", paper=[(75.06, None)],
-         flags="--predictor linear", seeds=5, scale_flags=LAPTOP_AP,
-         check="75.06 is also Table 6's eps 0.5 row, and Table 3's same setting reads 74.51"),
-    dict(id="pred-mlp", table="Table 3", label="2-layer predictor, trained (EMA, regular)", paper=[(78.85, None)],
-         flags="--predictor mlp", seeds=5, scale_flags=LAPTOP_AP),
-    dict(id="pred-direct", table="Table 8", label="DirectPred, freq 1 (rho 0.3, eps 0.1)", paper=[(77.86, None)],
-         flags="", seeds=5),
-    dict(id="pred-direct-f5", table="Table 8", label="DirectPred, freq 5", paper=[(77.54, None)],
-         flags="--freq 5", seeds=5),
-    dict(id="pred-directcopy", table="DirectCopy", label="DirectCopy (Wang et al. 2021, arXiv 2110.04947)",
-         paper="not in this paper", flags="--predictor directcopy"),
-    # Table 3: symmetric vs regular Wp, 1- and 2-layer, with and without EMA
-    dict(id="t3-1l-ema-sym", table="Table 3", label="1-layer, EMA, symmetric", paper=[(75.09, None)],
-         flags="--predictor linear --sym-wp 1", seeds=5),
-    dict(id="t3-1l-ema-reg", table="Table 3", label="1-layer, EMA, regular", paper=[(74.51, None)],
-         flags="--predictor linear", same_as="pred-linear", seeds=5),
-    dict(id="t3-1l-noema-sym", table="Table 3", label="1-layer, no EMA, symmetric", paper=[(36.62, None)],
-         flags="--predictor linear --sym-wp 1 --ema 0 --target-init copy", seeds=5),
-    dict(id="t3-1l-noema-reg", table="Table 3", label="1-layer, no EMA, regular", paper=[(72.85, None)],
-         flags="--predictor linear --ema 0 --target-init copy", seeds=5),
-    dict(id="t3-2l-ema-sym", table="Table 3", label="2-layer, EMA, symmetric", paper=[(71.58, 6.46)],
-         check="the std 6.46 is not in our notes of the paper",
-         flags="--predictor mlp --sym-wp 1", seeds=5),
-    dict(id="t3-2l-ema-reg", table="Table 3", label="2-layer, EMA, regular", paper=[(78.85, None)],
-         flags="--predictor mlp", same_as="pred-mlp", seeds=5),
-    dict(id="t3-2l-noema-sym", table="Table 3", label="2-layer, no EMA, symmetric", paper=[(35.59, None)],
-         flags="--predictor mlp --sym-wp 1 --ema 0 --target-init copy", seeds=5),
-    dict(id="t3-2l-noema-reg", table="Table 3", label="2-layer, no EMA, regular", paper=[(65.98, None)],
-         flags="--predictor mlp --ema 0 --target-init copy", seeds=5),
-    # Table 2: no weight decay, linear predictor, with / without EMA and bias (baseline with wd 4e-4: t3-1l-ema-reg)
-    dict(id="t2-ema-nobias", table="Table 2", label="wd 0, EMA, no bias", paper=[(70.62, None)],
-         flags="--predictor linear --wd 0"),
-    dict(id="t2-ema-bias", table="Table 2", label="wd 0, EMA, bias", paper=[(70.99, None)],
-         flags="--predictor linear --wd 0 --pred-bias 1"),
-    dict(id="t2-noema-nobias", table="Table 2", label="wd 0, no EMA, no bias", paper=[(71.36, None)],
-         flags="--predictor linear --wd 0 --ema 0 --target-init copy"),
-    dict(id="t2-noema-bias", table="Table 2", label="wd 0, no EMA, bias", paper=[(71.37, None)],
-         flags="--predictor linear --wd 0 --ema 0 --target-init copy --pred-bias 1"),
-    # Table 5: weight decay on the predictor (eta_p) and the trunk (eta_s) separately
-    dict(id="t5-etap-ema-sym", table="Table 5", label="eta_p 4e-4, eta_s 0, EMA, symmetric", paper=[(71.91, None)],
-         flags="--predictor linear --wd 0 --pred-wd 4e-4 --sym-wp 1"),
-    dict(id="t5-etap-ema-reg", table="Table 5", label="eta_p 4e-4, eta_s 0, EMA, regular", paper=[(70.54, None)],
-         flags="--predictor linear --wd 0 --pred-wd 4e-4"),
-    dict(id="t5-noeta-noema-sym", table="Table 5", label="eta 0 everywhere, no EMA, symmetric", paper=[(43.04, None)],
-         flags="--predictor linear --wd 0 --pred-wd 0 --ema 0 --target-init copy --sym-wp 1"),
-    # Figure 6: a larger relative predictor lr alpha_p makes symmetric Wp work without EMA
-    dict(id="f6-ap1", table="Fig. 6", label="alpha_p 1, symmetric, no EMA", paper="fails (alpha_p = 1)",
-         flags="--predictor linear --sym-wp 1 --ema 0 --target-init copy", same_as="t3-1l-noema-sym"),
-    *[dict(id=f"f6-ap{a}", table="Fig. 6", label=f"alpha_p {a}, symmetric, no EMA", paper="alpha_p > 1 works",
-           flags=f"--predictor linear --sym-wp 1 --ema 0 --target-init copy --pred-lr-ratio {a}", seeds=5 if a == 5 else 1)
-      for a in (2, 5, 10)],
-    # Table 6: DirectPred's eps (and rho)
-    *[dict(id=f"t6-rho0.3-eps{e}", table="Table 6", label=f"DirectPred rho 0.3, eps {e}", paper=[(p, None)],
-           flags=f"--rho 0.3 --eps {e}", seeds=5 if e in (0, 0.5) else 1,
-           **({"same_as": "pred-direct"} if e == 0.1 else {}),
-           **({"check": "75.06 is also Table 8's SGD linear predictor (100 epochs)"} if e == 0.5 else {}))
-      for e, p in ((0, 76.77), (0.01, 77.11), (0.1, 77.86), (0.5, 75.06))],
-    *[dict(id=f"t6-rho0.5-eps{e}", table="Table 6", label=f"DirectPred rho 0.5, eps {e}", paper=[(p, None)],
-           flags=f"--rho 0.5 --eps {e}", laptop="paper scale only: the laptop suite runs Table 6 at one rho (budget)")
-      for e, p in ((0, 76.65), (0.01, 76.76), (0.1, 77.56), (0.5, 75.22))],
-    # Table 7: an offset c inside the root, at freq 1 and 2
-    *[dict(id=f"t7-f{f}-c{c}", table="Table 7", label=f"offset c {c}, freq {f}", paper=[(p, s)],
-           flags=f"--eps 0 --offset {c}" + (" --freq 2" if f == 2 else ""), seeds=5 if (f, c) in ((1, 0.1), (1, -0.1), (2, 0.1)) else 1,
-           **({"check": "the std 18.43 is not in our notes of the paper"} if s else {}))
-      for f, row in ((1, ((0.1, 46.57, 18.43), (0.05, 65.31, None), (-0.05, 77.11, None), (-0.1, 76.46, None))),
-                     (2, ((0.1, 75.01, None), (0.05, 75.10, None), (-0.05, 76.83, None), (-0.1, 76.31, None))))
-      for c, p, s in row],
-    # Sec. 5 and Table 1
-    dict(id="sec5-partitions6", table="Sec. 5", label="feature-dependent Wp, 6 partitions", paper=[(78.20, None)],
-         flags="--partitions 6", seeds=5),
-    dict(id="t1-optimal", table="Table 1", label="optimal plug-in predictor (N = 1, EMA)", paper=[(40.67, None)],
-         flags="--predictor optimal", seeds=5),
-    # Theorem 2's other half: no stop-gradient
-    dict(id="thm2-no-stop-grad", table="Thm 2", label="no stop-gradient (SimSiam, linear predictor)",
-         paper="collapses (Theorem 2)", flags="--predictor linear --ema 0 --target-init copy --stop-grad 0", seeds=5,
-         scale_flags=LAPTOP_AP),
-    # Figure 2: the eigenvalues of F and Wp, alignment and symmetry over training, from the linear predictor's log
-    dict(id="fig2-linear", table="Fig. 2", label="eigenspace alignment of a trained linear Wp",
-         paper="alignment rises toward 1", flags="--predictor linear", same_as="pred-linear",
-         scale_flags=LAPTOP_AP),
-    # Table 8: longer training, and CIFAR-10 (paper scale only)
-    *[dict(id=f"t8-stl-{k}-{ep}", table="Table 8", label=f"STL-10 {name}, {ep} epochs", paper=[(p, None)],
-           flags=f"{fl} --epochs {ep}".strip(), laptop="paper scale only: 300/500 epochs (laptop analog: " + same + ")")
-      for k, name, fl, same, nums in (("direct", "DirectPred freq 1", "", "pred-direct", (78.77, 78.86)),
-                                      ("direct-f5", "DirectPred freq 5", "--freq 5", "pred-direct-f5", (79.90, 80.28)),
-                                      ("linear", "SGD linear", "--predictor linear", "pred-linear", (75.25,)))
-      for ep, p in zip((300, 500), nums)],
-    *[dict(id=f"t8-cifar-{k}-{ep}", table="Table 8", label=f"CIFAR-10 {name}, {ep} epochs", paper=[(p, None)],
-           flags=f"--preset paper-cifar10 {fl} --epochs {ep}".replace("  ", " "),
-           laptop=f"paper scale only: CIFAR-10 (laptop analog: {same})")
-      for k, name, fl, same, nums in (("direct", "DirectPred freq 1", "", "pred-direct", (85.21, 88.88, 89.52)),
-                                      ("direct-f5", "DirectPred freq 5", "--freq 5", "pred-direct-f5",
-                                       (84.93, 88.83, 89.56)),
-                                      ("linear", "SGD linear", "--predictor linear", "pred-linear",
-                                       (84.49, 88.57, 89.33)))
-      for ep, p in zip((100, 300, 500), nums)],
-    # Table 9: ImageNet, ResNet-50 (paper scale only, under --launcher)
-    *[dict(id=f"t9-{ep}-{pred}", table="Table 9", label=f"ImageNet R50 {ep} ep, {name}", paper=[(p, None)],
-           flags=f"--preset {preset} --predictor {pred}", imagenet=True,
-           laptop=f"paper scale only: ImageNet ResNet-50 (laptop analog: pred-{pred})")
-      for ep, preset, nums in ((60, "imagenet-sgd-60", (64.7, 59.4, 64.4)), (300, "imagenet-lars-300", (72.5, 69.9, 72.4)))
-      for pred, name, p in zip(("mlp", "linear", "direct"), ("2-layer", "linear", "DirectPred"), nums)],
-]
-ROW_IDS = [r["id"] for r in ROWS]
-GROUPS = {  # --rows names a table or a group as well as row ids
-    "predictors": [r["id"] for r in ROWS if r["id"].startswith("pred-")],
-    "table1": ["t1-optimal"], "table2": [r["id"] for r in ROWS if r["id"].startswith("t2-")],
-    "table3": [r["id"] for r in ROWS if r["id"].startswith("t3-")],
-    "table5": [r["id"] for r in ROWS if r["id"].startswith("t5-")],
-    "table6": [r["id"] for r in ROWS if r["id"].startswith("t6-")],
-    "table7": [r["id"] for r in ROWS if r["id"].startswith("t7-")],
-    "table8": [r["id"] for r in ROWS if r["id"].startswith("t8-")] + ["pred-direct", "pred-direct-f5", "pred-linear"],
-    "table9": [r["id"] for r in ROWS if r["id"].startswith("t9-")],
-    "fig6": [r["id"] for r in ROWS if r["id"].startswith("f6-")], "sec5": ["sec5-partitions6"],
-    "thm2": ["pred-none", "thm2-no-stop-grad"], "fig2": ["fig2-linear"],
-}
-
-# the two scales: train.py's base flags, the probe, and where the work and the result files go (seeds: each row's own
-# at laptop scale; 5 at paper scale, 1 for the ImageNet rows, parse() below). The laptop protocol is the claims
-# suite's (paper/results/claims/PLAN.md), the README's main job and the class demo's: the regime search's width-16
-# point (paper/results/regime-search, chosen on the validation split), the paper's constant lr 0.03, crop scale 0.7-1,
-# 5 epochs (2,340 steps of batch 128), alpha_p 10 on the predictor comparison's trained rows (LAPTOP_AP); fp32 (a
-# verdict must not depend on the CPU's bf16 instructions); a checkpoint every 500 steps (a stopped suite resumes)
-SCALES = {
-    "laptop": dict(base="--dataset fashion-mnist --width 16 --stem imagenet --crop-min 0.7 --lr 0.03 --lr-schedule const "
-                        "--epochs 5 --bf16 0 --ckpt-every 500 --log-every 100",
-                   probe="--protocol fast", work="out/claims", results="paper/results/claims"),
-    "paper": dict(base="--preset paper-stl10 --dataset stl10 --ckpt-every 5000 --log-every 500",
-                  probe="--protocol paper", imagenet_probe="--protocol augmented", work="out/reproduce/paper",
-                  results="paper/results/paper"),
-}
-DEMO_ROWS = ("pred-none", "pred-linear", "pred-direct")  # --demo: collapse against a trained and a set predictor,
-DEMO_FLAGS = "--max-steps 600 --eval-every 300 --log-every 20"  # 600 steps of the laptop protocol, side by side
-CURVES = ("pred-none", "pred-linear", "pred-mlp", "pred-direct")  # these log the kNN monitor over steps (the lead
-EVAL_EVERY = {"laptop": 468, "paper": 5000}  # figure): every seed at laptop scale, seed 0 at paper scale
-# paper scale, for planning only: assumed img/s per GPU for one training image (two views, online + target) on an
-# A100 in bf16; NOT measured with this code (public anchors: a single-file SimCLR ResNet-18 trains a CIFAR-10 epoch in
-# 11.9 s on an A100, ~4200 img/s; ResNet-50 at 224 px costs ~7x ResNet-18 at 32 px with the CIFAR stem)
-ASSUMED_IMG_S = {"stl10": 4000, "cifar10": 4000, "imagenet": 550}
-
-
-def row(rid):
-    return ROWS[ROW_IDS.index(rid)]
-
-
-def row_flags(r, scale):
-    """A row's train.py flags at one scale (on top of the scale's base)."""
-    return (r["flags"] + " " + r.get("scale_flags", {}).get(scale, "")).strip()
-
-
-def runs_row(r, scale):
-    """The row whose runs give this row's numbers: itself, or the one it is the same run as at this scale (None: not
-    at this scale)."""
-    extra = lambda x: x.get("scale_flags", {}).get(scale)
-    if "same_as" in r and extra(r) == extra(row(r["same_as"])):
-        return r["same_as"]
-    if scale == "laptop" and r.get("laptop", "run").startswith("paper scale only"):
-        return None
-    return r["id"]
 
 
 def script(name):
@@ -284,26 +111,6 @@ def baseline_commands(args, seeds):
 def gpu_hours(cmd):
     """Paper scale: assumed GPU-hours of one training command (ASSUMED_IMG_S; the probe not counted)."""
     return run_images(cmd) / ASSUMED_IMG_S[run_config(cmd)["dataset"]] / 3600
-
-
-# -----------------------------------------------------------------------------
-# results: one small JSON per (row, seed) and per baseline
-
-
-def read_log(path):
-    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-
-
-def collect(work_run, wall):
-    """The committed summary of one finished (row, seed): probe numbers, wall time, final diagnostics, kNN curve."""
-    ev = json.load(open(os.path.join(work_run, "eval.json")))
-    log = read_log(os.path.join(work_run, "log.jsonl"))
-    last = [r for r in log if "erank" in r][-1]
-    return {"linear_top1": ev["top1"], "knn_top1": ev["knn_top1"], "protocol": ev["protocol"],
-            "train_seconds": round(wall, 1), "probe_seconds": ev["seconds"], "steps": last["step"],
-            "final_loss": last["loss"], "final_z_std": last["z_std"], "final_erank": last["erank"],
-            "curve": [{**{k: r[k] for k in ("step", "loss", "z_std", "erank", "knn_top1") if k in r},
-                       **({"align": r["align"][:4]} if "align" in r else {})} for r in log]}  # align: Fig. 2, top 4
 
 
 def run_one(rid, seed, args, env):
@@ -371,343 +178,6 @@ def sh(cmd, env, log_path, ok=None):
     return None
 
 
-def write_json(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-# -----------------------------------------------------------------------------
-# the report: mean +- std over seeds, the gain over the same network at random init, a markdown table, figures
-
-
-def mean_std(xs):
-    """(mean, sample std or None for n < 2, n)."""
-    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs)
-
-
-def fmt(ms, scale=100, sign=""):
-    """mean ± std (n=k); sign="+": a difference, signed."""
-    m, s, n = ms
-    return f"{scale * m:{sign}.2f} ± {scale * s:.2f} (n={n})" if s is not None else f"{scale * m:{sign}.2f} (n={n})"
-
-
-def paper_text(r):
-    if isinstance(r["paper"], str):
-        return r["paper"]
-    return " / ".join(f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f}" for m, s in r["paper"])
-
-
-def load_results(results):
-    """{row id: {seed: result}}, {baseline name: result} from a results directory."""
-    runs, base = {}, {}
-    if os.path.isdir(results):
-        for rid in os.listdir(results):
-            d = os.path.join(results, rid)
-            for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-                obj = json.load(open(os.path.join(d, f)))
-                if rid == "baselines":
-                    base[f[:-5]] = obj
-                else:
-                    runs.setdefault(rid, {})[obj["seed"]] = obj
-    return runs, base
-
-
-def aggregate(scale, results):
-    """One dict per row: the paper's number, ours (linear, kNN) as mean / std / n, and the gain over random init."""
-    runs, base = load_results(results)
-    rand = random_init(base)
-    out = []
-    for r in ROWS:
-        src = runs_row(r, scale)
-        got = runs.get(src, {}) if src else {}
-        rec = dict(id=r["id"], table=r["table"], label=r["label"], flags=row_flags(r, scale), paper=paper_text(r),
-                   runs_as=src, n=len(got), check=r.get("check"))
-        if scale == "laptop" and src is None:
-            rec["note"] = r["laptop"]
-        rec["diverged"] = sum("diverged" in v for v in got.values())
-        got = {s: v for s, v in got.items() if "diverged" not in v}
-        if got:
-            seeds = sorted(got)
-            rec["linear"] = mean_std([got[s]["linear_top1"] for s in seeds])
-            rec["knn"] = mean_std([got[s]["knn_top1"] for s in seeds])
-            if all(s in rand for s in seeds):
-                rec["gain_linear"] = mean_std([got[s]["linear_top1"] - rand[s]["linear_top1"] for s in seeds])
-                rec["gain_knn"] = mean_std([got[s]["knn_top1"] - rand[s]["knn_top1"] for s in seeds])
-            rec["erank"] = statistics.mean(got[s]["final_erank"] for s in seeds)
-            rec["z_std"] = statistics.mean(got[s]["final_z_std"] for s in seeds)
-        out.append(rec)
-    return out, base
-
-
-def table_markdown(scale, results):
-    """The markdown table of one scale (paper/results/paper/table.md is this, at the paper scale)."""
-    rows, base = aggregate(scale, results)
-    if scale == "paper":
-        lines = ["| paper | row | flags (after `python train.py --preset paper-stl10`; a row's own --preset replaces it) "
-                 "| paper (STL-10 unless said; ± std where we have it) | ours (mean ± std over seeds; probe: "
-                 "--protocol paper, ImageNet --protocol augmented) |", "| --- | --- | --- | --- | --- |"]
-        for r in rows:
-            ours = fmt(r["linear"]) if "linear" in r else "not run"
-            check = f" (to check against the paper: {r['check']})" if r["check"] else ""
-            lines.append(f"| {r['table']} | {r['label']} | `{r['flags'] or '(none)'}` | {r['paper']}{check} | {ours} |")
-        return "\n".join(lines)
-    lines = ["| paper | row | flags | paper (STL-10) | linear top-1 | kNN top-1 | gain over random init (linear / kNN; BN re-estimated where probed) "
-             "| final rank / z_std |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        if "note" in r:
-            continue
-        if "linear" not in r:
-            what = f"diverged (n={r['diverged']})" if r["diverged"] else "not run"
-            lines.append(f"| {r['table']} | {r['label']} | `{r['flags'] or '(base)'}` | {r['paper']} | {what} | | | |")
-            continue
-        same = f" (= {r['runs_as']})" if r["runs_as"] != r["id"] else ""
-        gain = (f"{100 * r['gain_linear'][0]:+.2f} / {100 * r['gain_knn'][0]:+.2f}" if "gain_linear" in r else "")
-        div = f"; {r['diverged']} more diverged" if r["diverged"] else ""
-        lines.append(f"| {r['table']} | {r['label']}{same} | `{r['flags'] or '(base)'}` | {r['paper']} | "
-                     f"{fmt(r['linear'])}{div} | {fmt(r['knn'])} | {gain} | {r['erank']:.1f} / {r['z_std']:.2f} |")
-    for name in sorted(base, key=lambda k: (k.startswith("random"), k)):
-        b = base[name]
-        lines.append(f"| baseline | {name} | | | {100 * b['linear_top1']:.2f} | {100 * b['knn_top1']:.2f} | | |")
-    return "\n".join(lines)
-
-
-# the verdicts: each claim of the paper (arXiv 2102.06810) as a contrast between two rows, judged seed by seed (the
-# same seed = the same init and batch order) on the linear probe, kNN beside. sign: +1 = a above b, 0 = about equal.
-# b "random": the same network at its random init (the baselines). collapse: the row's runs end collapsed and the
-# contrast row's do not. wd: a weight-decay effect, which acts through e^(-2 eta t) (Thm 1; Fig. 2's symmetrisation).
-# basin: the paper's mechanism is the weight-decay / EMA basin of its eigenmode dynamics (claims-v2/PLAN.md, rule 6)
-CLAIMS = [
-    dict(claim="C1", text="no predictor (Wp = I) collapses (Thm 2)", collapse="pred-none", b="pred-direct"),
-    dict(claim="C1", text="no stop-gradient collapses (Thm 2)", collapse="thm2-no-stop-grad", b="pred-direct"),
-    dict(claim="C2", text="1-layer, no EMA: regular works, symmetric fails (Table 3: 72.85 vs 36.62)",
-         a="t3-1l-noema-reg", b="t3-1l-noema-sym", sign=1, basin=True),
-    dict(claim="C2", text="1-layer, EMA: symmetric about equal to regular (Table 3: 75.09 vs 74.51)",
-         a="t3-1l-ema-sym", b="t3-1l-ema-reg", sign=0, basin=True),
-    dict(claim="C3", text="2-layer, no EMA: regular beats symmetric (Table 3: 65.98 vs 35.59)",
-         a="t3-2l-noema-reg", b="t3-2l-noema-sym", sign=1, basin=True),
-    dict(claim="C3", text="2-layer regular with EMA beats the linear predictor (Tables 3, 8: 78.85 vs 75.06)",
-         a="pred-mlp", b="pred-linear", sign=1),
-    dict(claim="C3", text="2-layer regular with EMA beats the symmetric one (Table 3: 78.85 vs 71.58)",
-         a="t3-2l-ema-reg", b="t3-2l-ema-sym", sign=1, basin=True),
-    dict(claim="C4", text="wd 4e-4 helps the linear predictor (Table 2: 74.51 vs 70.62 at wd 0)",
-         a="t3-1l-ema-reg", b="t2-ema-nobias", sign=1, wd=True, basin=True),
-    dict(claim="C5", text="wd on the predictor only, EMA: symmetric above regular (Table 5: 71.91 vs 70.54)",
-         a="t5-etap-ema-sym", b="t5-etap-ema-reg", sign=1, wd=True, basin=True),
-    dict(claim="C6", text="alpha_p 5 makes symmetric Wp work without EMA (Fig. 6)",
-         a="f6-ap5", b="t3-1l-noema-sym", sign=1, basin=True),
-    dict(claim="C7", text="DirectPred learns without training Wp (Table 6)", a="pred-direct", b="random", sign=1),
-    dict(claim="C7", text="eps 0.1 above eps 0.5 (Table 6: 77.86 vs 75.06)", a="pred-direct", b="t6-rho0.3-eps0.5",
-         sign=1),
-    dict(claim="C7", text="eps 0.1 slightly above eps 0 (Table 6: 77.86 vs 76.77)", a="pred-direct",
-         b="t6-rho0.3-eps0", sign=1),
-    dict(claim="C8", text="freq 1: offset c = -0.1 fine, c = +0.1 hurts (Table 7: 76.46 vs 46.57)",
-         a="t7-f1-c-0.1", b="t7-f1-c0.1", sign=1, basin=True),
-    dict(claim="C8", text="c = +0.1 hurts less at freq 2 (Table 7: 75.01 vs 46.57)", a="t7-f2-c0.1", b="t7-f1-c0.1",
-         sign=1, basin=True),
-    dict(claim="C9", text="DirectPred above the SGD-trained linear predictor (Table 8: 77.86 vs 75.06)",
-         a="pred-direct", b="pred-linear", sign=1),
-    dict(claim="C9", text="freq 5 about equal to freq 1 at 100 epochs (Table 8: 77.54 vs 77.86)",
-         a="pred-direct-f5", b="pred-direct", sign=0),
-    dict(claim="C10", text="ImageNet R50: DirectPred about equal to the 2-layer predictor (Table 9: 64.4 vs 64.7); "
-         "here the Fashion-MNIST analog", a="pred-direct", b="pred-mlp", sign=0, effect=(64.4 - 64.7) / 100,
-         untestable="ImageNet ResNet-50 (paper scale only); the row is the laptop analog",
-         untestable_brief="ImageNet only; this row is the analog"),
-    dict(claim="C11", text="a trained linear Wp aligns with F's eigenvectors (Fig. 2): mean cos(u_j, Wp u_j) of the "
-         "top 4, end minus start", align="pred-linear", sign=1),
-    dict(claim="C12", text="6 partitions above one Wp (Sec. 5: 78.20 vs 77.86)", a="sec5-partitions6",
-         b="pred-direct", sign=1),
-    dict(claim="C13", text="the optimal plug-in Wp does badly (Table 1: 40.67 vs DirectPred 77.86)", a="pred-direct",
-         b="t1-optimal", sign=1),
-]
-PAPER_LR_WD = 82_100 * 0.03 * 4e-4  # the paper's STL-10 run: steps x lr x wd (100 epochs of batch 128)
-# the tests of the analysis plan (paper/results/claims/PLAN.md, committed before the suite's first run): a claim's
-# paired differences over seeds, Student's t with n - 1 degrees of freedom (scipy's, through paper/stats.py). The
-# rules that supersede them are paper/results/claims-v2/PLAN.md's (paper/verdicts.py)
-ALPHA = 0.05  # one-sided, for every test
-EQ_MARGIN = 0.01  # "about equal": the equivalence margin, +-1 point of linear top-1
-
-
-def paired_test(diffs):
-    """The paired t-test of differences a - b over seeds: mean, sample std, n, t, the one-sided p of a > b and of
-    a < b, the equivalence test's p (|a - b| < EQ_MARGIN), the 95% interval (two-sided) and the 90% one (the
-    equivalence test's: two one-sided tests at ALPHA)."""
-    m, s, n = mean_std(diffs)
-    se = s / math.sqrt(n)
-    t = m / se if se > 0 else math.copysign(math.inf, m) if m else 0.0
-    ci = lambda level: (m - stats.t_ppf(1 - (1 - level) / 2, n - 1) * se, m + stats.t_ppf(1 - (1 - level) / 2, n - 1) * se)
-    p_within = max(1 - stats.t_cdf((m + EQ_MARGIN) / se, n - 1), stats.t_cdf((m - EQ_MARGIN) / se, n - 1)) if se > 0 else \
-        float(abs(m) >= EQ_MARGIN)  # the equivalence test's p: the larger of its two one-sided p's
-    return dict(mean=m, std=s, n=n, t=t, p_above=1 - stats.t_cdf(t, n - 1), p_below=stats.t_cdf(t, n - 1), p_within=p_within,
-                ci95=ci(0.95), ci90=ci(0.90))
-
-
-def paper_effect(c):
-    """The paper's a - b of a contrast (a fraction, as the results), where both rows have a published number (or
-    the claim states its own: C10's ImageNet numbers)."""
-    if "effect" in c:
-        return c["effect"]
-    a, b = row(c["a"])["paper"], (row(c["b"])["paper"] if c["b"] != "random" else None)
-    return (a[0][0] - b[0][0]) / 100 if isinstance(a, list) and isinstance(b, list) else None
-
-
-def judge(diffs, sign, effect=None):
-    """The plan's verdict of one contrast a - b from its paired differences. sign +1 (the claim: a above b) or -1:
-    holds (one-sided paired t-test at ALPHA); does not hold (the opposite holds, or the 95% interval excludes the
-    paper's effect); inconclusive (neither). sign 0 (about equal): holds (equivalence within +-EQ_MARGIN: the 90%
-    interval inside it); does not hold (a difference beyond the margin: the 90% interval outside it); inconclusive."""
-    if len(diffs) < 2:
-        return "inconclusive (n = 1: no seed-to-seed spread)"
-    st = paired_test(diffs)
-    lo, hi = st["ci90"]
-    if sign == 0:
-        return ("holds" if -EQ_MARGIN < lo and hi < EQ_MARGIN else "does not hold (a difference beyond the margin)"
-                if lo > EQ_MARGIN or hi < -EQ_MARGIN else "inconclusive")
-    p_claim, p_opposite = (st["p_above"], st["p_below"]) if sign > 0 else (st["p_below"], st["p_above"])
-    lo, hi = st["ci95"]
-    if p_claim < ALPHA:
-        return "holds"
-    if p_opposite < ALPHA:
-        return "does not hold (the opposite holds)"
-    if effect is not None and not lo <= effect <= hi:
-        return f"does not hold (the paper's {100 * effect:+.2f} is outside the interval)"
-    return "inconclusive"
-
-
-def learned(gains):
-    """Whether a row beats its random init: the one-sided paired t-test of its gains at ALPHA (n >= 2)."""
-    return len(gains) > 1 and paired_test(gains)["p_above"] < ALPHA
-
-
-def collapsed(res):
-    """Whether one run ended collapsed (the thresholds of train.py's collapse warning, at its last log line)."""
-    return looks_collapsed(res["final_erank"], res["final_z_std"])
-
-
-def lr_wd(res):
-    """A run's summed lr x weight decay (steps x lr x wd; a constant lr), from its command's config."""
-    cfg = run_config(shlex.split(res["command"]))
-    return res["steps"] * cfg["lr"] * cfg["wd"]
-
-
-def random_init(base):
-    """{seed: result} of the network at random init: BN statistics re-estimated (random-bn-s*) where probed, else the
-    untouched init (random-s*)."""
-    for prefix in ("random-bn-s", "random-s"):
-        got = {int(k[len(prefix):]): v for k, v in base.items() if k.startswith(prefix)}
-        if got:
-            return got
-    return {}
-
-
-def verdicts(scale, results):
-    """One dict per contrast of CLAIMS, with its per-seed differences (linear, kNN), its test and its verdict."""
-    runs, base = load_results(results)
-    ok = lambda rid: {s: v for s, v in runs.get(runs_row(row(rid), scale) or rid, {}).items() if "diverged" not in v}
-    rand = random_init(base)
-    gains = lambda res: [v["linear_top1"] - rand[s]["linear_top1"] for s, v in sorted(res.items()) if s in rand]
-    wd = [lr_wd(v) for v in ok("pred-linear").values()][:1]
-    g = gains(ok("pred-direct"))  # the regime gate: DirectPred's gain over its random init above 5x its spread
-    gate = None if len(g) < 2 else (f"DirectPred's gain over its random init {fmt(mean_std(g), 100, '+')} is not "
-                                    f"above 5x its std" if statistics.mean(g) <= 5 * statistics.stdev(g) else "")
-    out = []
-    for c in CLAIMS:
-        rec = dict(c)
-        if "collapse" in c:
-            a, b = ok(c["collapse"]), ok(c["b"])
-            rec["detail"] = (f"{c['collapse']}: " + ", ".join(f"s{s} rank {v['final_erank']:.2f} / z_std "
-                                                               f"{v['final_z_std']:.2f}" for s, v in sorted(a.items()))
-                             + f"; {c['b']}: {sum(collapsed(v) for v in b.values())} of {len(b)} collapsed")
-            k = sum(collapsed(v) for v in a.values())
-            rec["brief"] = (f"{k} of {len(a)} collapsed (rank <= {max(v['final_erank'] for v in a.values()):.2f}, "
-                            f"z_std <= {max(v['final_z_std'] for v in a.values()):.2f}); {c['b']}: "
-                            f"{sum(collapsed(v) for v in b.values())} of {len(b)}") if a else ""
-            rec["verdict"] = ("not run" if not a else "holds" if k == len(a) and not any(map(collapsed, b.values()))
-                              else "does not hold" if k == 0 else f"inconclusive ({k} of {len(a)} seeds collapsed)")
-        elif "align" in c:
-            a = ok(c["align"])
-            top = lambda cur: statistics.mean(cur["align"])
-            rec["linear"] = {s: top(cur[-1]) - top(cur[0]) for s, v in a.items()
-                             if len(cur := [r for r in v["curve"] if "align" in r]) > 1}
-            rec["verdict"] = judge(list(rec["linear"].values()), 1) if rec["linear"] else "not run"
-            rec["detail"] = "; Wp turning symmetric: untestable at this scale (a weight-decay effect, C4)"
-        else:
-            a = ok(c["a"])
-            b = rand if c["b"] == "random" else ok(c["b"])
-            seeds = sorted(set(a) & set(b))
-            rec["linear"] = {s: a[s]["linear_top1"] - b[s]["linear_top1"] for s in seeds}
-            rec["knn"] = {s: a[s]["knn_top1"] - b[s]["knn_top1"] for s in seeds}
-            rec["verdict"] = (judge(list(rec["linear"].values()), c["sign"], paper_effect(c)) if seeds
-                              else "not run")
-            if c["b"] != "random" and seeds and not (learned(gains(a)) or learned(gains(b))):
-                text = lambda res: fmt(mean_std(gains(res)), 100, "+") if gains(res) else "no random init"
-                rec["untestable"] = (f"neither row beats its random init (gains {c['a']} {text(a)}, {c['b']} "
-                                     f"{text(b)}; one-sided paired t-test at {ALPHA})")
-                rec["untestable_brief"] = f"neither row beats its random init ({text(a)}, {text(b)})"
-        if gate and "collapse" not in c:
-            rec["untestable"] = rec["untestable_brief"] = f"the regime gate fails: {gate}"
-        if c.get("wd") and wd:
-            rec["untestable"] = (f"summed lr x wd {wd[0]:.3f} here vs {PAPER_LR_WD:.2f} in the paper: the "
-                                 f"wd factor e^(-2 eta t) is {math.exp(-2 * wd[0]):.2f} here, "
-                                 f"{math.exp(-2 * PAPER_LR_WD):.2f} there")
-            rec["untestable_brief"] = f"summed lr x wd {wd[0]:.3f}, the paper's {PAPER_LR_WD:.2f}"
-        if rec.get("untestable"):
-            rec["brief_verdict"] = (f"untestable here: {rec.get('untestable_brief', rec['untestable'])}"
-                                    f" (measured: {rec['verdict']})")
-            rec["verdict"] = "untestable here: " + rec["untestable"] + f" (measured: {rec['verdict']})"
-        out.append(rec)
-    return out
-
-
-def interval(d, k=100):
-    """mean [95% interval] (n) of paired differences {seed: a - b}; k scales (100: points of top-1)."""
-    if len(d) < 2:
-        return f"{k * next(iter(d.values())):+.2f} (n=1)" if d else ""
-    st = paired_test(list(d.values()))
-    return f"{k * st['mean']:+.2f} [{k * st['ci95'][0]:+.2f}, {k * st['ci95'][1]:+.2f}] (n={st['n']})"
-
-
-def claims_markdown(scale, results, brief=False):
-    """The verdicts as a markdown table: claim, contrast, per-seed paired differences, mean ± std, the 95% interval
-    and one-sided p of the paired t-test, verdict. brief (the README's): claim, the linear probe's mean [95% interval]
-    (or the collapse count), the verdict in short."""
-    recs = verdicts(scale, results)
-    diffs = lambda d: ", ".join(f"{100 * v:+.2f}" for _, v in sorted(d.items()))
-    ms = lambda d, k=100: fmt(mean_std(list(d.values())), k, "+") if d else ""
-
-    def p_value(r):  # the one-sided p in the claim's direction (about equal: the larger of the two one-sided p's)
-        if len(r["linear"]) < 2:
-            return ""
-        st = paired_test(list(r["linear"].values()))
-        return f"{st['p_above'] if r['sign'] > 0 else st['p_below'] if r['sign'] < 0 else st['p_within']:.3f}"
-
-    if brief:
-        lines = ["| claim | the paper | linear top-1, paired difference: mean [95% interval] | verdict |",
-                 "| --- | --- | --- | --- |"]
-        for r in recs:
-            value = r["brief"] if "collapse" in r else interval(r["linear"], 1 if "align" in r else 100)
-            verdict = r.get("brief_verdict", r["verdict"]) + ("; Wp turning symmetric: untestable" if "align" in r else "")
-            lines.append(f"| {r['claim']} | {r['text']} | {value} | {verdict} |")
-        return "\n".join(lines)
-    lines = ["| claim | the paper | contrast a - b | linear top-1 a - b, per seed | mean ± std | mean [95% interval] "
-             "| p (one-sided) | kNN a - b, mean ± std | verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in recs:
-        if "collapse" in r:
-            lines.append(f"| {r['claim']} | {r['text']} | {r['collapse']} vs {r['b']} | {r['detail']} | | | | | "
-                         f"{r['verdict']} |")
-        elif "align" in r:
-            lines.append(f"| {r['claim']} | {r['text']} | {r['align']}: end - start | "
-                         f"{', '.join(f'{v:+.2f}' for _, v in sorted(r['linear'].items()))} | "
-                         f"{ms(r['linear'], 1)} | {interval(r['linear'], 1)} | {p_value(r)} | | "
-                         f"{r['verdict']}{r['detail']} |")
-        else:
-            lines.append(f"| {r['claim']} | {r['text']} | {r['a']} - {r['b']} | {diffs(r['linear'])} | "
-                         f"{ms(r['linear'])} | {interval(r['linear'])} | {p_value(r) if r['linear'] else ''} | "
-                         f"{ms(r['knn'])} | {r['verdict']} |")
-    return "\n".join(lines)
-
-
 def write_tables(scale, results):
     """table.md (every row) and, at laptop scale, the verdicts into the results directory: claims.md by
     paper/results/claims/PLAN.md's rules where the folder was judged by them (it holds that claims.md), else
@@ -720,96 +190,11 @@ def write_tables(scale, results):
         with open(os.path.join(results, "claims.md"), "w") as fh:
             fh.write(claims_markdown(scale, results) + "\n")
         return
-    from paper.verdicts import report  # (it imports this module)
+    from paper.verdicts import report  # (a results folder judged by the v2 rules)
     with open(os.path.join(results, "verdicts.md"), "w") as fh:
         fh.write(report(results, f"v2 verdicts of {results}"))
 
 
-def lead_figure(runs, rows, out_dir, name, title, base=None):
-    """The lead figure: the predictor input's effective rank and the kNN monitor over steps, one line per run of
-    each row (collapse against not), and on the kNN panel the baselines' kNN as horizontal lines (raw pixels, the
-    network at random init as initialised and with BN statistics re-estimated, mean over seeds, the network trained
-    with labels). runs: {row id: {seed: result}}; base: {baseline name: result}. Returns the PNG's path."""
-    from paper.theory import pyplot, save  # the repo's one plotting module; matplotlib is imported there
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for i, rid in enumerate(rows):
-        for j, (s, res) in enumerate(sorted(runs.get(rid, {}).items())):
-            curve = res.get("curve", [])
-            kw = dict(color=f"C{i}", lw=1, alpha=0.8, label=f"{rid}: {row(rid)['label']}" if j == 0 else None)
-            rank = [c for c in curve if "erank" in c]
-            axes[0].plot([c["step"] for c in rank], [c["erank"] for c in rank], **kw)
-            knn = [c for c in curve if "knn_top1" in c]
-            axes[1].plot([c["step"] for c in knn], [100 * c["knn_top1"] for c in knn], marker=".", **kw)
-    # the baselines' kNN on the kNN panel, each line named on it
-    for prefix, label, style, va in (("pixels", "raw pixels", "-", "bottom"),
-                                     ("supervised", "trained with labels", "-.", "bottom"),
-                                     ("random-s", "random init", "--", "top"),
-                                     ("random-bn-s", "random init, BN re-estimated", ":", "bottom")):
-        got = [v["knn_top1"] for n, v in (base or {}).items()
-               if n == prefix or n.startswith(prefix) and n[len(prefix):].isdigit()]
-        if got:
-            y = 100 * statistics.mean(got)
-            axes[1].axhline(y, color="0.35", ls=style, lw=1)
-            axes[1].annotate(f"{label} {y:.1f}", (0.45, y), xycoords=("axes fraction", "data"), fontsize=6, va=va,
-                             color="0.25")
-    axes[0].set(xlabel="step", ylabel="effective rank", yscale="log", title="effective rank of the predictor input "
-                "(centered; 1 = collapsed)")
-    axes[1].set(xlabel="step", ylabel="kNN top-1 (%), test images", title="kNN monitor (k = 200): step 0 = random init")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7, frameon=False)
-    from train import COLLAPSE_ERANK  # the one collapse rule's rank threshold
-    axes[0].axhline(COLLAPSE_ERANK, color="0.35", ls=":", lw=1)
-    axes[0].annotate(f"collapse rule: rank < {COLLAPSE_ERANK}", (0.99, COLLAPSE_ERANK), xycoords=("axes fraction", "data"),
-                     fontsize=6, va="bottom", ha="right", color="0.25")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    return save(fig, out_dir, name)
-
-
-def figures(scale, results):
-    """Bar charts (one panel per table, seeds as dots), the predictors' kNN curves, the Fig. 2 panels of a linear Wp."""
-    from paper.theory import plot_log, pyplot, save  # the repo's one plotting module; matplotlib is imported there
-    plt = pyplot()
-    rows, base = aggregate(scale, results)
-    runs, _ = load_results(results)
-    rand = [b["linear_top1"] for b in random_init(base).values()]
-    tables = [t for t in dict.fromkeys(r["table"] for r in rows) if any("linear" in r for r in rows if r["table"] == t)]
-    ncol = max(1, min(3, len(tables)))  # a grid of panels, 3 to a line; horizontal bars, so the labels read
-    nrow = max(1, -(-len(tables) // ncol))
-    tall = max(sum(1 for r in rows if r["table"] == t and "linear" in r) for t in tables) if tables else 1
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.6 * ncol, (0.32 * tall + 1.2) * nrow), squeeze=False)
-    for ax in axes.flat[len(tables):]:
-        ax.axis("off")
-    for ax, t in zip(axes.flat, tables):
-        rs = [r for r in rows if r["table"] == t and "linear" in r]
-        for i, r in enumerate(rs):
-            xs = [100 * v["linear_top1"] for v in runs[r["runs_as"]].values() if "linear_top1" in v]
-            ax.barh(i, 100 * r["linear"][0], color="C0", alpha=0.5)
-            ax.plot(xs, [i] * len(xs), "k.", ms=5)
-        if rand:
-            ax.axvline(100 * statistics.mean(rand), color="C3", ls="--", lw=1, label="random init")
-        ax.set_yticks(range(len(rs)), [r["label"] for r in rs], fontsize=8)
-        ax.set_ylim(tall - 0.5, -0.5)  # the first row on top, every panel at the same bar height
-        lo = min([100 * v["linear_top1"] for r in rs for v in runs[r["runs_as"]].values() if "linear_top1" in v]
-                 + [100 * min(rand or [1])])
-        ax.set(title=t, xlim=(lo - 2, None), xlabel="linear top-1 (%), seeds as dots")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths = [save(fig, results, "tables.png")]
-    paths.append(lead_figure(runs, CURVES, results, "lead.png", f"Fashion-MNIST, {scale} scale, every seed a line",
-                             base))
-    log = runs.get("pred-linear", {}).get(0, {}).get("log")
-    if log:
-        path = os.path.join(results, "fig2_linear.jsonl")
-        with open(path, "w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in log)
-        paths.append(plot_log(path, os.path.join(results, "fig2_linear.png"),
-                              title=f"{os.path.join(results, 'pred-linear', 's0.json')} (its log)"))
-        os.remove(path)
-    return paths
-
-
-# -----------------------------------------------------------------------------
 def get_parser():
     P = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     P.add_argument("--scale", default="laptop", choices=list(SCALES), help="laptop: Fashion-MNIST on a CPU; paper: "
@@ -953,11 +338,6 @@ def data_error(datasets, data_dir):
     return None
 
 
-def run_config(cmd):
-    """train.py's config of one train command (train.parse_config: the command's flags, a --preset's included)."""
-    return parse_config(cmd[[i for i, t in enumerate(cmd) if t.endswith("train.py")][0] + 1:])
-
-
 def run_images(cmd):
     """How many training images one train.py command processes: epochs x whole batches of its pretraining set (the
     dataset's images, less the held-out ones with --split val), or --max-steps batches."""
@@ -968,16 +348,20 @@ def run_images(cmd):
     return cfg["batch_size"] * (min(steps, cfg["max_steps"]) if cfg["max_steps"] else steps)
 
 
-def main():
-    args, work = parse()
-    if args.report:
-        if not load_results(args.results)[0]:
-            raise RunError(f"--results {args.results}: no result files there (run the suite first)")
-        print(table_markdown(args.scale, args.results))
-        write_tables(args.scale, args.results)
-        for p in figures(args.scale, args.results):
-            print(f"wrote {p}")
-        return
+def report_only(args):
+    """--report: the table, the verdicts and the figures from the result files, nothing run."""
+    if not load_results(args.results)[0]:
+        raise RunError(f"--results {args.results}: no result files there (run the suite first)")
+    print(table_markdown(args.scale, args.results))
+    write_tables(args.scale, args.results)
+    for p in figures(args.scale, args.results):
+        print(f"wrote {p}")
+
+
+def plan(args, work):
+    """What is left to do and where: a dict of the runs to do (single-GPU / CPU ones and the ImageNet ones), the
+    baseline probes, the seeds whose pred-direct checkpoint must be trained again for them (a fresh clone), the
+    layout (--jobs measured on a CPU, one run per GPU), each run's threads and one line saying it all."""
     seeds = sorted({s for _, s in work})
     base_cmds = {} if args.baselines == "none" or ("pred-direct", seeds[0]) not in work else \
         {k: v for k, v in baseline_commands(args, seeds).items() if args.baselines == "all" or k.startswith("random")}
@@ -995,45 +379,55 @@ def main():
     else:
         args.jobs, speed = 1 if args.jobs == "auto" else int(args.jobs), None
     args.jobs = min(args.jobs, max(1, len(todo)))  # no more side-by-side slots than runs: the threads go to the runs
-    single = [(rid, s) for rid, s in todo if not row(rid).get("imagenet")]
-    multi = [(rid, s) for rid, s in todo if row(rid).get("imagenet")]
+    threads = max(1, cores // args.jobs)
     where = (f"GPUs {','.join(args.gpus)} ({len(args.gpus)} runs side by side, one per GPU; ImageNet rows one at a "
              f"time on all of them through `{args.launcher}`)" if args.gpus else
-             f"the CPU ({args.jobs} run(s) side by side x {max(1, cores // args.jobs)} threads)")
+             f"the CPU ({args.jobs} run(s) side by side x {threads} threads)")
+    return dict(todo=todo, single=[w for w in todo if not row(w[0]).get("imagenet")],
+                multi=[w for w in todo if row(w[0]).get("imagenet")], base_cmds=base_cmds, base_seeds=base_seeds,
+                threads=threads, line=f"plan: {len(todo)} of {len(work)} runs to do ({len(work) - len(todo)} done) on "
+                                       f"{where}; {wall_time(args, todo, speed)}")
+
+
+def wall_time(args, todo, speed):
+    """The plan's cost: GPU-hours at the assumed throughput (paper scale), hours at the img/s measured just now, or
+    the number of training images."""
     if args.scale == "paper":
         hours = sum(gpu_hours(commands(row(rid), args, s)[0]) for rid, s in todo)
-        wall = (f"{hours:.0f} GPU-hours of training at the assumed throughput (ASSUMED_IMG_S: {ASSUMED_IMG_S} img/s "
+        return (f"{hours:.0f} GPU-hours of training at the assumed throughput (ASSUMED_IMG_S: {ASSUMED_IMG_S} img/s "
                 f"per A100 in bf16; an estimate, not a measurement)" + (
                     f", about {hours / len(args.gpus):.0f} h of wall time on these {len(args.gpus)} GPUs" if args.gpus
                     else "; no GPU visible here (--gpus)"))
-    else:
-        images = sum(run_images(commands(row(rid), args, s)[0]) for rid, s in todo)
-        wall = (f"{images / speed / 3600:.1f} h of training at the {speed:.0f} img/s measured just now (probes and "
-                f"baselines add ~1 min each)" if speed else f"{images:,} training images")
-    plan = f"plan: {len(todo)} of {len(work)} runs to do ({len(work) - len(todo)} done) on {where}; {wall}"
-    if args.dry_run:
-        for rid, s in work:
-            train, probe = commands(row(rid), args, s)
-            done = "done" if (rid, s) not in todo else "to run"
-            print(f"# {rid} seed {s} ({done})\n{shlex.join(train)}\n{shlex.join(probe)}")
-        for s in base_seeds:
-            print(f"# pred-direct seed {s}: its checkpoint, if still missing then, is trained again (not probed) "
-                  f"before the baselines\n{shlex.join(commands(row('pred-direct'), args, s)[0])}")
-        for name, cmd in base_cmds.items():
-            print(f"# baseline {name}\n{shlex.join(cmd)}")
-        rows_run = sorted({rid for rid, _ in work})
-        print(f"# {len(rows_run)} rows to run ({len(work)} runs, {len(todo)} not done yet) of {len(ROWS)} rows; "
-              f"{len(base_cmds)} baseline probes")
-        if args.scale == "paper":
-            total = 0.0
-            for rid in rows_run:
-                h = sum(gpu_hours(commands(row(rid), args, s)[0]) for r, s in work if r == rid)
-                total += h
-                print(f"#   {rid}: {h:.1f} GPU-hours")
-            imagenet = sum(gpu_hours(commands(row(rid), args, s)[0]) for rid, s in work if row(rid).get("imagenet"))
-            print(f"# training, all rows: {total:.0f} GPU-hours ({100 * imagenet / max(total, 1e-9):.0f}% ImageNet)")
-        print(f"# {plan}")
-        return
+    images = sum(run_images(commands(row(rid), args, s)[0]) for rid, s in todo)
+    return (f"{images / speed / 3600:.1f} h of training at the {speed:.0f} img/s measured just now (probes and "
+            f"baselines add ~1 min each)" if speed else f"{images:,} training images")
+
+
+def dry_run(args, work, todo):
+    """--dry-run: every command, what is done, the baselines, and at paper scale each row's GPU-hours."""
+    for rid, s in work:
+        train, probe = commands(row(rid), args, s)
+        print(f"# {rid} seed {s} ({'done' if (rid, s) not in todo['todo'] else 'to run'})\n{shlex.join(train)}\n"
+              f"{shlex.join(probe)}")
+    for s in todo["base_seeds"]:
+        print(f"# pred-direct seed {s}: its checkpoint, if still missing then, is trained again (not probed) "
+              f"before the baselines\n{shlex.join(commands(row('pred-direct'), args, s)[0])}")
+    for name, cmd in todo["base_cmds"].items():
+        print(f"# baseline {name}\n{shlex.join(cmd)}")
+    rows_run = sorted({rid for rid, _ in work})
+    print(f"# {len(rows_run)} rows to run ({len(work)} runs, {len(todo['todo'])} not done yet) of {len(ROWS)} rows; "
+          f"{len(todo['base_cmds'])} baseline probes")
+    if args.scale == "paper":
+        hours = {rid: sum(gpu_hours(commands(row(rid), args, s)[0]) for r, s in work if r == rid) for rid in rows_run}
+        for rid, h in hours.items():
+            print(f"#   {rid}: {h:.1f} GPU-hours")
+        total, imagenet = sum(hours.values()), sum(h for rid, h in hours.items() if row(rid).get("imagenet"))
+        print(f"# training, all rows: {total:.0f} GPU-hours ({100 * imagenet / max(total, 1e-9):.0f}% ImageNet)")
+    print(f"# {todo['line']}")
+
+
+def check_data(args, todo):
+    """The datasets the runs to do read, fetched with --download where torchvision can; one line for a missing one."""
     datasets = {run_config(commands(row(rid), args, s)[0])["dataset"] for rid, s in todo}
     if args.download:
         for d in missing_data(datasets, args.data_dir):
@@ -1044,9 +438,12 @@ def main():
     err = data_error(datasets, args.data_dir)
     if err:
         raise RunError(err)
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // args.jobs)))
-    t0 = time.time()
-    print(f"{plan}; results in {args.results}", flush=True)
+
+
+def run_stages(args, todo, env, t0):
+    """The runs in stages, each submitted when the one before has finished: the single-GPU (or CPU) runs side by
+    side, one per GPU; each ImageNet row alone on all GPUs; pred-direct's checkpoints where a fresh clone lacks them;
+    the baselines (they read those checkpoints). A failed run starts nothing more and stops with one line."""
     free = queue.Queue()  # the GPUs not running anything now
     for g in args.gpus:
         free.put(g)
@@ -1061,13 +458,13 @@ def main():
         finally:
             free.put(g)
     every_gpu = dict(env, CUDA_VISIBLE_DEVICES=",".join(args.gpus)) if args.gpus else env
-    with ThreadPoolExecutor(args.jobs) as pool:  # stages, each submitted when the one before has finished: the
-        # single-GPU runs side by side; each ImageNet row alone on all GPUs; pred-direct's checkpoints where a fresh
-        # clone lacks them; the baselines (they read those checkpoints)
-        stages = [lambda: [pool.submit(on_one_gpu, run_one, rid, s, args) for rid, s in single]]
-        stages += [lambda rid=rid, s=s: [pool.submit(run_one, rid, s, args, every_gpu)] for rid, s in multi]
-        stages += [lambda: [pool.submit(on_one_gpu, restore_checkpoint, "pred-direct", s, args) for s in base_seeds]]
-        stages += [lambda: [pool.submit(on_one_gpu, run_baseline, name, cmd, args) for name, cmd in base_cmds.items()]]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        stages = [lambda: [pool.submit(on_one_gpu, run_one, rid, s, args) for rid, s in todo["single"]]]
+        stages += [lambda rid=rid, s=s: [pool.submit(run_one, rid, s, args, every_gpu)] for rid, s in todo["multi"]]
+        stages += [lambda: [pool.submit(on_one_gpu, restore_checkpoint, "pred-direct", s, args)
+                            for s in todo["base_seeds"]]]
+        stages += [lambda: [pool.submit(on_one_gpu, run_baseline, name, cmd, args)
+                            for name, cmd in todo["base_cmds"].items()]]
         for stage in stages:
             for fut in as_completed(stage()):
                 try:
@@ -1075,18 +472,36 @@ def main():
                 except RuntimeError as e:  # one run failed: start nothing more, let the running ones finish
                     pool.shutdown(cancel_futures=True)
                     raise RunError(f"{e}")
-    if not args.demo:  # (the demo's three lines say what it shows)
+
+
+def demo_report(args):
+    """--demo: what the class should see, each row's rank, z_std and kNN at the start and the end, and one figure."""
+    runs = load_results(args.results)[0]
+    for rid in DEMO_ROWS:
+        cur = [c for c in runs[rid][0]["curve"] if "erank" in c]
+        knn = [c["knn_top1"] for c in runs[rid][0]["curve"] if "knn_top1" in c]
+        print(f"{rid:12s} effective rank {cur[0]['erank']:5.1f} -> {cur[-1]['erank']:5.1f}, z_std "
+              f"{cur[0]['z_std']:.2f} -> {cur[-1]['z_std']:.2f}, kNN {100 * knn[0]:.2f} -> {100 * knn[-1]:.2f}")
+    lead_figure(runs, DEMO_ROWS, args.results, "demo.png", "reproduce.py --demo: the laptop protocol, seed 0, "
+                "side by side")  # (it prints the path)
+
+
+def main():
+    args, work = parse()
+    if args.report:
+        return report_only(args)
+    todo = plan(args, work)
+    if args.dry_run:
+        return dry_run(args, work, todo)
+    check_data(args, todo["todo"])
+    t0 = time.time()
+    print(f"{todo['line']}; results in {args.results}", flush=True)
+    run_stages(args, todo, dict(os.environ, OMP_NUM_THREADS=str(todo["threads"])), t0)
+    if not args.demo:  # (the demo's lines say what it shows)
         print(table_markdown(args.scale, args.results))
     write_tables(args.scale, args.results)
-    if args.demo:  # what the class should see, in numbers and in one figure
-        runs = load_results(args.results)[0]
-        for rid in DEMO_ROWS:
-            cur = [c for c in runs[rid][0]["curve"] if "erank" in c]
-            knn = [c["knn_top1"] for c in runs[rid][0]["curve"] if "knn_top1" in c]
-            print(f"{rid:12s} effective rank {cur[0]['erank']:5.1f} -> {cur[-1]['erank']:5.1f}, z_std "
-                  f"{cur[0]['z_std']:.2f} -> {cur[-1]['z_std']:.2f}, kNN {100 * knn[0]:.2f} -> {100 * knn[-1]:.2f}")
-        lead_figure(runs, DEMO_ROWS, args.results, "demo.png", "reproduce.py --demo: the laptop protocol, seed 0, "
-                    "side by side")  # (it prints the path)
+    if args.demo:
+        demo_report(args)
     print(f"done in {time.time() - t0:.0f} s; table in {os.path.join(args.results, 'table.md')} (figures: --report)")
 
 

@@ -21,7 +21,9 @@ import pytest
 import torch
 
 import train as T
+from paper import report as RP
 from paper import reproduce as R
+from paper import rows as RW
 from paper import stats as S
 from paper import theory as TH
 from test_smoke import ROOT, TINY, config_error, one_line_error, run
@@ -212,31 +214,31 @@ def test_every_rows_command_parses_and_passes_config_error(scale):
     args, work = R.parse(["--scale", scale])
     assert len(work) == {"laptop": 22 * 5 + 16, "paper": 54 * 5 + 6}[scale]  # paper: 5 seeds, the 6 ImageNet rows 1 (Table 9)
     if scale == "paper":
-        assert sorted({s for rid, s in work if R.row(rid).get("imagenet")}) == [0]
+        assert sorted({s for rid, s in work if RW.row(rid).get("imagenet")}) == [0]
     for rid, seed in work:
-        train, probe = R.commands(R.row(rid), args, seed)
+        train, probe = R.commands(RW.row(rid), args, seed)
         cfg = T.parse_config(train[train.index(R.script("train.py")) + 1:])
         assert config_error(cfg) is None, (rid, config_error(cfg))
         assert cfg["seed"] == seed and probe[probe.index("--ckpt") + 1] == os.path.join(cfg["out_dir"], "ckpt.pt")
-        if scale == "laptop":  # the protocol chosen on the validation split (paper/results/laptop-search), in fp32
+        if scale == "laptop":  # the claims suite's protocol (the regime search's width-16 point), in fp32
             assert (cfg["dataset"], cfg["split"], cfg["width"], cfg["stem"], cfg["crop_min"], cfg["lr"],
                     cfg["lr_schedule"], cfg["epochs"], cfg["bf16"]) == \
-                ("fashion-mnist", "test", 16, "imagenet", 0.4, 0.03, "const", 5, "0")
+                ("fashion-mnist", "test", 16, "imagenet", 0.7, 0.03, "const", 5, "0")
             ap = 10 if rid in ("pred-linear", "pred-mlp", "thm2-no-stop-grad") else \
                 float(rid[len("f6-ap"):]) if rid.startswith("f6-") else 1  # the protocol's alpha_p, Fig. 6's own
             assert cfg["pred_lr_ratio"] == ap, rid
         else:
             assert cfg["pred_lr_ratio"] == (float(rid[len("f6-ap"):]) if rid.startswith("f6-") else 1), rid
-        if scale == "paper" and R.row(rid).get("imagenet"):
+        if scale == "paper" and RW.row(rid).get("imagenet"):
             assert cfg["dataset"] == "imagenet" and cfg["arch"] == "resnet50"
 
 
 def test_the_paper_table_file_is_reproduce_pys():
     """paper/results/paper/table.md (the README links it) is reproduce.py's paper-scale table of the committed result
     files, row for row: one source for both."""
-    table = R.table_markdown("paper", str(ROOT / "paper" / "results" / "paper"))
+    table = RP.table_markdown("paper", str(ROOT / "paper" / "results" / "paper"))
     assert (ROOT / "paper" / "results" / "paper" / "table.md").read_text() == table + "\n"
-    assert len(table.splitlines()) == 2 + len(R.ROWS)
+    assert len(table.splitlines()) == 2 + len(RW.ROWS)
     assert "paper/results/paper/table.md" in (ROOT / "README.md").read_text()
 
 
@@ -250,15 +252,15 @@ def test_the_readme_claims_table_is_the_committed_verdicts():
     verdicts = {}
     for suite in ("claims", "laptop"):
         folder = ROOT / "paper" / "results" / suite
-        table = R.claims_markdown("laptop", str(folder))
-        brief = R.claims_markdown("laptop", str(folder), brief=True)
+        table = RP.claims_markdown("laptop", str(folder))
+        brief = RP.claims_markdown("laptop", str(folder), brief=True)
         assert (brief in readme) == (suite == "claims"), suite
         assert table + "\n" == (folder / "claims.md").read_text(), suite
-        assert len(table.splitlines()) == len(brief.splitlines()) == 2 + len(R.CLAIMS)
+        assert len(table.splitlines()) == len(brief.splitlines()) == 2 + len(RW.CLAIMS)
         verdicts[suite] = [kind(b) for b in brief.splitlines()[2:]]
         assert [kind(a) for a in table.splitlines()[2:]] == verdicts[suite], suite
     decided = sum(v in ("holds", "does not hold") for v in verdicts["claims"])  # the README's count
-    assert f"{decided} of the {len(R.CLAIMS)} contrasts end *holds* or *does not hold*" in readme
+    assert f"{decided} of the {len(RW.CLAIMS)} contrasts end *holds* or *does not hold*" in readme
 
 
 def test_the_v2_reports_are_the_committed_result_files():
@@ -281,11 +283,11 @@ def test_the_laptop_scale_is_the_claims_suites_protocol():
     os.chdir(ROOT)
     try:
         args, work = R.parse(["--scale", "laptop"])
-        runs, _ = R.load_results(args.results)
+        runs, _ = RP.load_results(args.results)
         assert args.results == os.path.join("paper", "results", "claims") and len(work) == 126
         for rid, s in work:
             recorded = runs[rid][s]["command"].removesuffix(" --resume")  # (a run that was stopped and resumed)
-            assert recorded == shlex.join(R.commands(R.row(rid), args, s)[0]), (rid, s)
+            assert recorded == shlex.join(R.commands(RW.row(rid), args, s)[0]), (rid, s)
     finally:
         os.chdir(cwd)
 
@@ -355,10 +357,7 @@ def test_v2_verdicts_follow_the_plan_on_hand_made_results(tmp_path):
     DirectPred's gains negative: the regime gate fails and only C1 stays testable."""
     V = importlib.import_module("paper.verdicts")
 
-    def put(rid, seed, lin, rank=20.0, z=0.9):
-        R.write_json(str(tmp_path / rid / f"s{seed}.json"), dict(
-            row=rid, seed=seed, linear_top1=lin, knn_top1=lin - 0.01, final_erank=rank, final_z_std=z, steps=2340,
-            command="python train.py --lr 0.03 --wd 4e-4", curve=[]))
+    put = lambda *a, **k: put_result(tmp_path, *a, **k)
     direct = (0.70, 0.71, 0.72, 0.705, 0.715)
     for s, d in enumerate(direct):
         put("pred-direct", s, d)
@@ -373,7 +372,7 @@ def test_v2_verdicts_follow_the_plan_on_hand_made_results(tmp_path):
         put("t3-1l-noema-sym", s, 0.60)
         put("pred-none", s, 0.6, rank=(1.2, 2.5, 1.1, 3.0, 1.25)[s], z=0.2)
         for name, top1 in ((f"random-bn-s{s}", 0.60), (f"random-s{s}", d - (0.03, 0.04, 0.05, 0.035, 0.045)[s])):
-            R.write_json(str(tmp_path / "baselines" / f"{name}.json"), dict(baseline=name, linear_top1=top1,
+            RP.write_json(str(tmp_path / "baselines" / f"{name}.json"), dict(baseline=name, linear_top1=top1,
                                                                             knn_top1=top1))
     recs, gate, gains = V.verdicts(str(tmp_path))
     by = {(r["claim"], r["contrast"].split(" - ")[-1].split(":")[0]): r for r in recs}
@@ -409,6 +408,14 @@ def test_v2_verdicts_follow_the_plan_on_hand_made_results(tmp_path):
     assert [r["verdict"] for r in recs if r["kind"] == "collapse" and r["seeds"]] == ["holds"]
 
 
+def put_result(folder, rid, seed, lin, rank=20.0, z=0.9):
+    """A hand-made result file of one (row, seed): its linear top-1 (kNN 0.01 below), final rank and z_std, and the
+    claims suite's step count and lr x wd."""
+    RP.write_json(str(folder / rid / f"s{seed}.json"), dict(
+        row=rid, seed=seed, linear_top1=lin, knn_top1=lin - 0.01, final_erank=rank, final_z_std=z, steps=2340,
+        command="python train.py --lr 0.03 --wd 4e-4", curve=[]))
+
+
 def test_claims_are_judged_by_the_plans_paired_tests(tmp_path):
     """The verdicts from hand-made result files (3 seeds, so t has 2 degrees of freedom: the one-sided 5% point
     2.920, the two-sided 95% one 4.303). C9 (pred-direct - pred-linear) +2, +3, +4: t = 3 / (1 / sqrt 3) = 5.20,
@@ -420,10 +427,7 @@ def test_claims_are_judged_by_the_plans_paired_tests(tmp_path):
     against the random init with BN statistics re-estimated (0.60), not the untouched one (0.05 above DirectPred).
     Last, DirectPred's gains made noisy: the regime gate fails and every contrast but the collapse counts is
     untestable."""
-    def put(rid, seed, lin, rank=20.0, z=0.9):
-        R.write_json(str(tmp_path / rid / f"s{seed}.json"), dict(
-            row=rid, seed=seed, linear_top1=lin, knn_top1=lin - 0.01, final_erank=rank, final_z_std=z, steps=2340,
-            command="python train.py --lr 0.03 --wd 4e-4", curve=[]))
+    put = lambda *a, **k: put_result(tmp_path, *a, **k)
     for s, d in enumerate((0.70, 0.71, 0.72)):
         put("pred-direct", s, d)
         put("pred-linear", s, d - (0.02, 0.03, 0.04)[s])
@@ -436,13 +440,13 @@ def test_claims_are_judged_by_the_plans_paired_tests(tmp_path):
         put("t3-1l-noema-sym", s, 0.60 + (-0.01, 0.0, 0.005)[s])
         put("pred-none", s, 0.6, rank=1.2, z=0.05)
         for name, top1 in ((f"random-bn-s{s}", 0.60), (f"random-s{s}", d + 0.05)):
-            R.write_json(str(tmp_path / "baselines" / f"{name}.json"), dict(baseline=name, linear_top1=top1,
+            RP.write_json(str(tmp_path / "baselines" / f"{name}.json"), dict(baseline=name, linear_top1=top1,
                                                                             knn_top1=top1))
     put("pred-mlp", 0, 0.75)
-    recs = {(r["claim"], r.get("b")): r for r in R.verdicts("laptop", str(tmp_path)) if "thm2" not in str(r)}
+    recs = {(r["claim"], r.get("b")): r for r in RP.verdicts("laptop", str(tmp_path)) if "thm2" not in str(r)}
     c9 = recs[("C9", "pred-linear")]
     assert c9["linear"] == {s: pytest.approx(v) for s, v in enumerate((0.02, 0.03, 0.04))} and c9["verdict"] == "holds"
-    assert R.interval(c9["linear"]) == "+3.00 [+0.52, +5.48] (n=3)"
+    assert RP.interval(c9["linear"]) == "+3.00 [+0.52, +5.48] (n=3)"
     assert recs[("C13", "t1-optimal")]["verdict"] == "does not hold (the opposite holds)"
     assert recs[("C7", "t6-rho0.3-eps0.5")]["verdict"] == "inconclusive"
     assert recs[("C9", "pred-direct")]["verdict"] == "holds"
@@ -455,11 +459,11 @@ def test_claims_are_judged_by_the_plans_paired_tests(tmp_path):
     assert recs[("C4", "t2-ema-nobias")]["verdict"].startswith(f"untestable here: summed lr x wd {wd:.3f}")
     assert f"{math.exp(-2 * wd):.2f} here" in recs[("C4", "t2-ema-nobias")]["verdict"]
     put("t6-rho0.3-eps0.5", 2, 0.72 - 0.005)  # +1, -1, +0.5: the interval [-2.42, +2.75] excludes +2.80
-    verdict = {(r["claim"], r.get("b")): r for r in R.verdicts("laptop", str(tmp_path))}[("C7", "t6-rho0.3-eps0.5")]
+    verdict = {(r["claim"], r.get("b")): r for r in RP.verdicts("laptop", str(tmp_path))}[("C7", "t6-rho0.3-eps0.5")]
     assert verdict["verdict"] == "does not hold (the paper's +2.80 is outside the interval)"
-    R.write_json(str(tmp_path / "baselines" / "random-bn-s2.json"), dict(baseline="random-bn-s2", linear_top1=0.70,
+    RP.write_json(str(tmp_path / "baselines" / "random-bn-s2.json"), dict(baseline="random-bn-s2", linear_top1=0.70,
                                                                          knn_top1=0.70))
-    recs = {(r["claim"], r.get("b")): r for r in R.verdicts("laptop", str(tmp_path)) if "thm2" not in str(r)}  # gains
+    recs = {(r["claim"], r.get("b")): r for r in RP.verdicts("laptop", str(tmp_path)) if "thm2" not in str(r)}  # gains
     assert recs[("C9", "pred-linear")]["verdict"].startswith("untestable here: the regime gate fails")  # +10,
     assert recs[("C1", "pred-direct")]["verdict"] == "holds"  # +11, +2 (mean 7.67 < 5 x std 4.93): the gate fails
 
@@ -488,7 +492,7 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
     assert all(p.read_bytes() == b for p, b in done.items())  # not recomputed
     logs = [p.read_text() for p in (tmp_path / "w").rglob("s?.train.txt")]
     assert any("steps 0 -> 48" not in t and "-> 48" in t for t in logs), "no run continued from a checkpoint"
-    rows = {r["id"]: r for r in R.aggregate("laptop", str(tmp_path / "r"))[0]}
+    rows = {r["id"]: r for r in RP.aggregate("laptop", str(tmp_path / "r"))[0]}
     for rid in ("pred-direct", "pred-linear"):
         res = [json.load(open(tmp_path / "r" / rid / f"s{s}.json")) for s in (0, 1)]
         lin = [x["linear_top1"] for x in res]
@@ -519,7 +523,7 @@ def test_reproduce_demo_prints_each_rows_rank_and_knn_and_draws_them(tmp_path):
                         "--eval-every 4", "--work", str(tmp_path / "w")], capture_output=True, text=True, cwd=ROOT,
                        timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    for rid in R.DEMO_ROWS:
+    for rid in RW.DEMO_ROWS:
         cur = json.load(open(tmp_path / "w" / "results" / rid / "s0.json"))["curve"]
         rank, knn = [c for c in cur if "erank" in c], [c["knn_top1"] for c in cur if "knn_top1" in c]
         line = next(x for x in r.stdout.splitlines() if x.startswith(rid + " "))
@@ -578,10 +582,10 @@ def test_reproduce_on_3_gpus_one_run_per_gpu_imagenet_on_all_and_a_killed_suite_
     root = tmp_path / "repo"
     root.mkdir()
     (root / "paper").mkdir()
-    for name in ("reproduce.py", "stats.py", "__init__.py"):
+    for name in ("reproduce.py", "rows.py", "report.py", "verdicts.py", "stats.py", "__init__.py"):
         shutil.copy(ROOT / "paper" / name, root / "paper")
-    shutil.copy(ROOT / "plumbing.py", root)  # the real one: reproduce.py reads the Debian data folder's path there
-    shutil.copy(ROOT / "directpred.py", root)  # plumbing.py imports full_fp32 from it
+    for name in ("plumbing.py", "data.py", "directpred.py"):  # the real ones: reproduce.py reads the Debian data
+        shutil.copy(ROOT / name, root)  # folder's path in data.py
     for name in ("train.py", "eval_linear.py"):
         (root / name).write_text(STAND_IN)
     bin_dir = tmp_path / "bin"
@@ -616,7 +620,7 @@ def test_reproduce_on_3_gpus_one_run_per_gpu_imagenet_on_all_and_a_killed_suite_
     rerun = [c for c in calls[first:] if c["script"] == "train.py"]
     row_of = lambda c: Path(c["argv"][c["argv"].index("--out-dir" if "--out-dir" in c["argv"] else "--ckpt") + 1]) \
         .parts[-2 if "--out-dir" in c["argv"] else -3]  # WORK/<row>/s0, or WORK/<row>/s0/ckpt.pt for a probe
-    rows = {R.runs_row(R.row(i), "paper") for i in R.GROUPS["table6"] + ["t9-60-direct"]}  # (eps 0.1 = pred-direct)
+    rows = {RW.runs_row(RW.row(i), "paper") for i in RW.GROUPS["table6"] + ["t9-60-direct"]}  # (eps 0.1 = pred-direct)
     assert {row_of(c) for c in rerun} == rows - {p.parent.name for p in done}
     assert all(("--resume" in c["argv"]) == (row_of(c) in started) for c in rerun)
     overlap = lambda a, b: a["start"] < b["end"] and b["start"] < a["end"]

@@ -12,7 +12,8 @@ import shlex
 import statistics
 
 from paper import stats
-from paper.reproduce import CLAIMS, PAPER_LR_WD, load_results, paper_effect, row, run_config, runs_row
+from paper.report import load_results, run_config
+from paper.rows import CLAIMS, PAPER_LR_WD, paper_effect, row, runs_row
 from train import looks_collapsed
 
 ALPHA = 0.05  # one-sided, every test
@@ -273,7 +274,7 @@ def why(old, r):
 
 def comparison_markdown(results):
     """PLAN.md's verdict (paper.reproduce.verdicts, brief) beside v2's for each contrast, with why they differ."""
-    from paper.reproduce import verdicts as plan_verdicts
+    from paper.report import verdicts as plan_verdicts
     old = [o.get("brief_verdict", o["verdict"]) for o in plan_verdicts("laptop", results)]
     recs = verdicts(results)[0]
     lines = ["| claim | the paper | PLAN.md | v2 (exploratory) | why |", "| --- | --- | --- | --- | --- |"]

@@ -14,7 +14,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))  # the repository: paper.*
 
-from paper.reproduce import fmt, load_results, mean_std  # noqa: E402
+from paper.report import fmt, load_results, mean_std  # noqa: E402
 from train import COLLAPSE_ERANK, COLLAPSE_Z_STD, looks_collapsed  # noqa: E402  the repository's one collapse rule
 
 ROWS = [("pred-direct", "DirectPred (`--predictor direct`)"),

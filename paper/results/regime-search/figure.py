@@ -12,7 +12,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))  # the repository: paper.*, train
 
-from paper.reproduce import run_config  # noqa: E402  (train.py's own parser reads each run's command)
+from paper.report import run_config  # noqa: E402  (train.py's own parser reads each run's command)
 from paper.theory import pyplot, save  # noqa: E402
 
 # img/s of each network's training step alone on the machine (README.md here: `bench.py --suite step`, 2 threads of an
