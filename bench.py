@@ -1,15 +1,18 @@
 """
 Speed benchmarks. They print numbers; they assert nothing.
 
-    python bench.py                                   # this device: augmentation + the real training loop
-    python bench.py --suite profile                   # the step's pieces, each timed (main job's network, widths 16, 32)
-    python bench.py --suite step --train-flags "..."  # img/s of the real step of one run (reproduce.py --jobs auto)
-    python bench.py --suite roofline --train-flags "..."  # that step's GFLOP/s against this CPU's fp32 matmul rate
-    python bench.py --suite precision                 # fp32 / bf16 / channels_last / both (3 interleaved runs),
-                                                      # and how far bf16 moves DirectPred's Wp
+    python bench.py                         # this device: augmentation + the real training loop
+    python bench.py --suite profile         # the step's pieces, each timed (main job's network)
+    python bench.py --suite step --train-flags "..."      # img/s of one run's real step
+    python bench.py --suite roofline --train-flags "..."  # its GFLOP/s against the fp32 matmul rate
+    python bench.py --suite precision       # fp32 / bf16 / channels_last / both, 3 runs each,
+                                            # and how far bf16 moves DirectPred's Wp
 
-The prepared GPU run (speed against a DataLoader + torchvision pipeline, Fashion-MNIST at full width, the CUDA
-tests, within a time budget) is python -m paper.gpu; it reuses the timing helpers and the real step here.
+The prepared GPU run (speed against a DataLoader + torchvision pipeline, Fashion-MNIST at full
+width, the CUDA tests, within a time budget) is python -m paper.gpu; it reuses the timing helpers
+and the real step here.
+
+
 """
 import argparse
 import json
@@ -27,10 +30,11 @@ from directpred import DirectPred, diagnostics, feature_stats
 from data import load_dataset, normalisation
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# the README's main job (DirectPred on Fashion-MNIST, the laptop protocol: ResNet-18 with the ImageNet stem at width
-# 16, 28 px, crop-min 0.7, batch 128, lr 0.03 constant, 5 epochs); precision is left to each suite
-MAIN_JOB = ["--dataset", "fashion-mnist", "--predictor", "direct", "--width", "16", "--stem", "imagenet", "--crop-min",
-            "0.7", "--epochs", "5"]
+# the README's main job (DirectPred on Fashion-MNIST, the laptop protocol: ResNet-18 with the
+# ImageNet stem at width 16, 28 px, crop-min 0.7, batch 128, lr 0.03 constant, 5 epochs); precision
+# is left to each suite
+MAIN_JOB = ["--dataset", "fashion-mnist", "--predictor", "direct", "--width", "16", "--stem",
+            "imagenet", "--crop-min", "0.7", "--epochs", "5"]
 
 
 def sync(dev):
@@ -55,58 +59,65 @@ def augment_ms(dev, batch):
     x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=dev)
     mean, std = normalisation("cifar10", dev)
     gen = torch.Generator(device=dev).manual_seed(0)
-    return median_ms(lambda: [T.augment(x, T.AUG["cifar"], v, gen, 32, (0.08, 1.0), mean, std) for v in (0, 1)], dev)
+    return median_ms(lambda: [T.augment(x, T.AUG["cifar"], v, gen, 32, (0.08, 1.0), mean,
+                                        std) for v in (0, 1)], dev)
 
 
 def run_child(cmd, env=None):
-    """Run a child script; a failure raises with the child's last stderr lines (not a bare CalledProcessError)."""
+    """Run a child script; a failure raises with the child's last stderr lines (not a bare
+    CalledProcessError)."""
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode:
-        raise RuntimeError(f"{os.path.basename(cmd[1])} failed: {' | '.join(r.stderr.strip().splitlines()[-3:])}")
+        raise RuntimeError(f"{os.path.basename(cmd[1])} failed: "
+                           f"{' | '.join(r.stderr.strip().splitlines()[-3:])}")
 
 
 def child_env(dev, **extra):
-    """The environment of a child process on device dev: cuda:N is the child's only GPU (CUDA_VISIBLE_DEVICES=N),
-    so every child of a suite runs on the GPU the suite was given."""
-    return dict(os.environ, **extra, **({"CUDA_VISIBLE_DEVICES": dev.split(":")[1]} if ":" in dev else {}))
+    """The environment of a child process on device dev: cuda:N is the child's only GPU
+    (CUDA_VISIBLE_DEVICES=N), so every child of a suite runs on the GPU the suite was given."""
+    return dict(os.environ, **extra,
+                **({"CUDA_VISIBLE_DEVICES": dev.split(":")[1]} if ":" in dev else {}))
 
 
 def train_loop(dev, batch, steps, compile_=0, extra=(), env=None):
-    """img/s of the real train.py loop on --dataset fake (32 px), read from its last log interval, the second half of
-    `steps` (the start-up, compilation and cudnn autotuning are in the first). Returns the last log record. A failure
-    raises with the child's last stderr lines."""
+    """img/s of the real train.py loop on --dataset fake (32 px), read from its last log interval,
+    the second half of `steps` (the start-up, compilation and cudnn autotuning are in the first).
+    Returns the last log record. A failure raises with the child's last stderr lines."""
     with tempfile.TemporaryDirectory() as out:
         half = max(1, steps // 2)
-        cmd = [sys.executable, os.path.join(HERE, "train.py"), "--dataset", "fake", "--fake-size", str(batch * steps),
-               "--batch-size", str(batch), "--max-steps", str(2 * half), "--log-every", str(half), "--log-early", "0",
-               "--ckpt-every", str(10 ** 9), "--device", dev.split(":")[0], "--compile", str(compile_), "--out-dir", out,
-               *extra]
+        cmd = [sys.executable, os.path.join(HERE, "train.py"), "--dataset", "fake", "--fake-size",
+               str(batch * steps), "--batch-size", str(batch), "--max-steps", str(2 * half),
+               "--log-every", str(half), "--log-early", "0", "--ckpt-every", str(10 ** 9),
+               "--device", dev.split(":")[0], "--compile", str(compile_), "--out-dir", out, *extra]
         run_child(cmd, child_env(dev, **(env or {})))
         return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][-1]
 
 
 def real_step(flags, dev):
-    """The run's networks, optimizer, DirectPred state and EMA pairs as train.py builds them from `flags`, and
-    step(x1, x2) = train.train_step on them (the real step, not a copy). Returns (step, cfg, ctx, fmt)."""
+    """The run's networks, optimizer, DirectPred state and EMA pairs as train.py builds them from
+    `flags`, and step(x1, x2) = train.train_step on them (the real step, not a copy). Returns (step,
+    cfg, ctx, fmt)."""
     cfg = T.parse_config(flags)
     in_chans = 1 if cfg["dataset"] == "fashion-mnist" else 3
     model = T.build_model(cfg, in_chans).to(dev)
     target = T.build_target(model, cfg, in_chans)
-    ctx, fmt = plumbing.speed_paths(dev.split(":")[0], cfg["bf16"], cfg["channels_last"], width=cfg["width"])
+    ctx, fmt = plumbing.speed_paths(dev.split(":")[0], cfg["bf16"], cfg["channels_last"],
+                                    width=cfg["width"])
     model = model.to(memory_format=fmt)
     target = target.to(memory_format=fmt) if target is not None else None
     opt, dp = T.build_optimizer(model, cfg), T.build_directpred(cfg, dev)
     ema = T.ema_pairs(target, model)
 
     def step(x1, x2):
-        return T.train_step(model, model, target, dp, opt, x1, x2, cfg, ctx, cfg["lr"], cfg["ema"], ema)
+        return T.train_step(model, model, target, dp, opt, x1, x2, cfg, ctx, cfg["lr"], cfg["ema"],
+                            ema)
     step.parts = (model, target, dp, opt, ema)  # what step_pieces calls piece by piece
     return step, cfg, ctx, fmt
 
 
 def views(cfg, dev, fmt):
-    """views(k): both augmented views of one fixed batch of random images of the run's dataset shape, as train.py's
-    loop makes them at step k (train.augment, its preset and crop scale)."""
+    """views(k): both augmented views of one fixed batch of random images of the run's dataset
+    shape, as train.py's loop makes them at step k (train.augment, its preset and crop scale)."""
     C, H = T.DATASETS[cfg["dataset"]].shape
     size = cfg["img_size"] or H
     x = torch.randint(0, 256, (cfg["batch_size"], C, H, H), dtype=torch.uint8, device=dev)
@@ -116,14 +127,16 @@ def views(cfg, dev, fmt):
 
     def make(k):
         gen.manual_seed(k)
-        return [T.augment(x, aug, v, gen, size, (cfg["crop_min"], 1.0), mean, std).contiguous(memory_format=fmt)
+        return [T.augment(x, aug, v, gen, size, (cfg["crop_min"], 1.0), mean,
+                          std).contiguous(memory_format=fmt)
                 for v in (0, 1)]
     return make
 
 
 def step_img_s(flags, dev, steps, wait=False):
-    """img/s of the real step (views + train.train_step) of the run `flags` describes, over `steps` steps after 2
-    warm-up steps. wait: print 'ready' after the warm-up and start when a line arrives on stdin."""
+    """img/s of the real step (views + train.train_step) of the run `flags` describes, over `steps`
+    steps after 2 warm-up steps. wait: print 'ready' after the warm-up and start when a line arrives
+    on stdin."""
     step, cfg, _, fmt = real_step(flags, dev)
     make = views(cfg, dev, fmt)
     for k in range(2):
@@ -140,8 +153,9 @@ def step_img_s(flags, dev, steps, wait=False):
 
 
 def matmul_gflops(dev, sizes=(1024, 2048, 3072), reps=5):
-    """This device's fp32 matmul rate in GFLOP/s: the fastest of `reps` n x n products at each size, the best size
-    (after a warm-up). The roof that a step's convolutions and matmuls are held against."""
+    """This device's fp32 matmul rate in GFLOP/s: the fastest of `reps` n x n products at each size,
+    the best size (after a warm-up). The roof that a step's convolutions and matmuls are held
+    against."""
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
@@ -155,9 +169,10 @@ def matmul_gflops(dev, sizes=(1024, 2048, 3072), reps=5):
 
 
 def roofline(flags, dev, steps):
-    """The real step of the run `flags` describes against this device's fp32 matmul rate: its FLOPs (counted by
-    torch.utils.flop_counter on one step: convolutions and matmuls of the online forward + backward and the target
-    forward), its img/s, the GFLOP/s it achieves and their share of the matmul rate, measured side by side."""
+    """The real step of the run `flags` describes against this device's fp32 matmul rate: its FLOPs
+    (counted by torch.utils.flop_counter on one step: convolutions and matmuls of the online forward
+    + backward and the target forward), its img/s, the GFLOP/s it achieves and their share of the
+    matmul rate, measured side by side."""
     from torch.utils.flop_counter import FlopCounterMode
     step, cfg, _, fmt = real_step(flags, dev)
     with FlopCounterMode(display=False) as counter:
@@ -165,21 +180,25 @@ def roofline(flags, dev, steps):
     flops, peak = counter.get_total_flops(), matmul_gflops(dev)
     img_s = step_img_s(flags, dev, steps)
     achieved = flops * img_s / cfg["batch_size"] / 1e9
-    print(f"torch {torch.__version__}, {dev}, {torch.get_num_threads()} threads, fp32 matmul {peak:.0f} GFLOP/s; "
-          f"the step: {flops / 1e9:.2f} GFLOP per batch of {cfg['batch_size']}, {img_s:.0f} img/s = {achieved:.0f} "
+    print(f"torch {torch.__version__}, {dev}, {torch.get_num_threads()} threads, fp32 matmul "
+          f"{peak:.0f} GFLOP/s; "
+          f"the step: {flops / 1e9:.2f} GFLOP per batch of {cfg['batch_size']}, {img_s:.0f} img/s "
+          f"= {achieved:.0f} "
           f"GFLOP/s, {100 * achieved / peak:.0f}% of the matmul rate", flush=True)
 
 
 CATEGORIES = [  # (kind of op, substrings of the aten op names it holds); the first match wins
-    ("convolutions", ("conv",)), ("BatchNorm", ("batch_norm",)), ("matmul (projector, predictor, F)", ("mm", "einsum",
-     "linear")), ("eigh", ("linalg",)), ("pooling", ("pool",)), ("augmentation sampling", ("grid_sampler", "affine_grid")),
+    ("convolutions", ("conv",)), ("BatchNorm", ("batch_norm",)),
+    ("matmul (projector, predictor, F)", ("mm", "einsum",
+     "linear")), ("eigh", ("linalg",)), ("pooling", ("pool",)), ("augmentation sampling",
+                                                                 ("grid_sampler", "affine_grid")),
 ]
 
 
 def step_pieces(flags, dev):
-    """The pieces of one training step, in train.train_step's order, each a call of the function the step calls:
-    [(name, fn(state) -> None)], state a dict the pieces share (the views, the outputs, the loss), and the real step
-    (bench's real_step) to hold their sum against."""
+    """The pieces of one training step, in train.train_step's order, each a call of the function the
+    step calls: [(name, fn(state) -> None)], state a dict the pieces share (the views, the outputs,
+    the loss), and the real step (bench's real_step) to hold their sum against."""
     step, cfg, ctx, fmt = real_step(flags, dev)
     model, target, dp, opt, ema = step.parts
     make = views(cfg, dev, fmt)
@@ -193,8 +212,9 @@ def step_pieces(flags, dev):
             st["t1"], st["t2"], _, _ = target(st["x1"], st["x2"])
 
     def loss(st):
-        st["loss"] = T.cosine_loss(st["p1"].float(), st["t2"].float()) + T.cosine_loss(st["p2"].float(),
-                                                                                     st["t1"].float())
+        st["loss"] = T.cosine_loss(st["p1"].float(),
+                                   st["t2"].float()) + T.cosine_loss(st["p2"].float(),
+                                                                     st["t1"].float())
 
     def backward(st):
         opt.zero_grad(set_to_none=True)
@@ -207,21 +227,25 @@ def step_pieces(flags, dev):
               ("online forward", forward), ("target forward", target_forward), ("loss", loss),
               ("DirectPred statistics", lambda st: dp.update(torch.cat([st["z1"], st["z2"]]))),
               ("backward", backward), ("optimizer step", lambda st: opt.step()),
-              ("DirectPred set Wp", lambda st: dp.set_predictor(model.predictor.weight)), ("EMA", ema_update)]
+              ("DirectPred set Wp", lambda st: dp.set_predictor(model.predictor.weight)),
+              ("EMA", ema_update)]
     return pieces, step, make, cfg
 
 
 def profile_suite(args):
-    """Where one training step's time goes (the README main job's network at each --widths, batch 128, this device):
-    each piece of the step (step_pieces: the calls train.train_step makes, in its order) timed on its own, median
-    over --steps steps, their sum beside the whole real step's time; then the aten ops by kind under torch.profiler
-    over whole real steps, and what is left (Python, autograd, the profiler)."""
+    """Where one training step's time goes (the README main job's network at each --widths, batch
+    128, this device): each piece of the step (step_pieces: the calls train.train_step makes, in its
+    order) timed on its own, median over --steps steps, their sum beside the whole real step's time;
+    then the aten ops by kind under torch.profiler over whole real steps, and what is left (Python,
+    autograd, the profiler)."""
     from torch.profiler import ProfilerActivity, profile
-    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, bf16 instructions: "
-          f"{plumbing.cpu_has_bf16()}; {args.steps} steps per measurement")
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, bf16 "
+          f"instructions: {plumbing.cpu_has_bf16()}; {args.steps} steps per measurement")
     other = "other aten ops (elementwise, copies, allocation)"
     for width in args.widths:
-        pieces, step, make, cfg = step_pieces(MAIN_JOB + ["--width", str(width)] + args.extra.split(), args.device)
+        pieces, step, make, cfg = step_pieces(MAIN_JOB + ["--width",
+                                                          str(width)] + args.extra.split(),
+                                                          args.device)
         times = {name: [] for name, _ in pieces}
         for k in range(args.steps + 2):  # 2 warm-up steps
             st = {"k": k}
@@ -238,44 +262,51 @@ def profile_suite(args):
         Wp = torch.zeros(cfg["proj_dim"], cfg["proj_dim"], device=args.device)
         diag = median_ms(lambda: diagnostics(stats, Wp, st["z1"].detach()), args.device)
         total = sum(med.values())
-        print(f"\nwidth {width}: the pieces sum to {total:.1f} ms per step ({cfg['batch_size'] * 1000 / total:.0f} "
-              f"img/s); one real step of a fixed batch (views excluded) takes {whole:.1f} ms")
+        print(f"\nwidth {width}: the pieces sum to {total:.1f} ms per step "
+              f"({cfg['batch_size'] * 1000 / total:.0f} img/s); one real step of a fixed batch "
+              f"(views excluded) takes {whole:.1f} ms")
         for name, v in med.items():
             print(f"  {name:34s} {v:7.2f} ms  {100 * v / total:5.1f}%")
-        print(f"  {'diagnostics (once per log step)':34s} {diag:7.2f} ms  = {100 * diag / 50 / total:.2f}% of a step "
-              f"at --log-every 50")
+        print(f"  {'diagnostics (once per log step)':34s} {diag:7.2f} ms  = "
+              f"{100 * diag / 50 / total:.2f}% of a step at --log-every 50")
         x1, x2 = make(0)
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda")
-                                                          else [])) as prof:
+        cuda = [ProfilerActivity.CUDA] if args.device.startswith("cuda") else []
+        with profile(activities=[ProfilerActivity.CPU] + cuda) as prof:
             for _ in range(args.steps):
                 step(x1, x2)
             sync(args.device)
         cats = dict.fromkeys([n for n, _ in CATEGORIES] + [other], 0.0)
         for e in prof.key_averages():
             if e.key.startswith("aten::"):
-                cats[next((n for n, keys in CATEGORIES if any(k in e.key for k in keys)), other)] += \
+                cats[next((n for n, keys in CATEGORIES if any(k in e.key for k in keys)),
+                          other)] += \
                     e.self_cpu_time_total / 1000 / args.steps
         in_ops = sum(cats.values())
-        print(f"  aten ops by kind under the profiler (self time per real step, {in_ops:.1f} ms in all):")
+        print(f"  aten ops by kind under the profiler (self time per real step, {in_ops:.1f} ms in "
+              "all):")
         for k, v in cats.items():
             print(f"    {k:48s} {v:7.2f} ms  {100 * v / in_ops:5.1f}%")
 
 
 def precision_suite(args):
-    """fp32 / bf16 autocast / channels_last / both on the main job's network at width 32 (ResNet-18, ImageNet stem,
-    28 px, 1 channel, batch 128: the width paper/results/speed/ab.md measured), 3 runs of each interleaved; then
-    DirectPred's Wp under bf16 against fp32."""
+    """fp32 / bf16 autocast / channels_last / both on the main job's network at width 32 (ResNet-18,
+    ImageNet stem, 28 px, 1 channel, batch 128: the width paper/results/speed/ab.md measured), 3
+    runs of each interleaved; then DirectPred's Wp under bf16 against fp32."""
     main = MAIN_JOB + ["--width", "32", "--data-dir", args.data_dir]
-    modes = {"fp32": ("0", "0"), "bf16": ("1", "0"), "channels_last": ("0", "1"), "both": ("1", "1")}
+    modes = {"fp32": ("0", "0"), "bf16": ("1", "0"), "channels_last": ("0", "1"),
+             "both": ("1", "1")}
     got = {m: [] for m in modes}
     for _ in range(3):
         for m, (bf16, cl) in modes.items():
-            rec = train_loop(args.device, 128, args.steps, extra=main + ["--bf16", bf16, "--channels-last", cl])
+            rec = train_loop(args.device, 128, args.steps, extra=main + ["--bf16", bf16,
+                                                                         "--channels-last", cl])
             got[m].append(round(rec["img_per_s"]))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 instructions: {plumbing.cpu_has_bf16()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 instructions: "
+          f"{plumbing.cpu_has_bf16()}")
     for m, v in got.items():
         print(f"{m:14s} img/s {v}")
-    # Wp from one batch's predictor inputs: the network in bf16 autocast against the same network in fp32
+    # Wp from one batch's predictor inputs: the network in bf16 autocast against the same network in
+    # fp32
     x, _ = load_dataset("fashion-mnist", args.data_dir, "train")
     mean, std = normalisation("fashion-mnist", "cpu")
     cfg = T.parse_config(main)
@@ -290,7 +321,8 @@ def precision_suite(args):
         dp.set_predictor(w)
         return w.double()
     gen = torch.Generator().manual_seed(0)
-    view = lambda b: T.augment(x[b * 256:(b + 1) * 256], T.AUG["cifar"], 0, gen, 28, (0.9, 1.0), mean, std)
+    view = lambda b: T.augment(x[b * 256:(b + 1) * 256], T.AUG["cifar"], 0, gen, 28, (0.9, 1.0),
+                               mean, std)
     with torch.no_grad():
         for b in range(3):
             xb = view(b)
@@ -300,32 +332,39 @@ def precision_suite(args):
             W32 = wp(z32)
             rel = lambda W: ((W - W32).norm() / W32.norm()).item()
             other = wp(model.projector(model.backbone(view(b + 3))))
-            print(f"batch {b}: Wp relative error, network in bf16: {rel(wp(z16)):.2e}; fp32 network, its output "
-                  f"rounded to bf16: {rel(wp(z32.bfloat16())):.2e}; the next batch in fp32 (batch-to-batch change): "
-                  f"{rel(other):.2e}")
+            print(f"batch {b}: Wp relative error, network in bf16: {rel(wp(z16)):.2e}; fp32 "
+                  f"network, its output rounded to bf16: {rel(wp(z32.bfloat16())):.2e}; the next "
+                  f"batch in fp32 (batch-to-batch change): {rel(other):.2e}")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", default="default", choices=["default", "profile", "step", "roofline", "precision"])
+    p.add_argument("--suite", default="default", choices=["default", "profile", "step", "roofline",
+                                                          "precision"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=256, help="default suite")
-    p.add_argument("--steps", type=int, default=6, help="train steps; img/s is measured over the second half")
+    p.add_argument("--steps", type=int, default=6,
+                   help="train steps; img/s is measured over the second half")
     p.add_argument("--compile", type=int, default=0, help="default suite")
     p.add_argument("--extra", default="", help="default suite: more train.py flags, as one string")
-    p.add_argument("--data-dir", default="data", help="Fashion-MNIST's --data-dir (precision suite)")
-    p.add_argument("--ckpt", default="", help="precision suite: a main-job checkpoint for the Wp measurement")
-    p.add_argument("--widths", default="16,32", help="profile suite: the main job's network at these --width")
-    p.add_argument("--train-flags", default=" ".join(MAIN_JOB), help="step / roofline suites: the run whose step is "
-                   "timed")
-    p.add_argument("--wait", action="store_true", help="step suite: say 'ready' after the warm-up, start on a line "
-                   "of stdin (reproduce.py --jobs auto times several side by side)")
+    p.add_argument("--data-dir", default="data",
+                   help="Fashion-MNIST's --data-dir (precision suite)")
+    p.add_argument("--ckpt", default="",
+                   help="precision suite: a main-job checkpoint for the Wp measurement")
+    p.add_argument("--widths", default="16,32",
+                   help="profile suite: the main job's network at these --width")
+    p.add_argument("--train-flags", default=" ".join(MAIN_JOB),
+                   help="step / roofline suites: the run whose step is timed")
+    p.add_argument("--wait", action="store_true",
+                   help="step suite: say 'ready' after the warm-up, start on a line of stdin "
+                   "(reproduce.py --jobs auto times several side by side)")
     args = p.parse_args()
     args.widths = [int(w) for w in args.widths.split(",")]
     if args.suite == "profile":
         profile_suite(args)
     elif args.suite == "step":
-        print(f"img/s {step_img_s(args.train_flags.split(), args.device, args.steps, args.wait):.1f}", flush=True)
+        img_s = step_img_s(args.train_flags.split(), args.device, args.steps, args.wait)
+        print(f"img/s {img_s:.1f}", flush=True)
     elif args.suite == "roofline":
         roofline(args.train_flags.split(), args.device, args.steps)
     elif args.suite == "precision":
@@ -335,7 +374,8 @@ if __name__ == "__main__":
         print(f"augment: batch {args.batch_size}, 2 views, 32 px: {ms:.1f} ms "
               f"({args.batch_size / ms * 1000:.0f} img/s), {args.device}")
         rec = train_loop(args.device, args.batch_size, args.steps, args.compile, args.extra.split())
-        print(f"train: {rec['img_per_s']:.1f} img/s over the last {args.steps // 2} steps (resnet18 cifar stem unless "
-              f"--extra says otherwise, batch {args.batch_size}, both views + target forward, {args.device})")
+        print(f"train: {rec['img_per_s']:.1f} img/s over the last {args.steps // 2} steps "
+              f"(resnet18 cifar stem unless --extra says otherwise, batch {args.batch_size}, both "
+              f"views + target forward, {args.device})")
         if "mem_gb" in rec:
             print(f"train: peak GPU memory {rec['mem_gb']:.2f} GB")

@@ -1,10 +1,12 @@
 """
-What a training run needs besides the method and its data: flags that declare their ranges (one line for a bad
-one), DDP start-up with a timeout and a clean exit, the precision and memory-format choice, seeds and RNG state,
-atomic checkpoints and what a resume checks, and the run's upkeep (Run: the out-dir lock, the log and W&B, the
-progress bar, the stop on Ctrl-C / SIGTERM, the divergence guard, the collapse warning, img/s, saving a checkpoint).
-Nothing in this file knows the method (no model, no loss) or a dataset. Every failure it handles ends in one line on
-stderr naming the flag or path, never a traceback.
+What a training run needs besides the method and its data: flags that declare their ranges (one line
+for a bad one), DDP start-up with a timeout and a clean exit, the precision and memory-format
+choice, seeds and RNG state, atomic checkpoints and what a resume checks, and the run's upkeep (Run:
+the out-dir lock, the log and W&B, the progress bar, the stop on Ctrl-C / SIGTERM, the divergence
+guard, the collapse warning, img/s, saving a checkpoint). Nothing in this file knows the method (no
+model, no loss) or a dataset. Every failure it handles ends in one line on stderr naming the flag or
+path, never a traceback.
+
 """
 import argparse
 import copy
@@ -25,19 +27,21 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
-# bad flags: one line; each flag's range, the predictors it applies to and whether a --resume may change it
+# bad flags: one line; each flag's range, the predictors it applies to and whether a --resume may
+# change it
 
 
 class RunError(Exception):
-    """A bad flag, path or file, or a run that cannot go on (diverged, stopped): the one line a user sees. The
-    functions here raise it; only a script's __main__ turns it into the exit ("error: " + the line, status 1)."""
+    """A bad flag, path or file, or a run that cannot go on (diverged, stopped): the one line a user
+    sees. The functions here raise it; only a script's __main__ turns it into the exit ("error: " +
+    the line, status 1)."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a malformed flag reported in one line (no usage block) like every other bad input, and three
-    facts a flag can declare where it is declared: valid=(test, "what it must be") (range_error checks it; a float
-    must also be finite), needs=(values of --predictor it means something for), free=True (it may differ on
-    --resume: it does not change what is computed)."""
+    """argparse, with a malformed flag reported in one line (no usage block) like every other bad
+    input, and three facts a flag can declare where it is declared: valid=(test, "what it must be")
+    (range_error checks it; a float must also be finite), needs=(values of --predictor it means
+    something for), free=True (it may differ on --resume: it does not change what is computed)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -57,7 +61,8 @@ class ArgumentParser(argparse.ArgumentParser):
         raise RunError(message)
 
 
-GE0, GE1, GE2 = (lambda v: v >= 0, ">= 0"), (lambda v: v >= 1, ">= 1"), (lambda v: v >= 2, ">= 2")  # valid= ranges
+# valid= ranges
+GE0, GE1, GE2 = (lambda v: v >= 0, ">= 0"), (lambda v: v >= 1, ">= 1"), (lambda v: v >= 2, ">= 2")
 GT0, UNIT = (lambda v: v > 0, "> 0"), (lambda v: 0 <= v < 1, "in [0, 1)")
 
 
@@ -66,7 +71,8 @@ def range_error(cfg, ranges):
     for k, (ok, rule) in ranges.items():
         v = cfg[k]
         if isinstance(v, float) and not math.isfinite(v) or not ok(v):
-            return f"--{k.replace('_', '-')} must be {rule}{' and finite' if isinstance(v, float) else ''}, got {v}"
+            finite = " and finite" if isinstance(v, float) else ""
+            return f"--{k.replace('_', '-')} must be {rule}{finite}, got {v}"
     return None
 
 
@@ -75,23 +81,26 @@ def range_error(cfg, ranges):
 
 
 def torchrun_world_size():
-    """The number of DDP ranks torchrun started (it sets RANK / LOCAL_RANK / WORLD_SIZE); 1 for a plain launch."""
+    """The number of DDP ranks torchrun started (it sets RANK / LOCAL_RANK / WORLD_SIZE); 1 for a
+    plain launch."""
     return int(os.environ["WORLD_SIZE"]) if int(os.environ.get("RANK", -1)) != -1 else 1
 
 
 def init_distributed(device, timeout=600):
-    """torchrun sets RANK / LOCAL_RANK / WORLD_SIZE: join the process group (nccl on CUDA, gloo on CPU) and pick
-    this rank's device. device: auto | cpu | cuda. timeout: seconds a collective waits for a stalled rank; past it
-    the collective fails and the job stops with one line naming this rank (not a traceback, never a hang).
-    Returns (ddp, rank, local_rank, world_size, device)."""
+    """torchrun sets RANK / LOCAL_RANK / WORLD_SIZE: join the process group (nccl on CUDA, gloo on
+    CPU) and pick this rank's device. device: auto | cpu | cuda. timeout: seconds a collective waits
+    for a stalled rank; past it the collective fails and the job stops with one line naming this
+    rank (not a traceback, never a hang). Returns (ddp, rank, local_rank, world_size, device)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
     if int(os.environ.get("RANK", -1)) == -1:  # a plain `python` launch
         return False, 0, 0, 1, device
-    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if device == "cuda":  # this rank's GPU first, and named to the process group (else barrier() guesses one)
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK",
+                                                                 "WORLD_SIZE"))
+    # this rank's GPU first, and named to the process group (else barrier() guesses one)
+    if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
@@ -99,25 +108,29 @@ def init_distributed(device, timeout=600):
                             device_id=torch.device(device) if device.startswith("cuda") else None)
 
     def one_line(kind, exc, tb):  # a failed collective: the other ranks stalled or died
-        # gloo's timeouts reach Python as a plain RuntimeError: from the DDP reducer ("... timed out ..."), or from
-        # DDP's buffer broadcast in forward ("Application timeout caused pair closure")
+        # gloo's timeouts reach Python as a plain RuntimeError: from the DDP reducer ("... timed out
+        # ..."), or from DDP's buffer broadcast in forward ("Application timeout caused pair
+        # closure")
         text = str(exc).lower()
         if not (isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and any(
                 w in text for w in ("gloo", "nccl", "timed out", "timeout"))):
             return sys.__excepthook__(kind, exc, tb)
-        print(f"error: rank {rank}: a DDP collective failed after waiting up to {timeout:g} s (--ddp-timeout): another "
-              f"rank stalled or died ({str(exc).strip().splitlines()[0][:160]})", file=sys.stderr, flush=True)
+        print(f"error: rank {rank}: a DDP collective failed after waiting up to {timeout:g} s "
+              "(--ddp-timeout): another "
+              f"rank stalled or died ({str(exc).strip().splitlines()[0][:160]})", file=sys.stderr,
+              flush=True)
         os._exit(1)  # no atexit handlers: tearing down a broken process group can hang
     sys.excepthook = one_line
     return True, rank, local_rank, world_size, device
 
 
 def end_distributed():
-    """The last line of a torchrun job, on every rank once its work is written: leave the process group, then exit 0
-    at once. gloo's worker threads can outlive destroy_process_group, and at random (about 1 run in 40 on 2 CPU
-    cores, torch 2.14) the interpreter's teardown then aborts a rank that has finished ("terminate called without
-    an active exception", exit -6), so torchrun reports a completed run as failed; os._exit skips that teardown.
-    Callers close their own files first (nothing else is lost: stdout/stderr are flushed here)."""
+    """The last line of a torchrun job, on every rank once its work is written: leave the process
+    group, then exit 0 at once. gloo's worker threads can outlive destroy_process_group, and at
+    random (about 1 run in 40 on 2 CPU cores, torch 2.14) the interpreter's teardown then aborts a
+    rank that has finished ("terminate called without an active exception", exit -6), so torchrun
+    reports a completed run as failed; os._exit skips that teardown. Callers close their own files
+    first (nothing else is lost: stdout/stderr are flushed here)."""
     dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -125,8 +138,8 @@ def end_distributed():
 
 
 def cpu_has_bf16():
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX; read from Linux's /proc/cpuinfo). With them bf16
-    autocast is faster than fp32; without them oneDNN emulates bf16 and it is slower."""
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX; read from Linux's /proc/cpuinfo).
+    With them bf16 autocast is faster than fp32; without them oneDNN emulates bf16, slower."""
     try:
         with open("/proc/cpuinfo") as fh:
             flags = fh.read()
@@ -136,38 +149,45 @@ def cpu_has_bf16():
 
 
 def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0, width=64):
-    """--bf16 / --channels-last ('auto': on where measured faster, docs/reference.md, Speed) and --deterministic for this
-    device. width: the network's --width. Returns (ctx: bf16 autocast or a null context, fmt: the memory format of the
-    networks and their inputs)."""
+    """--bf16 / --channels-last ('auto': on where measured faster, docs/reference.md, Speed) and
+    --deterministic for this device. width: the network's --width. Returns (ctx: bf16 autocast or a
+    null context, fmt: the memory format of the networks and their inputs)."""
     if device_type == "cuda":
-        torch.backends.cudnn.benchmark = not deterministic  # autotuning picks kernels by timing: not repeatable
-        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9 (its legacy allow_tf32 warns)
+        # autotuning picks kernels by timing: not repeatable
+        torch.backends.cudnn.benchmark = not deterministic
+        # torch >= 2.9 (its legacy allow_tf32 warns)
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
             torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = \
                 "ieee" if deterministic else "tf32"
         else:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not deterministic
+            torch.backends.cuda.matmul.allow_tf32 = not deterministic
+            torch.backends.cudnn.allow_tf32 = not deterministic
         if deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable GEMMs
+            # cuBLAS's condition for repeatable GEMMs
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.deterministic = True
-            torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
-    if bf16 == "auto":  # CUDA: native bf16 only (emulated on pre-Ampere GPUs, slower); a CPU: fp32 here, and
-        # train.py turns bf16 on where bf16_if_faster measures it faster for the run's network
+            # an op without a deterministic kernel warns
+            torch.use_deterministic_algorithms(True, warn_only=True)
+    if bf16 == "auto":  # CUDA: native bf16 only (pre-Ampere GPUs emulate it, slower); a CPU: fp32
+        # here, and train.py turns bf16 on where bf16_if_faster measures it faster for the network
         bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    if channels_last == "auto":  # CPU: 1.6x faster at width 16, but oneDNN's 1x1 stride-2 weight gradient in
-        # channels_last hangs or errs when the conv has fewer input channels than its kernel's block (8 on AVX2;
-        # github.com/uxlfoundation/oneDNN/issues/6035): our downsample convs see --width channels and more
+    if channels_last == "auto":  # CPU: 1.6x faster at width 16, but oneDNN's 1x1 stride-2 weight
+        # gradient in channels_last hangs or errs when the conv has fewer input channels than its
+        # kernel's block (8 on AVX2; github.com/uxlfoundation/oneDNN/issues/6035): our downsample
+        # convs see --width channels and more
         channels_last = device_type == "cuda" or width >= 16
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if int(bf16) else nullcontext()
     return ctx, torch.channels_last if int(channels_last) else torch.contiguous_format
 
 
 def bf16_if_faster(online, target, loss_fn, x, sync_ranks=False, n=3):
-    """--bf16 auto on a CPU with bf16 instructions: whether bf16 autocast is faster than fp32 for this run's networks
-    (bf16 instructions do not make every network faster: at small widths the convolutions can lose). Times n forward +
-    backward passes, loss_fn(online, target, x) -> loss, of copies of online and target (the run's weights and BN
-    statistics are left untouched) on the batch x in each precision, interleaved, after one warm-up each.
-    sync_ranks: under DDP every rank takes rank 0's choice (a broadcast: every rank calls this).
-    Returns (use bf16?, one line with this rank's numbers)."""
+    """--bf16 auto on a CPU with bf16 instructions: whether bf16 autocast is faster than fp32 for
+    this run's networks (bf16 instructions do not make every network faster: at small widths the
+    convolutions can lose). Times n forward + backward passes, loss_fn(online, target, x) -> loss,
+    of copies of online and target (the run's weights and BN statistics are left untouched) on the
+    batch x in each precision, interleaved, after one warm-up each. sync_ranks: under DDP every rank
+    takes rank 0's choice (a broadcast: every rank calls this). Returns (use bf16?, one line with
+    this rank's numbers)."""
     online, target = copy.deepcopy(online), copy.deepcopy(target)
     ctxs = {"fp32": nullcontext(), "bf16": torch.autocast(x.device.type, dtype=torch.bfloat16)}
     ms = {k: [] for k in ctxs}
@@ -183,20 +203,24 @@ def bf16_if_faster(online, target, loss_fn, x, sync_ranks=False, n=3):
     use_bf16 = torch.tensor(int(bf16 < fp32))
     if sync_ranks:  # timings differ between ranks; the precision must not
         dist.broadcast(use_bf16, 0)
-    return bool(use_bf16), (f"--bf16 auto: a forward + backward of this network takes {fp32:.0f} ms in fp32, "
-                            f"{bf16:.0f} ms in bf16 (best of {n}): {'bf16' if bf16 < fp32 else 'fp32'}")
+    return bool(use_bf16), (f"--bf16 auto: a forward + backward of this network takes {fp32:.0f} "
+                            f"ms in fp32, {bf16:.0f} ms in bf16 (best of {n}): "
+                            f"{'bf16' if bf16 < fp32 else 'fp32'}")
 
 
 def decide_bf16(saved, device_type, measure):
-    """--bf16 auto, decided once per run. saved: the choice recorded in the checkpoint being resumed ("0" / "1"; None
-    on a fresh run, "auto" in a checkpoint older than this rule); measure: () -> (use bf16?, line), bf16_if_faster on
-    the run's networks, called only on a CPU with bf16 instructions. Returns ("0" or "1", one line saying how it was
-    decided): reused from the checkpoint, GPU capability, no bf16 instructions, or measured."""
+    """--bf16 auto, decided once per run. saved: the choice recorded in the checkpoint being resumed
+    ("0" / "1"; None on a fresh run, "auto" in a checkpoint older than this rule); measure: () ->
+    (use bf16?, line), bf16_if_faster on the run's networks, called only on a CPU with bf16
+    instructions. Returns ("0" or "1", one line saying how it was decided): reused from the
+    checkpoint, GPU capability, no bf16 instructions, or measured."""
     if saved in ("0", "1"):
-        return saved, f"--bf16 auto: {'bf16' if saved == '1' else 'fp32'}, reused from the checkpoint (decided at the run's start)"
+        return saved, (f"--bf16 auto: {'bf16' if saved == '1' else 'fp32'}, reused from the "
+                       f"checkpoint (decided at the run's start)")
     if device_type == "cuda":  # native bf16 only (pre-Ampere GPUs emulate it, slower)
         native = torch.cuda.is_bf16_supported(including_emulation=False)
-        return str(int(native)), f"--bf16 auto: {'bf16 (native on this GPU)' if native else 'fp32 (this GPU emulates bf16)'}"
+        which = "bf16 (native on this GPU)" if native else "fp32 (this GPU emulates bf16)"
+        return str(int(native)), f"--bf16 auto: {which}"
     if not cpu_has_bf16():
         return "0", "--bf16 auto: fp32 (this CPU has no bf16 instructions)"
     use_bf16, line = measure()
@@ -208,9 +232,9 @@ def decide_bf16(saved, device_type, measure):
 
 
 def save_checkpoint(obj, path):
-    """Atomic: written to path.tmp, flushed to disk (fsync), then renamed over path, so a crash, a kill or a host
-    failure leaves the previous checkpoint intact, never a half-written or empty one. A failed write (disk full)
-    removes the .tmp and stops with one line."""
+    """Atomic: written to path.tmp, flushed to disk (fsync), then renamed over path, so a crash, a
+    kill or a host failure leaves the previous checkpoint intact, never a half-written or empty one.
+    A failed write (disk full) removes the .tmp and stops with one line."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as fh:
@@ -218,23 +242,24 @@ def save_checkpoint(obj, path):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
+    except (OSError, RuntimeError) as e:  # (torch's zip writer: RuntimeError for a failed write)
         if os.path.exists(tmp):
             os.remove(tmp)
-        why = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed: disk full?"
+        why = e.strerror if isinstance(e, OSError) and e.strerror else \
+            "the write failed: disk full?"
         raise RunError(f"cannot write the checkpoint {path} ({why}); the previous one is intact")
 
 
 def load_checkpoint(path, flag):
-    """A train.py checkpoint, or one line naming the flag and the path when it is missing, unreadable (truncated,
-    corrupt, empty) or not one of ours."""
+    """A train.py checkpoint, or one line naming the flag and the path when it is missing,
+    unreadable (truncated, corrupt, empty) or not one of ours."""
     if not os.path.isfile(path):
         raise RunError(f"{flag}: no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types for a damaged file (zip, pickle, EOF, unicode, ...)
-        raise RunError(f"{flag}: {path} is not a readable checkpoint: truncated, corrupt or not a torch.save file "
-                 f"({type(e).__name__})")
+    except Exception as e:  # torch.load raises many types for a damaged file (zip, pickle, EOF)
+        raise RunError(f"{flag}: {path} is not a readable checkpoint: truncated, corrupt or not a "
+                       f"torch.save file ({type(e).__name__})")
     if not isinstance(ckpt, dict) or not {"online", "config", "step"} <= set(ckpt):
         raise RunError(f"{flag}: {path} is not a train.py checkpoint (no online / config / step)")
     return ckpt
@@ -248,8 +273,10 @@ def seed_all(seed):
 
 
 def rng_state(device_type):
-    """The torch RNG states a checkpoint keeps (CPU, and CUDA's on a GPU), so a resume draws what the run would have."""
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+    """The torch RNG states a checkpoint keeps (CPU, and CUDA's on a GPU), so a resume draws what
+    the run would have."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
 
 
 def restore_rng(state, device_type):
@@ -265,39 +292,45 @@ def nonfinite(state_dict):
 
 
 def out_dir_error(out_dir, resume):
-    """Why --out-dir cannot hold this run, as one line, or None: a file, not writable, or it already holds a run
-    (ckpt.pt) and this is not --resume. Creates nothing."""
+    """Why --out-dir cannot hold this run, as one line, or None: a file, not writable, or it already
+    holds a run (ckpt.pt) and this is not --resume. Creates nothing."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         return f"--out-dir {out_dir} is a file, not a directory"
     p = os.path.abspath(out_dir)
-    while not os.path.exists(p):  # the nearest existing ancestor is where the directory would be made
+    # the nearest existing ancestor is where the directory would be made
+    while not os.path.exists(p):
         p = os.path.dirname(p)
     if not os.path.isdir(p) or not os.access(p, os.W_OK):
-        return f"--out-dir {out_dir} cannot be written ({p} is {'not a directory' if not os.path.isdir(p) else 'read-only'})"
+        what = "not a directory" if not os.path.isdir(p) else "read-only"
+        return f"--out-dir {out_dir} cannot be written ({p} is {what})"
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if os.path.exists(ckpt_path) and not resume:  # never replace someone's run silently
-        return (f"--out-dir {out_dir} already holds a run ({ckpt_path}): add --resume to continue it, or choose another "
-                f"--out-dir")
+        return (f"--out-dir {out_dir} already holds a run ({ckpt_path}): add --resume to continue "
+                "it, or choose another --out-dir")
     return None
 
 
 def resume_error(ckpt, cfg, defaults, free, n_train, path):
-    """Why a checkpoint cannot be resumed with this config, as one line naming the flag, or None: a flag not in `free`
-    (the keys that do not change what is computed) differs from the checkpoint's, or --data-dir now holds another
-    number of training images. defaults: the parser's defaults (a key older than the checkpoint)."""
+    """Why a checkpoint cannot be resumed with this config, as one line naming the flag, or None: a
+    flag not in `free` (the keys that do not change what is computed) differs from the checkpoint's,
+    or --data-dir now holds another number of training images. defaults: the parser's defaults (a
+    key older than the checkpoint)."""
     saved = {**defaults, **ckpt["config"]}
     diff = [k for k in cfg if k not in free and saved[k] != cfg[k]]
     if diff:
-        return f"--resume: --{diff[0].replace('_', '-')} is {cfg[diff[0]]!r} here but {saved[diff[0]]!r} in {path}"
-    if ckpt.get("n_train", n_train) != n_train:  # e.g. --data-dir now points at another copy of the data
-        return (f"--resume: --data-dir {cfg['data_dir']} holds {n_train} training images, but {path} was trained on "
-                f"{ckpt['n_train']}")
+        k = diff[0]
+        return f"--resume: --{k.replace('_', '-')} is {cfg[k]!r} here but {saved[k]!r} in {path}"
+    # e.g. --data-dir now points at another copy of the data
+    if ckpt.get("n_train", n_train) != n_train:
+        return (f"--resume: --data-dir {cfg['data_dir']} holds {n_train} training images, but "
+                f"{path} was trained on {ckpt['n_train']}")
     return None
 
 
 def refuse_busy_out_dir(out_dir):
-    """One run at a time per out-dir: an exclusive lock on out_dir/lock, held until this process ends, however it
-    ends (the kernel drops it). A second run stops with one line. Returns the lock's file (keep it open)."""
+    """One run at a time per out-dir: an exclusive lock on out_dir/lock, held until this process
+    ends, however it ends (the kernel drops it). A second run stops with one line. Returns the
+    lock's file (keep it open)."""
     os.makedirs(out_dir, exist_ok=True)
     lock = open(os.path.join(out_dir, "lock"), "w")
     try:
@@ -308,10 +341,11 @@ def refuse_busy_out_dir(out_dir):
 
 
 class RunLog:
-    """Rank 0's log: out_dir/log.jsonl, one JSON record per line, and W&B with --wandb-project (the same records, with
-    their step, and the config). Resumed at `step`: the lines up to the checkpoint's step are kept (a run killed after
-    its last checkpoint logged steps it will log again: no duplicates), rewritten atomically. wandb is imported only
-    here (it is not in requirements.txt); a missing package stops the run with one line."""
+    """Rank 0's log: out_dir/log.jsonl, one JSON record per line, and W&B with --wandb-project (the
+    same records, with their step, and the config). Resumed at `step`: the lines up to the
+    checkpoint's step are kept (a run killed after its last checkpoint logged steps it will log
+    again: no duplicates), rewritten atomically. wandb is imported only here (it is not in
+    requirements.txt); a missing package stops the run with one line."""
 
     def __init__(self, out_dir, resume, step, wandb_project="", wandb_run_name="", config=None):
         self.wandb = None
@@ -325,7 +359,8 @@ class RunLog:
         path = os.path.join(out_dir, "log.jsonl")
         old = open(path).readlines() if resume and os.path.exists(path) else []
         with open(path + ".tmp", "w") as fh:
-            fh.writelines(line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step)
+            fh.writelines(line for line in old
+                          if line.endswith("\n") and json.loads(line)["step"] <= step)
         os.replace(path + ".tmp", path)
         self.fh = open(path, "a")
 
@@ -342,8 +377,8 @@ class RunLog:
 
 
 def stop_after_the_step_on_signal():
-    """SIGINT (Ctrl-C) and SIGTERM no longer kill the run: they are recorded in the returned list, and the loop
-    saves a checkpoint after the current step and stops."""
+    """SIGINT (Ctrl-C) and SIGTERM no longer kill the run: they are recorded in the returned list,
+    and the loop saves a checkpoint after the current step and stops."""
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.append(signum))
@@ -351,25 +386,29 @@ def stop_after_the_step_on_signal():
 
 
 class DivergenceGuard:
-    """Never train on, or save, a diverged run. The first step whose loss or F_hat became nan/inf is kept on the
-    device, so the step itself never waits for the host; it is read (one sync) at logging and checkpoint steps only.
-    A diverged run stops with one line naming the step, --lr and the last good checkpoint (last_ckpt, which the
-    caller updates). on_stop: called first (e.g. to close a progress bar)."""
+    """Never train on, or save, a diverged run. The first step whose loss or F_hat became nan/inf is
+    kept on the device, so the step itself never waits for the host; it is read (one sync) at
+    logging and checkpoint steps only. A diverged run stops with one line naming the step, --lr and
+    the last good checkpoint (last_ckpt, which the caller updates). on_stop: called first (e.g. to
+    close a progress bar)."""
 
     def __init__(self, device, lr, last_ckpt, on_stop=lambda: None):
         self.bad = torch.zeros((), dtype=torch.long, device=device)  # first bad step + 1 (0: none)
         self.lr, self.last_ckpt, self.on_stop = lr, last_ckpt, on_stop
 
     def record(self, step, loss, F_hat=None):
-        finite = torch.isfinite(loss.detach()) & (torch.isfinite(F_hat).all() if F_hat is not None else True)
+        finite = torch.isfinite(loss.detach()) & \
+            (torch.isfinite(F_hat).all() if F_hat is not None else True)
         self.bad = torch.where((self.bad == 0) & ~finite, step + 1, self.bad)
 
     def stop(self, what):
         self.on_stop()
-        raise RunError(f"training diverged: {what} (--lr {self.lr}); last good checkpoint: {self.last_ckpt}")
+        raise RunError(f"training diverged: {what} (--lr {self.lr}); last good checkpoint: "
+                       f"{self.last_ckpt}")
 
     def stop_if_diverged(self, sync_ranks=False):
-        """sync_ranks: stop on the worst of the DDP ranks (a collective: every rank must call it at the same steps)."""
+        """sync_ranks: stop on the worst of the DDP ranks (a collective: every rank must call it at
+        the same steps)."""
         bad = self.bad.clone()
         if sync_ranks:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
@@ -378,26 +417,30 @@ class DivergenceGuard:
             self.stop(f"the loss (or F_hat) became nan/inf at step {bad}")
 
     def stop_if_nonfinite(self, step, *state_dicts):
-        """Weights or buffers about to be saved that are nan/inf (e.g. BatchNorm running statistics gone to inf)."""
+        """Weights or buffers about to be saved that are nan/inf (e.g. BatchNorm running statistics
+        gone to inf)."""
         bad = next((k for k in map(nonfinite, state_dicts) if k), None)
         if bad:
             self.stop(f"{bad} became nan/inf by step {step}")
 
 
-# the collapse warning: printed when a run has looked collapsed (train.looks_collapsed) for COLLAPSE_INTERVALS log
-# lines in a row, and a note when it recovers for as many lines (3 lines in a row flag the laptop search's collapse
-# controls and none of its 28 runs that learned, paper/results/laptop-search). It warns, never stops a run
+# the collapse warning: printed when a run has looked collapsed (train.looks_collapsed) for
+# COLLAPSE_INTERVALS log lines in a row, and a note when it recovers for as many lines (3 lines in a
+# row flag the laptop search's collapse controls and none of its 28 runs that learned,
+# paper/results/laptop-search). It warns, never stops a run
 COLLAPSE_INTERVALS = 3
 
 
 class CollapseWatch:
-    """The collapse warning of train.py's log lines: a warning once a run has looked collapsed (looks_collapsed(erank,
-    z_std), train.py's rule) for COLLAPSE_INTERVALS log lines in a row, once per streak, and a note when it has looked
-    healthy for as many again (a slow predictor can dip and recover)."""
+    """The collapse warning of train.py's log lines: a warning once a run has looked collapsed
+    (looks_collapsed(erank, z_std), train.py's rule) for COLLAPSE_INTERVALS log lines in a row, once
+    per streak, and a note when it has looked healthy for as many again (a slow predictor can dip
+    and recover)."""
 
     def __init__(self, looks_collapsed):
         self.looks_collapsed = looks_collapsed
-        self.streak, self.warned = 0, False  # > 0: low log lines in a row; < 0: healthy ones; a warning standing?
+        # > 0: low log lines in a row; < 0: healthy ones; a warning standing?
+        self.streak, self.warned = 0, False
 
     def line(self, step, erank, z_std, d):
         """What to print for this log line (d: the dimension erank is out of), or None."""
@@ -405,13 +448,13 @@ class CollapseWatch:
         self.streak = max(self.streak, 0) + 1 if low else min(self.streak, 0) - 1
         if self.streak == COLLAPSE_INTERVALS and not self.warned:
             self.warned = True
-            return (f"warning: step {step}: the run looks collapsed: effective rank {erank:.2f} of {d}, z_std "
-                    f"{z_std:.3f} for {self.streak} log lines in a row (docs/reference.md, 'has my run collapsed?', "
-                    f"lists what to try)")
+            return (f"warning: step {step}: the run looks collapsed: effective rank {erank:.2f} of "
+                    f"{d}, z_std {z_std:.3f} for {self.streak} log lines in a row "
+                    "(docs/reference.md, 'has my run collapsed?', lists what to try)")
         if self.streak == -COLLAPSE_INTERVALS and self.warned:
             self.warned = False
-            return (f"note: step {step}: the run recovered: effective rank {erank:.2f}, z_std {z_std:.3f} for "
-                    f"{-self.streak} log lines in a row")
+            return (f"note: step {step}: the run recovered: effective rank {erank:.2f}, z_std "
+                    f"{z_std:.3f} for {-self.streak} log lines in a row")
         return None
 
 
@@ -420,40 +463,49 @@ class CollapseWatch:
 
 
 class Run:
-    """Everything a training run does besides the method: the out-dir's lock, the log (log.jsonl and W&B), the
-    progress bar, the stop on Ctrl-C / SIGTERM, the divergence guard, the collapse warning, img/s and the checkpoint.
-    Each method's docstring starts with who calls it: "every rank" (all ranks at the same steps: a collective under
-    DDP, or state each rank keeps) or "rank 0" (the others may call it; it does nothing there)."""
+    """Everything a training run does besides the method: the out-dir's lock, the log (log.jsonl and
+    W&B), the progress bar, the stop on Ctrl-C / SIGTERM, the divergence guard, the collapse
+    warning, img/s and the checkpoint. Each method's docstring starts with who calls it: "every
+    rank" (all ranks at the same steps: a collective under DDP, or state each rank keeps) or "rank
+    0" (the others may call it; it does nothing there)."""
 
     def __init__(self, cfg, rank, ddp, device, step, max_steps, looks_collapsed):
-        """every rank: the signal stop and the divergence guard (the first step whose loss or F_hat went nan/inf, kept
-        on the device). Rank 0 also takes the out-dir's lock and opens the log (W&B with --wandb-project)."""
-        self.cfg, self.master, self.rank, self.ddp, self.max_steps = cfg, rank == 0, rank, ddp, max_steps
+        """every rank: the signal stop and the divergence guard (the first step whose loss or F_hat
+        went nan/inf, kept on the device). Rank 0 also takes the out-dir's lock and opens the log
+        (W&B with --wandb-project)."""
+        self.cfg, self.master, self.rank, self.ddp = cfg, rank == 0, rank, ddp
+        self.max_steps = max_steps
         self.cuda = str(device).startswith("cuda")
         self.ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
         os.makedirs(cfg["out_dir"], exist_ok=True)
         self.lock = self.log = self.bar = None
         if self.master:
-            self.lock = refuse_busy_out_dir(cfg["out_dir"])  # one run per out_dir, held until the process ends
-            self.log = RunLog(cfg["out_dir"], cfg["resume"], step, cfg["wandb_project"], cfg["wandb_run_name"], cfg)
-        self.stop = stop_after_the_step_on_signal()  # Ctrl-C / SIGTERM: checkpoint after this step, then stop
-        self.guard = DivergenceGuard(device, cfg["lr"], f"step {step} in {self.ckpt_path}" if cfg["resume"]
+            # one run per out_dir, held until the process ends
+            self.lock = refuse_busy_out_dir(cfg["out_dir"])
+            self.log = RunLog(cfg["out_dir"], cfg["resume"], step, cfg["wandb_project"],
+                              cfg["wandb_run_name"], cfg)
+        # Ctrl-C / SIGTERM: checkpoint after this step, then stop
+        self.stop = stop_after_the_step_on_signal()
+        self.guard = DivergenceGuard(device, cfg["lr"],
+                                     f"step {step} in {self.ckpt_path}" if cfg["resume"]
                                      else "none written", on_stop=self.close_bar)
         self.collapse = CollapseWatch(looks_collapsed)
-        self.step0, self.t0, self.t_eval = step, time.time(), 0.0  # img/s: steps since step0 over time less evals
+        # img/s: steps since step0 over time less evals
+        self.step0, self.t0, self.t_eval = step, time.time(), 0.0
 
     def open_bar(self, step):
-        """rank 0: the progress bar, on stdout (stderr carries errors alone, so a failure is exactly one line)."""
-        self.bar = tqdm(total=self.max_steps, initial=step, disable=not self.master, dynamic_ncols=True,
-                        file=sys.stdout)
+        """rank 0: the progress bar, on stdout (stderr carries errors alone, so a failure is exactly
+        one line)."""
+        self.bar = tqdm(total=self.max_steps, initial=step, disable=not self.master,
+                        dynamic_ncols=True, file=sys.stdout)
 
     def close_bar(self):
         if self.bar is not None:
             self.bar.close()
 
     def knn(self, monitor, backbone):
-        """rank 0: the kNN monitor, monitor(backbone) -> top-1, under the bar's description (feature extraction takes
-        a while on a CPU), its time left out of img/s, its value on the bar."""
+        """rank 0: the kNN monitor, monitor(backbone) -> top-1, under the bar's description (feature
+        extraction takes a while on a CPU), its time left out of img/s, its value on the bar."""
         t = time.time()
         self.bar.set_description("kNN monitor")
         top1 = monitor(backbone)
@@ -463,18 +515,21 @@ class Run:
         return top1
 
     def log_due(self, step):
-        """every rank: whether `step` gets a log line (every --log-every, every 10th up to --log-early, the last)."""
-        return (step % self.cfg["log_every"] == 0 or step <= self.cfg["log_early"] and step % 10 == 0
-                or step == self.max_steps)
+        """every rank: whether `step` gets a log line (every --log-every, every 10th up to
+        --log-early, the last)."""
+        early = step <= self.cfg["log_early"] and step % 10 == 0
+        return step % self.cfg["log_every"] == 0 or early or step == self.max_steps
 
     def ckpt_due(self, step):
-        """every rank: whether the loop saves after `step` (every --ckpt-every, the last, or a signal came)."""
+        """every rank: whether the loop saves after `step` (every --ckpt-every, the last, or a
+        signal came)."""
         return step % self.cfg["ckpt_every"] == 0 or step == self.max_steps or bool(self.stop)
 
     def stepped(self, step, loss, F_hat=None):
-        """every rank, after each optimizer step: the divergence guard records it on the device (no host sync), the
-        bar moves, and before the first log line it shows the loss at steps 1, 2, 4, 8, ... (few host syncs). At log
-        and checkpoint steps it stops a diverged run: a collective under DDP, the worst rank decides."""
+        """every rank, after each optimizer step: the divergence guard records it on the device (no
+        host sync), the bar moves, and before the first log line it shows the loss at steps 1, 2, 4,
+        8, ... (few host syncs). At log and checkpoint steps it stops a diverged run: a collective
+        under DDP, the worst rank decides."""
         self.guard.record(step - 1, loss, F_hat)
         self.bar.update(1)
         if self.master and step < self.cfg["log_every"] and step & (step - 1) == 0:
@@ -488,7 +543,8 @@ class Run:
             self.log.write(rec)
 
     def img_per_s(self, step):
-        """rank 0, at a log line: images per second since the last one, the kNN monitor's time left out."""
+        """rank 0, at a log line: images per second since the last one, the kNN monitor's time left
+        out."""
         if self.cuda:
             torch.cuda.synchronize()
         imgs = (step - self.step0) * self.cfg["batch_size"] / (time.time() - self.t0 - self.t_eval)
@@ -500,10 +556,11 @@ class Run:
         return {"mem_gb": torch.cuda.max_memory_allocated() / 1e9} if self.cuda else {}
 
     def show(self, rec):
-        """rank 0, after a log line is written: the bar's numbers and the collapse warning, when it is due; the next
-        interval's clock starts here (after the diagnostics)."""
-        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.3g}", img_s=f"{rec['img_per_s']:.0f}",
-                             z_std=f"{rec['z_std']:.2f}", rank=f"{rec['erank']:.1f}",
+        """rank 0, after a log line is written: the bar's numbers and the collapse warning, when it
+        is due; the next interval's clock starts here (after the diagnostics)."""
+        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.3g}",
+                             img_s=f"{rec['img_per_s']:.0f}", z_std=f"{rec['z_std']:.2f}",
+                             rank=f"{rec['erank']:.1f}",
                              **({"knn": f"{rec['knn_top1']:.4f}"} if "knn_top1" in rec else {}))
         alarm = self.collapse.line(rec["step"], rec["erank"], rec["z_std"], len(rec["F_eig"]))
         if alarm:  # on stdout (stderr carries errors alone)
@@ -512,8 +569,8 @@ class Run:
 
     def save(self, state, *checked):
         """every rank, when ckpt_due: the checkpoint, atomically, by rank 0 (and by every rank with
-        --save-every-rank, as ckpt_rank{r}.pt); never a diverged run's. state: everything a resume needs; checked:
-        the state dicts that must hold no nan/inf."""
+        --save-every-rank, as ckpt_rank{r}.pt); never a diverged run's. state: everything a resume
+        needs; checked: the state dicts that must hold no nan/inf."""
         paths = [self.ckpt_path] if self.master else []
         if self.cfg["save_every_rank"]:
             paths.append(os.path.join(self.cfg["out_dir"], f"ckpt_rank{self.rank}.pt"))
@@ -525,22 +582,26 @@ class Run:
                 self.guard.last_ckpt = f"step {state['step']} in {path}"
 
     def stop_if_signalled(self, step):
-        """every rank, after the checkpoint: a Ctrl-C / SIGTERM stops the run here, with one line (each rank stops at
-        its own next step; torchrun ends any rank still waiting on the others)."""
+        """every rank, after the checkpoint: a Ctrl-C / SIGTERM stops the run here, with one line
+        (each rank stops at its own next step; torchrun ends any rank still waiting on the
+        others)."""
         if self.stop:
             self.close_bar()
-            raise RunError(f"stopped by {signal.Signals(self.stop[0]).name} at step {step}" + (
-                f"; checkpoint {self.ckpt_path}: continue with the same flags plus --resume" if self.master else ""))
+            where = f"; checkpoint {self.ckpt_path}: continue with the same flags plus --resume"
+            raise RunError(f"stopped by {signal.Signals(self.stop[0]).name} at step {step}"
+                           + (where if self.master else ""))
 
     def close(self, step, knn_init=None, knn_last=None):
-        """every rank, at the end: the bar closes; rank 0 says where the checkpoint is and, with the kNN monitor, the
-        gain over the same network at random init, then closes the log (and W&B) and the lock."""
+        """every rank, at the end: the bar closes; rank 0 says where the checkpoint is and, with the
+        kNN monitor, the gain over the same network at random init, then closes the log (and W&B)
+        and the lock."""
         self.close_bar()
         if self.master:
             print(f"done: step {step}, checkpoint {self.ckpt_path}")
             if knn_init is not None and knn_last is not None:
-                print(f"kNN top-1: random init {100 * knn_init:.2f} -> trained {100 * knn_last:.2f} "
-                      f"({100 * (knn_last - knn_init):+.2f}) after {step} steps")
+                print(f"kNN top-1: random init {100 * knn_init:.2f} -> trained "
+                      f"{100 * knn_last:.2f} ({100 * (knn_last - knn_init):+.2f}) after {step} "
+                      "steps")
             self.log.close()
             self.lock.close()
 

@@ -1,18 +1,22 @@
 """
-Non-contrastive self-supervised learning (BYOL, SimSiam) with a trained or a closed-form (DirectPred) predictor.
+Non-contrastive self-supervised learning (BYOL, SimSiam) with a trained or a closed-form
+(DirectPred) predictor.
 
 One GPU / CPU:
     python train.py --dataset cifar10 --predictor direct
 DDP, e.g. 8 GPUs on one node (--batch-size is the global batch, split over the ranks):
-    torchrun --standalone --nproc_per_node=8 train.py --dataset imagenet --data-dir /data/imagenet --predictor direct
+    torchrun --standalone --nproc_per_node=8 train.py --dataset imagenet --data-dir /data/imagenet \
+        --predictor direct
 Resume where a run stopped (same flags, plus --resume):
     python train.py --dataset cifar10 --predictor direct --resume
 
-Papers: Tian, Chen, Ganguli, ICML 2021 (arXiv 2102.06810), "Understanding self-supervised learning dynamics
-without contrastive pairs" (DirectPred); Grill et al. 2020 (BYOL); Chen & He 2021 (SimSiam).
-The file reads top to bottom: config, augmentation, model, loss and optimizer, the step, then (under __main__) the
-training run. Dataset files, DDP and checkpoints are plumbing.py's; the predictor's rule and the Fig. 2 diagnostics
-directpred.py's. eval_linear.py imports the model and augmentation from here, so importing this file trains nothing.
+Papers: Tian, Chen, Ganguli, ICML 2021 (arXiv 2102.06810), "Understanding self-supervised learning
+dynamics without contrastive pairs" (DirectPred); Grill et al. 2020 (BYOL); Chen & He 2021
+(SimSiam). The file reads top to bottom: config, augmentation, model, loss and optimizer, the step,
+then (under __main__) the training run. Dataset files, DDP and checkpoints are plumbing.py's; the
+predictor's rule and the Fig. 2 diagnostics directpred.py's. eval_linear.py imports the model and
+augmentation from here, so importing this file trains nothing.
+
 """
 import argparse
 import copy
@@ -24,153 +28,209 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as nnf  # "F" is the paper's correlation matrix, so functional gets another name
+# "F" is the paper's correlation matrix, so functional gets another name
+import torch.nn.functional as nnf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import DATASETS, KnnMonitor, epoch_batches, normalisation, split_val_error, train_set
 from directpred import OPTIMAL_RULES, DirectPred, PartitionedPredictor, diagnostics, feature_stats
-from plumbing import (GE0, GE1, GE2, GT0, UNIT, ArgumentParser, Run, RunError, bf16_if_faster, decide_bf16,
-                      end_distributed, init_distributed, load_checkpoint, out_dir_error, range_error,
-                      restore_rng, resume_error, rng_state, seed_all, speed_paths, torchrun_world_size)
+from plumbing import (GE0, GE1, GE2, GT0, UNIT, ArgumentParser, Run, RunError, bf16_if_faster,
+                      decide_bf16, end_distributed, init_distributed, load_checkpoint,
+                      out_dir_error, range_error, restore_rng, resume_error, rng_state, seed_all,
+                      speed_paths, torchrun_world_size)
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
 
 
-CLOSED_FORM = ("direct", "directcopy", "optimal")  # the predictors set in closed form (directpred.py)
+# the predictors set in closed form (directpred.py)
+CLOSED_FORM = ("direct", "directcopy", "optimal")
 
 
 def get_parser():
-    """The flags. Each declares where it is declared: valid=(test, what it must be), checked before any work;
-    needs=(predictors): it means nothing for the others; free=True: it may differ on --resume (it does not change
-    what is computed)."""
-    P = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The flags. Each declares where it is declared: valid=(test, what it must be), checked before
+    any work; needs=(predictors): it means nothing for the others; free=True: it may differ on
+    --resume (it does not change what is computed)."""
+    P = ArgumentParser(description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = P.add_argument
-    a("--preset", default="none", choices=["none", *PRESETS], free=True, help="the paper's setups; given flags win")
+    a("--preset", default="none", choices=["none", *PRESETS], free=True,
+      help="the paper's setups; given flags win")
     # data
-    a("--dataset", default="cifar10", choices=list(DATASETS), help="fake = random images made in memory (tests)")
-    a("--data-dir", default="data", free=True, help="dataset root (layouts: docs/reference.md, Data)")
-    a("--split", default="test", choices=["test", "val"], help="what the kNN monitor reports on: the test split, or "
-      "val = 10k training images held out (by class, fixed seed), not trained on, to choose knobs on")
-    a("--img-size", type=int, default=0, valid=(lambda v: v == 0 or v >= 8, "0 (the dataset's own size) or >= 8 "
+    a("--dataset", default="cifar10", choices=list(DATASETS),
+      help="fake = random images made in memory (tests)")
+    a("--data-dir", default="data", free=True,
+      help="dataset root (layouts: docs/reference.md, Data)")
+    a("--split", default="test", choices=["test", "val"],
+      help="what the kNN monitor reports on: the test split, or val = 10k training images held out "
+      "(by class, fixed seed), not trained on, to choose knobs on")
+    a("--img-size", type=int, default=0, valid=(lambda v: v == 0 or v >= 8,
+                                                "0 (the dataset's own size) or >= 8 "
       "pixels"), help="crop size; 0 = the dataset's own size (224 for imagenet/imagefolder)")
-    a("--aug", default="auto", choices=["auto", *AUG], help="augmentation preset (AUG); auto = by dataset")
+    a("--aug", default="auto", choices=["auto", *AUG],
+      help="augmentation preset (AUG); auto = by dataset")
     a("--crop-min", type=float, default=0.08, valid=(lambda v: 0 < v <= 1, "in (0, 1]"),
       help="RandomResizedCrop minimum area fraction")
-    a("--jitter", type=float, default=1.0, valid=GE0, help="SimCLR colour strength s x preset ranges; 0 = none")
-    a("--workers", type=int, default=8, valid=GE0, free=True, help="DataLoader workers per rank (streamed sets only)")
+    a("--jitter", type=float, default=1.0, valid=GE0,
+      help="SimCLR colour strength s x preset ranges; 0 = none")
+    a("--workers", type=int, default=8, valid=GE0, free=True,
+      help="DataLoader workers per rank (streamed sets only)")
     a("--fake-size", type=int, default=1024, valid=GE2, help="number of images of --dataset fake")
     # model
-    a("--arch", default="resnet18", choices=list(ARCHS), help="backbone (the paper: resnet18; Table 9: resnet50)")
-    a("--width", type=int, default=64, valid=GE1, help="channels of the first ResNet stage (64 = standard)")
-    a("--stem", default="auto", choices=["auto", "cifar", "imagenet"], help="cifar = 3x3 stride-1 conv1, no maxpool")
+    a("--arch", default="resnet18", choices=list(ARCHS),
+      help="backbone (the paper: resnet18; Table 9: resnet50)")
+    a("--width", type=int, default=64, valid=GE1,
+      help="channels of the first ResNet stage (64 = standard)")
+    a("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
+      help="cifar = 3x3 stride-1 conv1, no maxpool")
     a("--proj-hidden", type=int, default=512, valid=GE1, help="projector hidden size")
-    a("--proj-dim", type=int, default=128, valid=GE1, help="projector output size d (the predictor is d x d)")
-    a("--bn-affine", type=int, default=0, choices=[0, 1], help="affine BN in projector/predictor MLPs (paper: 0)")
-    a("--sync-bn", type=int, default=1, choices=[0, 1], help="SyncBatchNorm under DDP on CUDA (global-batch BN)")
+    a("--proj-dim", type=int, default=128, valid=GE1,
+      help="projector output size d (the predictor is d x d)")
+    a("--bn-affine", type=int, default=0, choices=[0, 1],
+      help="affine BN in projector/predictor MLPs (paper: 0)")
+    a("--sync-bn", type=int, default=1, choices=[0, 1],
+      help="SyncBatchNorm under DDP on CUDA (global-batch BN)")
     # predictor
     a("--predictor", default="direct", choices=["none", "linear", "mlp", *CLOSED_FORM],
-      help="none = identity; linear/mlp = trained; direct/directcopy/optimal = closed form (directpred.py)")
-    a("--pred-hidden", type=int, default=512, valid=GE1, help="hidden size of the 2-layer (mlp) predictor")
-    a("--pred-bn", type=int, default=1, choices=[0, 1], needs=("mlp",), help="BatchNorm between the 2-layer "
-      "predictor's layers (1: the authors' default MLP head; 0: none, their symmetric branch's comment)")
-    a("--pred-bias", type=int, default=0, choices=[0, 1], help="bias in the linear predictor (Table 2)")
+      help="none = identity; linear/mlp = trained; direct/directcopy/optimal = closed form "
+           "(directpred.py)")
+    a("--pred-hidden", type=int, default=512, valid=GE1,
+      help="hidden size of the 2-layer (mlp) predictor")
+    a("--pred-bn", type=int, default=1, choices=[0, 1], needs=("mlp",),
+      help="BatchNorm between the 2-layer predictor's layers (1: the authors' default MLP head; 0: "
+      "none, their symmetric branch's comment)")
+    a("--pred-bias", type=int, default=0, choices=[0, 1],
+      help="bias in the linear predictor (Table 2)")
     a("--sym-wp", type=int, default=0, choices=[0, 1],
       help="Wp <- (Wp + Wp^T)/2 after every step; mlp: tie layer 2 = layer 1^T (Table 3)")
-    a("--pred-lr-ratio", type=float, default=1.0, valid=GT0, help="predictor lr = ratio x lr (alpha_p, Fig. 6)")
+    a("--pred-lr-ratio", type=float, default=1.0, valid=GT0,
+      help="predictor lr = ratio x lr (alpha_p, Fig. 6)")
     a("--rho", type=float, default=0.3, valid=UNIT, needs=CLOSED_FORM,
       help="DirectPred: EMA rate of F_hat (F_hat <- rho F_hat + (1-rho) F)")
-    a("--eps", type=float, default=0.1, valid=GE0, needs=CLOSED_FORM, help="DirectPred: added to p_j after "
-      "max-normalisation (directcopy: to the diagonal; optimal: the ridge added to E[f f^T]'s eigenvalues)")
-    a("--freq", type=int, default=1, valid=GE1, needs=CLOSED_FORM, help="DirectPred: set Wp each freq steps, else SGD")
-    a("--exponent", type=float, default=0.5, valid=GT0, needs=("direct",), help="DirectPred: p_j = s_j^a; 1: DirectSet")
-    a("--offset", type=float, default=0.0, valid=(lambda v: v < 1, "< 1 (the eigenvalues are max-normalised to 1)"),
+    a("--eps", type=float, default=0.1, valid=GE0, needs=CLOSED_FORM,
+      help="DirectPred: added to p_j after max-normalisation (directcopy: to the diagonal; "
+      "optimal: the ridge added to E[f f^T]'s eigenvalues)")
+    a("--freq", type=int, default=1, valid=GE1, needs=CLOSED_FORM,
+      help="DirectPred: set Wp each freq steps, else SGD")
+    a("--exponent", type=float, default=0.5, valid=GT0, needs=("direct",),
+      help="DirectPred: p_j = s_j^a; 1: DirectSet")
+    a("--offset", type=float, default=0.0, valid=(lambda v: v < 1,
+                                                  "< 1 (the eigenvalues are max-normalised to 1)"),
       needs=("direct",), help="DirectPred: p_j = max(s_j - c, 1e-4)^exponent (Table 7; --eps 0)")
-    a("--center", type=int, default=0, choices=[0, 1], needs=("direct", "directcopy"), help="DirectPred: F = the "
-      "EMA of E[f f^T] minus the outer product of the EMA of E[f] (the authors' dyn_zero_mean)")
-    a("--optimal-rule", default="solve-as-run", choices=list(OPTIMAL_RULES), needs=("optimal",), help="Table 1's "
-      "plug-in: the authors' solve branch as it ran (a rank-1 Wp), the least squares it intends, or their "
-      "minimal_space branch (directpred.py)")
-    a("--partitions", type=int, default=1, valid=GE1, needs=("direct",), help="DirectPred: feature-dependent Wp "
-      "(Sec. 5): n random projections split the batch at their mean, one F_hat per side (the authors' code); "
-      "1 = one Wp")
+    a("--center", type=int, default=0, choices=[0, 1], needs=("direct", "directcopy"),
+      help="DirectPred: F = the EMA of E[f f^T] minus the outer product of the EMA of E[f] (the "
+      "authors' dyn_zero_mean)")
+    a("--optimal-rule", default="solve-as-run", choices=list(OPTIMAL_RULES), needs=("optimal",),
+      help="Table 1's plug-in: the authors' solve branch as it ran (a rank-1 Wp), the least "
+      "squares it intends, or their minimal_space branch (directpred.py)")
+    a("--partitions", type=int, default=1, valid=GE1, needs=("direct",),
+      help="DirectPred: feature-dependent Wp (Sec. 5): n random projections split the batch at "
+      "their mean, one F_hat per side (the authors' code); 1 = one Wp")
     # target and loss
-    a("--ema", type=float, default=0.996, valid=UNIT, help="target EMA momentum tau; 0 = SimSiam (target = online net)")
-    a("--ema-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine to 1 (BYOL)")
-    a("--target-init", default="copy", choices=["copy", "random"], help="EMA target starts as a copy of the online "
-      "net (BYOL) or random (the paper's released code)")
-    a("--stop-grad", type=int, default=1, choices=[0, 1], help="0: gradient flows into the target branch "
-      "(needs --ema 0; Theorem 2's negative control, collapses)")
-    a("--loss", default="cosine", choices=["cosine", "l2"], help="cosine: 2 - 2cos(p, z) (normalised, Bao et al.'s "
-      "analysis); l2: 1/2 ||p - z||^2 (Tian et al.'s linear theory, Sec. 3)")
-    a("--symmetric", type=int, default=1, choices=[0, 1], help="loss over both view pairings, summed (0: p1 vs z2 only)")
+    a("--ema", type=float, default=0.996, valid=UNIT,
+      help="target EMA momentum tau; 0 = SimSiam (target = online net)")
+    a("--ema-schedule", default="const", choices=["const", "cosine"],
+      help="const (paper) or cosine to 1 (BYOL)")
+    a("--target-init", default="copy", choices=["copy", "random"],
+      help="EMA target starts as a copy of the online net (BYOL) or random (the paper's released "
+      "code)")
+    a("--stop-grad", type=int, default=1, choices=[0, 1],
+      help="0: gradient flows into the target branch (needs --ema 0; Theorem 2's negative control, "
+      "collapses)")
+    a("--loss", default="cosine", choices=["cosine", "l2"],
+      help="cosine: 2 - 2cos(p, z) (normalised, Bao et al.'s analysis); l2: 1/2 ||p - z||^2 (Tian "
+      "et al.'s linear theory, Sec. 3)")
+    a("--symmetric", type=int, default=1, choices=[0, 1],
+      help="loss over both view pairings, summed (0: p1 vs z2 only)")
     # optimisation
-    a("--optimizer", default="sgd", choices=["sgd", "lars"], help="sgd (the paper's runs) or lars (BYOL's ImageNet)")
-    a("--lr", type=float, default=0.03, valid=GT0, help="used as given: scale it yourself (base x batch / 256)")
-    a("--lr-schedule", default="const", choices=["const", "cosine"], help="const (paper) or cosine decay")
+    a("--optimizer", default="sgd", choices=["sgd", "lars"],
+      help="sgd (the paper's runs) or lars (BYOL's ImageNet)")
+    a("--lr", type=float, default=0.03, valid=GT0,
+      help="used as given: scale it yourself (base x batch / 256)")
+    a("--lr-schedule", default="const", choices=["const", "cosine"],
+      help="const (paper) or cosine decay")
     a("--warmup-epochs", type=float, default=0.0, valid=GE0, help="linear lr warmup")
     a("--momentum", type=float, default=0.9, valid=UNIT, help="SGD / LARS momentum")
-    a("--wd", type=float, default=4e-4, valid=GE0, help="trunk weight decay eta_s (paper: 4e-4, all weights)")
-    a("--pred-wd", type=float, default=None, valid=GE0, help="predictor weight decay eta_p (Table 5); default: --wd")
-    a("--batch-size", type=int, default=128, valid=(lambda v: v >= 2, ">= 2 (BatchNorm needs two samples)"),
+    a("--wd", type=float, default=4e-4, valid=GE0,
+      help="trunk weight decay eta_s (paper: 4e-4, all weights)")
+    a("--pred-wd", type=float, default=None, valid=GE0,
+      help="predictor weight decay eta_p (Table 5); default: --wd")
+    a("--batch-size", type=int, default=128, valid=(lambda v: v >= 2,
+                                                    ">= 2 (BatchNorm needs two samples)"),
       help="global batch size, split evenly over DDP ranks")
-    a("--epochs", type=int, default=100, valid=GE1, help="passes over the data (paper: 100; Table 8: 300, 500)")
-    a("--max-steps", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = run --epochs)"), free=True,
-      help="stop after this many steps (0: --epochs); schedules span --epochs")
+    a("--epochs", type=int, default=100, valid=GE1,
+      help="passes over the data (paper: 100; Table 8: 300, 500)")
+    a("--max-steps", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = run --epochs)"),
+      free=True, help="stop after this many steps (0: --epochs); schedules span --epochs")
     # system
     a("--out-dir", default="out", free=True, help="where ckpt.pt and log.jsonl go")
     a("--resume", action="store_true", free=True, help="continue from out_dir/ckpt.pt")
-    a("--ckpt-every", type=int, default=1000, valid=GE1, free=True, help="steps between checkpoints (and the end)")
-    a("--save-every-rank", action="store_true", free=True, help="each DDP rank also writes ckpt_rank{r}.pt")
-    a("--log-every", type=int, default=50, valid=GE1, free=True, help="steps between log.jsonl lines (and step 0)")
-    a("--log-early", type=int, default=200, valid=GE0, free=True, help="log every 10th step up to N (early collapse)")
+    a("--ckpt-every", type=int, default=1000, valid=GE1, free=True,
+      help="steps between checkpoints (and the end)")
+    a("--save-every-rank", action="store_true", free=True,
+      help="each DDP rank also writes ckpt_rank{r}.pt")
+    a("--log-every", type=int, default=50, valid=GE1, free=True,
+      help="steps between log.jsonl lines (and step 0)")
+    a("--log-early", type=int, default=200, valid=GE0, free=True,
+      help="log every 10th step up to N (early collapse)")
     a("--eval-every", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = off)"), free=True,
       help="steps between kNN monitors (k=200, t=0.1; rank 0); 0 = off")
-    a("--seed", type=int, default=0, valid=GE0, help="seeds the init, the batch order and the augmentations")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda"], free=True, help="auto = cuda if available")
+    a("--seed", type=int, default=0, valid=GE0,
+      help="seeds the init, the batch order and the augmentations")
+    a("--device", default="auto", choices=["auto", "cpu", "cuda"], free=True,
+      help="auto = cuda if available")
     a("--ddp-timeout", type=float, default=600, valid=(lambda v: v > 0, "> 0 seconds"), free=True,
       help="seconds a DDP collective waits for a stalled rank, then stops")
-    a("--bf16", default="auto", choices=["auto", "0", "1"], free=True, help="bf16 autocast of the networks (the loss, "
-      "F_hat and its eigh stay fp32); auto = on GPUs with native bf16, on a CPU where timed passes find it faster "
-      "(decided once per run: a resume reuses it)")
-    a("--channels-last", default="auto", choices=["auto", "0", "1"], free=True, help="channels_last memory format for "
-      "the convolutions; auto = on CUDA, and on CPUs for --width >= 16 (faster; narrower nets hit a oneDNN bug)")
-    a("--deterministic", type=int, default=0, choices=[0, 1], free=True, help="CUDA: deterministic cuDNN / cuBLAS "
-      "kernels, no autotuning, no TF32, so that two runs (and a resume) give the same bits, at a speed cost; the CPU "
-      "is already")
-    a("--compile", type=int, default=0, choices=[0, 1], free=True, help="torch.compile the online network")
-    a("--wandb-project", default="", free=True, help="also log to W&B under this project (rank 0; pip install "
-      "wandb); empty = off")
+    a("--bf16", default="auto", choices=["auto", "0", "1"], free=True,
+      help="bf16 autocast of the networks (the loss, F_hat and its eigh stay fp32); auto = on GPUs "
+      "with native bf16, on a CPU where timed passes find it faster (decided once per run: a "
+      "resume reuses it)")
+    a("--channels-last", default="auto", choices=["auto", "0", "1"], free=True,
+      help="channels_last memory format for the convolutions; auto = on CUDA, and on CPUs for "
+      "--width >= 16 (faster; narrower nets hit a oneDNN bug)")
+    a("--deterministic", type=int, default=0, choices=[0, 1], free=True,
+      help="CUDA: deterministic cuDNN / cuBLAS kernels, no autotuning, no TF32, so that two runs "
+      "(and a resume) give the same bits, at a speed cost; the CPU is already")
+    a("--compile", type=int, default=0, choices=[0, 1], free=True,
+      help="torch.compile the online network")
+    a("--wandb-project", default="", free=True,
+      help="also log to W&B under this project (rank 0; pip install wandb); empty = off")
     a("--wandb-run-name", default="", free=True, help="the W&B run's name (empty: W&B picks one)")
     return P
 
 
-PRESETS = {  # each knob's source in the comment above it. T = Tian, Chen, Ganguli 2021 (arXiv 2102.06810);
-    # code = their released code (github.com/facebookresearch/luckmatters, ssl/real-dataset, read at commit 671fca5b:
-    # main.py, byol_trainer.py, where the target is not initialised from the online net); SS = SimSiam (Chen & He,
-    # arXiv 2011.10566); BYOL = Grill et al. (arXiv 2006.07733). The flag defaults are T's STL-10 / CIFAR-10 setup
-    # (T Sec. 6 and code: ResNet-18, projector 512-128 with BN without affine, SGD lr 0.03 constant, momentum 0.9,
-    # wd 4e-4 on every parameter, batch 128, EMA 0.996 constant, 100 epochs, DirectPred rho 0.3, eps 0.1, freq 1)
+# The presets: each knob's source in the comment above it. T = Tian, Chen, Ganguli 2021
+# (arXiv 2102.06810); code = their released code (github.com/facebookresearch/luckmatters,
+# ssl/real-dataset, read at commit 671fca5b: main.py, byol_trainer.py); SS = SimSiam (Chen & He,
+# arXiv 2011.10566); BYOL = Grill et al. (arXiv 2006.07733). The flag defaults are T's STL-10 /
+# CIFAR-10 setup (T Sec. 6 and code: ResNet-18, projector 512-128 with BN without affine, SGD lr
+# 0.03 constant, momentum 0.9, wd 4e-4 on every parameter, batch 128, EMA 0.996 constant, 100
+# epochs, rho 0.3, eps 0.1, freq 1).
+PRESETS = {
     # paper-*: T's setup; random target init: code (BYOL copies the online network)
     "paper-stl10": dict(dataset="stl10", predictor="direct", target_init="random"),
     "paper-cifar10": dict(dataset="cifar10", predictor="direct", target_init="random"),
-    # imagenet-*: T Table 9 gives ResNet-50, the optimizer, the batch, the loss symmetry, the epochs and DirectPred at
-    # 256 x 256 (projector 4096-256), and nothing else; T released no ImageNet code. The rest are guesses, named:
-    # imagenet-sgd-60 (T: SGD, batch 256, asymmetric loss, 60 epochs): lr 0.05 x 256/256, wd 1e-4, cosine lr (SS's SGD
-    # recipe); EMA 0.996 with BYOL's cosine schedule to 1 (BYOL); affine BN in the MLPs (SS, BYOL)
-    "imagenet-sgd-60": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
-                            bn_affine=1, optimizer="sgd", lr=0.05, wd=1e-4, lr_schedule="cosine", batch_size=256,
-                            symmetric=0, epochs=60, ema=0.996, ema_schedule="cosine"),
-    # imagenet-lars-300 (T: LARS, batch 4096, symmetric loss, 300 epochs): lr 0.2 x 4096/256 = 3.2, wd 1.5e-6,
-    # 10 warmup epochs, cosine lr, EMA 0.99 with the cosine schedule (all BYOL's); affine BN in the MLPs (BYOL)
-    "imagenet-lars-300": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
-                              bn_affine=1, optimizer="lars", lr=3.2, wd=1.5e-6, lr_schedule="cosine", warmup_epochs=10,
-                              batch_size=4096, symmetric=1, epochs=300, ema=0.99, ema_schedule="cosine"),
-    # SimSiam's CIFAR-10 recipe (Chen & He 2021, Sec. A): no EMA, 2-layer predictor 2048-512-2048, SGD
-    # lr 0.03 * 512/256, wd 5e-4, cosine, batch 512, 800 epochs
-    "simsiam-cifar": dict(dataset="cifar10", predictor="mlp", ema=0.0, proj_hidden=2048, proj_dim=2048,
-                          pred_hidden=512, bn_affine=1, lr=0.06, wd=5e-4, lr_schedule="cosine", batch_size=512,
-                          epochs=800),
+    # imagenet-*: T Table 9 gives ResNet-50, the optimizer, the batch, the loss symmetry, the epochs
+    # and DirectPred at 256 x 256 (projector 4096-256), and nothing else; T released no ImageNet
+    # code. The rest are guesses, named: imagenet-sgd-60 (T: SGD, batch 256, asymmetric loss, 60
+    # epochs): lr 0.05 x 256/256, wd 1e-4, cosine lr (SS's SGD recipe); EMA 0.996 with BYOL's cosine
+    # schedule to 1 (BYOL); affine BN in the MLPs (SS, BYOL)
+    "imagenet-sgd-60": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256,
+                            pred_hidden=4096, bn_affine=1, optimizer="sgd", lr=0.05, wd=1e-4,
+                            lr_schedule="cosine", batch_size=256, symmetric=0, epochs=60, ema=0.996,
+                            ema_schedule="cosine"),
+    # imagenet-lars-300 (T: LARS, batch 4096, symmetric loss, 300 epochs): lr 0.2 x 4096/256 = 3.2,
+    # wd 1.5e-6, 10 warmup epochs, cosine lr, EMA 0.99 with the cosine schedule (all BYOL's); affine
+    # BN in the MLPs (BYOL)
+    "imagenet-lars-300": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256,
+                              pred_hidden=4096, bn_affine=1, optimizer="lars", lr=3.2, wd=1.5e-6,
+                              lr_schedule="cosine", warmup_epochs=10, batch_size=4096, symmetric=1,
+                              epochs=300, ema=0.99, ema_schedule="cosine"),
+    # SimSiam's CIFAR-10 recipe (Chen & He 2021, Sec. A): no EMA, 2-layer predictor 2048-512-2048,
+    # SGD lr 0.03 * 512/256, wd 5e-4, cosine, batch 512, 800 epochs
+    "simsiam-cifar": dict(dataset="cifar10", predictor="mlp", ema=0.0, proj_hidden=2048,
+                          proj_dim=2048, pred_hidden=512, bn_affine=1, lr=0.06, wd=5e-4,
+                          lr_schedule="cosine", batch_size=512, epochs=800),
 }
 
 
@@ -187,23 +247,29 @@ def parse_config(argv=None):
 
 
 def config_error(cfg, P, world_size=None):
-    """The first out-of-range flag or meaningless combination of flags, as one line naming the flag, or None (checked
-    before any work). P: get_parser(); world_size: the DDP ranks (None: torchrun's, 1 without it)."""
+    """The first out-of-range flag or meaningless combination of flags, as one line naming the flag,
+    or None (checked before any work). P: get_parser(); world_size: the DDP ranks (None: torchrun's,
+    1 without it)."""
     defaults = vars(P.parse_args([]))  # a flag left at its default is never an error
     err = range_error(cfg, P.valid)
     if err:
         return err
     world_size = world_size or torchrun_world_size()
     if cfg["batch_size"] % world_size or cfg["batch_size"] // world_size < 2:
-        return f"--batch-size {cfg['batch_size']} must split evenly over {world_size} DDP ranks, >= 2 each"
-    if world_size > 1 and cfg["eval_every"] and DATASETS[cfg["dataset"]].streamed:  # rank 0 alone: 1.28M images
-        return (f"--eval-every runs on rank 0 only; on --dataset {cfg['dataset']} under DDP the other ranks would wait "
-                f"past --ddp-timeout. Evaluate the checkpoint with eval_linear.py instead")
+        return (f"--batch-size {cfg['batch_size']} must split evenly over {world_size} DDP ranks, "
+                ">= 2 each")
+    # rank 0 alone: 1.28M images
+    if world_size > 1 and cfg["eval_every"] and DATASETS[cfg["dataset"]].streamed:
+        return (f"--eval-every runs on rank 0 only; on --dataset {cfg['dataset']} under DDP the "
+                "other ranks would wait past --ddp-timeout. Evaluate the checkpoint with "
+                "eval_linear.py instead")
     for k, predictors in P.needs.items():
         if cfg["predictor"] not in predictors and cfg[k] != defaults[k]:
-            return f"--{k.replace('_', '-')} is an option of --predictor {' or '.join(predictors)} only"
+            flag, which = k.replace("_", "-"), " or ".join(predictors)
+            return f"--{flag} is an option of --predictor {which} only"
     if cfg["partitions"] > 1 and (cfg["freq"] != 1 or cfg["pred_bias"]):
-        return "--partitions > 1 sets every side's Wp at every step (no --freq, no --pred-bias), as the authors' code"
+        return ("--partitions > 1 sets every side's Wp at every step (no --freq, no --pred-bias), "
+                "as the authors' code")
     if cfg["predictor"] == "none":
         for k in ("pred_bias", "sym_wp", "pred_lr_ratio"):
             if cfg[k] != defaults[k]:
@@ -213,26 +279,31 @@ def config_error(cfg, P, world_size=None):
     if not cfg["stop_grad"] and cfg["ema"] > 0:
         return "--stop-grad 0 needs --ema 0 (an EMA target has no gradient to stop)"
     if cfg["target_init"] == "random" and cfg["ema"] == 0:
-        return "--target-init random needs --ema > 0 (with --ema 0 the target is the online network)"
+        return ("--target-init random needs --ema > 0 (with --ema 0 the target is the online "
+                "network)")
     if cfg["split"] == "val" and not DATASETS[cfg["dataset"]].val:
         return split_val_error()
     return None
 
 
 # -----------------------------------------------------------------------------
-# augmentation: per-sample random parameters, batched on the device (the recipes of Tian et al.'s released code for
-# CIFAR / STL-10; BYOL's, arXiv 2006.07733 App. B, for ImageNet)
+# augmentation: per-sample random parameters, batched on the device (the recipes of Tian et al.'s
+# released code for CIFAR / STL-10; BYOL's, arXiv 2006.07733 App. B, for ImageNet)
 
-AUG = {  # blur_p / solarize_p: (view 1, view 2), BYOL's asymmetric recipe; blur kernel = 10% of the crop
-    "cifar": dict(jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0)),
-    "stl10": dict(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 1.0), solarize_p=(0.0, 0.0)),
-    "imagenet": dict(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2)),
+# blur_p / solarize_p: (view 1, view 2), BYOL's asymmetric recipe; blur kernel = 10% of the crop
+AUG = {
+    "cifar": dict(jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2, blur_p=(0.0, 0.0),
+                  solarize_p=(0.0, 0.0)),
+    "stl10": dict(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 1.0),
+                  solarize_p=(0.0, 0.0)),
+    "imagenet": dict(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2, blur_p=(1.0, 0.1),
+                     solarize_p=(0.0, 0.2)),
 }
 
 
 def aug_of(cfg):
-    """The run's augmentation: --aug's preset (auto: the dataset's), its colour ranges scaled by --jitter s (SimCLR's
-    colour strength; s = 0 skips the op and its random draws)."""
+    """The run's augmentation: --aug's preset (auto: the dataset's), its colour ranges scaled by
+    --jitter s (SimCLR's colour strength; s = 0 skips the op and its random draws)."""
     aug = AUG[DATASETS[cfg["dataset"]].aug if cfg["aug"] == "auto" else cfg["aug"]]
     return dict(aug, jitter=tuple(cfg["jitter"] * t for t in aug["jitter"]),
                 jitter_p=aug["jitter_p"] * (cfg["jitter"] > 0))
@@ -244,9 +315,10 @@ def rand(gen, *shape, lo=0.0, hi=1.0):
 
 
 def crop_params(B, H, W, scale, gen, ratio=(3 / 4, 4 / 3)):
-    """One RandomResizedCrop box and flip per image, drawn like torchvision's RandomResizedCrop.get_params: 10 tries of
-    (area fraction ~ U(scale), log aspect ratio ~ U(log ratio)), the first that fits, else the centre crop clamped to
-    the ratio range. Returns (i, j, h, w, flip), each (B,): top, left, height, width in pixels; flip in {-1, 1}."""
+    """One RandomResizedCrop box and flip per image, drawn like torchvision's
+    RandomResizedCrop.get_params: 10 tries of (area fraction ~ U(scale), log aspect ratio ~ U(log
+    ratio)), the first that fits, else the centre crop clamped to the ratio range. Returns (i, j, h,
+    w, flip), each (B,): top, left, height, width in pixels; flip in {-1, 1}."""
     area = rand(gen, B, 10, lo=scale[0], hi=scale[1]) * H * W
     logr = rand(gen, B, 10, lo=math.log(ratio[0]), hi=math.log(ratio[1]))
     w = torch.sqrt(area * torch.exp(logr)).round()
@@ -254,7 +326,8 @@ def crop_params(B, H, W, scale, gen, ratio=(3 / 4, 4 / 3)):
     ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)  # (B, 10)
     first = ok.float().argmax(1, keepdim=True)  # first valid try per image
     w, h, ok = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], ok.any(1)
-    cw = min(W, round(H * ratio[1])) if W / H > ratio[1] else W  # fallback: centre crop clamped to the ratio range
+    # fallback: centre crop clamped to the ratio range
+    cw = min(W, round(H * ratio[1])) if W / H > ratio[1] else W
     ch = min(H, round(W / ratio[0])) if W / H < ratio[0] else H
     w, h = torch.where(ok, w, torch.full_like(w, cw)), torch.where(ok, h, torch.full_like(h, ch))
     i = torch.floor(rand(gen, B) * (H - h + 1))  # top, as torch.randint(0, H - h + 1)
@@ -265,10 +338,11 @@ def crop_params(B, H, W, scale, gen, ratio=(3 / 4, 4 / 3)):
 
 
 def resized_crop(x, i, j, h, w, flip, size):
-    """Each image's box (i, j, h, w), resized to (size, size) by bilinear sampling (align_corners=False, as
-    torchvision's resize of the cropped box), mirrored where flip = -1. x: (B, C, H, W) float -> (B, C, size, size).
-    One grid_sample for the batch; it differs from cropping then resizing only at the box's outer half pixel when
-    upsampling (it reads the neighbouring pixels there, the crop clamps to its edge) and by skipping antialiasing when
+    """Each image's box (i, j, h, w), resized to (size, size) by bilinear sampling
+    (align_corners=False, as torchvision's resize of the cropped box), mirrored where flip = -1. x:
+    (B, C, H, W) float -> (B, C, size, size). One grid_sample for the batch; it differs from
+    cropping then resizing only at the box's outer half pixel when upsampling (it reads the
+    neighbouring pixels there, the crop clamps to its edge) and by skipping antialiasing when
     downsampling (docs/reference.md, Data)."""
     B, _, H, W = x.shape
     # affine map from output coords in [-1, 1] to input coords in [-1, 1] (align_corners=False)
@@ -291,32 +365,39 @@ def adjust_hue(x, shift):
     v, delta = maxc, maxc - minc
     s = delta / maxc.clamp(min=1e-8)
     d = delta.clamp(min=1e-8)
-    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2 + (b - r) / d,
+                                                        4 + (r - g) / d))
     h = torch.where(delta > 0, h / 6 % 1.0, torch.zeros_like(h))
     h = (h + shift[:, None, None]) % 1.0
-    k = torch.stack([(n + h * 6) % 6 for n in (5, 3, 1)], 1)  # (B, 3, H, W): HSV -> RGB without a lookup table
+    # (B, 3, H, W): HSV -> RGB without a lookup table
+    k = torch.stack([(n + h * 6) % 6 for n in (5, 3, 1)], 1)
     return v[:, None] - v[:, None] * s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 def jitter_params(B, strength, p, gen):
-    """torchvision ColorJitter(b, c, s, h)'s random draws, one set per image, applied with probability p. Returns
-    (on (B,) bool, factors: brightness, contrast, saturation (B,) each in [max(0, 1 - t), 1 + t] and hue shift (B,) in
-    [-h, h], order (B, 4): each image's own random permutation of the four ops)."""
+    """torchvision ColorJitter(b, c, s, h)'s random draws, one set per image, applied with
+    probability p. Returns (on (B,) bool, factors: brightness, contrast, saturation (B,) each in
+    [max(0, 1 - t), 1 + t] and hue shift (B,) in [-h, h], order (B, 4): each image's own random
+    permutation of the four ops)."""
     bs, cs, ss, hs = strength
     on = rand(gen, B) < p
-    factors = [rand(gen, B, lo=max(0, 1 - t), hi=1 + t) for t in (bs, cs, ss)] + [rand(gen, B, lo=-hs, hi=hs)]
+    factors = [rand(gen, B, lo=max(0, 1 - t), hi=1 + t) for t in (bs, cs, ss)] + [rand(gen, B,
+                                                                                       lo=-hs,
+                                                                                       hi=hs)]
     order = rand(gen, B, 4).argsort(1)  # (B, 4) a random permutation of the ops per image
     return on, factors, order
 
 
 def apply_jitter(x, on, factors, order):
-    """ColorJitter with given per-image parameters (jitter_params), batched: at each of the 4 slots every image does
-    its own op, as torchvision's functional adjust_brightness / contrast / saturation / hue would on it alone.
-    x: (B, C, H, W) in [0, 1]; saturation and hue need C == 3 (torchvision leaves 1-channel images unchanged)."""
+    """ColorJitter with given per-image parameters (jitter_params), batched: at each of the 4 slots
+    every image does its own op, as torchvision's functional adjust_brightness / contrast /
+    saturation / hue would on it alone. x: (B, C, H, W) in [0, 1]; saturation and hue need C == 3
+    (torchvision leaves 1-channel images unchanged)."""
     C = x.shape[1]
     for slot in range(4):
         for op in range(4 if C == 3 else 2):
-            m = (on & (order[:, slot] == op))[:, None, None, None]  # (B, 1, 1, 1) images doing op now
+            # (B, 1, 1, 1) images doing op now
+            m = (on & (order[:, slot] == op))[:, None, None, None]
             f = factors[op][:, None, None, None]
             if op == 0:  # brightness
                 y = x * f
@@ -331,16 +412,19 @@ def apply_jitter(x, on, factors, order):
 
 
 def solarize(x):
-    """Invert the pixels at or above 0.5 (torchvision's solarize with threshold 0.5, on [0, 1] images)."""
+    """Invert the pixels at or above 0.5 (torchvision's solarize with threshold 0.5, on [0, 1]
+    images)."""
     return torch.where(x < 0.5, x, 1 - x)
 
 
 def gaussian_blur(x, sigma, ksize):
-    """Per-image Gaussian blur, sigma: (B,). Separable, reflect padding (as torchvision's GaussianBlur)."""
+    """Per-image Gaussian blur, sigma: (B,). Separable, reflect padding (as torchvision's
+    GaussianBlur)."""
     B, C, H, W = x.shape
     t = torch.arange(ksize, device=x.device, dtype=x.dtype) - ksize // 2
     k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, ksize), one kernel per channel of each image
+    # (B*C, ksize), one kernel per channel of each image
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)
     y = nnf.pad(x.reshape(1, B * C, H, W), (ksize // 2,) * 4, mode="reflect")
     y = nnf.conv2d(y, k[:, None, None, :], groups=B * C)  # horizontal
     y = nnf.conv2d(y, k[:, None, :, None], groups=B * C)  # vertical
@@ -348,31 +432,37 @@ def gaussian_blur(x, sigma, ksize):
 
 
 def augment(x, aug, view, gen, size, scale, mean, std, crop=True):
-    """One view of a batch. x: (B, C, H, W) uint8 on the device -> normalised float (B, C, size, size).
-    mean, std: (C, 1, 1) tensors on the device (made once, outside the loop: no host-to-device copy per step).
-    Every image draws its own crop, flip, jitter, grey, blur and solarize decisions from `gen`."""
+    """One view of a batch. x: (B, C, H, W) uint8 on the device -> normalised float (B, C, size,
+    size). mean, std: (C, 1, 1) tensors on the device (made once, outside the loop: no
+    host-to-device copy per step). Every image draws its own crop, flip, jitter, grey, blur and
+    solarize decisions from `gen`."""
     x = x.float() / 255
     B, C = x.shape[:2]
     if crop:  # in-memory sets: crop + flip here; streamed sets arrive cropped and only flip here
         x = resized_crop(x, *crop_params(B, *x.shape[2:], scale, gen), size)
     else:
         x = torch.where((rand(gen, B) < 0.5)[:, None, None, None], x.flip(3), x)
-    if aug["jitter_p"] > 0:  # an op with probability 0 is skipped, with no draws from gen (as blur/solarize below)
+    # an op with probability 0 is skipped, with no draws from gen (as blur/solarize below)
+    if aug["jitter_p"] > 0:
         x = apply_jitter(x, *jitter_params(B, aug["jitter"], aug["jitter_p"], gen))
     if C == 3 and aug["gray_p"] > 0:
-        x = torch.where((rand(gen, B) < aug["gray_p"])[:, None, None, None], gray(x).expand_as(x), x)
+        x = torch.where((rand(gen, B) < aug["gray_p"])[:, None, None, None], gray(x).expand_as(x),
+                        x)
     if aug["blur_p"][view] > 0:
         ksize = int(0.1 * size) // 2 * 2 + 1  # 9 at 96 px (STL-10), 23 at 224 px (BYOL)
         y = gaussian_blur(x, rand(gen, B, lo=0.1, hi=2.0), ksize)
         x = torch.where((rand(gen, B) < aug["blur_p"][view])[:, None, None, None], y, x)
     if aug["solarize_p"][view] > 0:
-        x = torch.where((rand(gen, B) < aug["solarize_p"][view])[:, None, None, None], solarize(x), x)
+        x = torch.where((rand(gen, B) < aug["solarize_p"][view])[:, None, None, None], solarize(x),
+                        x)
     return (x - mean) / std
 
 
 def step_seed(seed, step, rank):
-    """Seed of the augmentation RNG for one step of one rank: resume replays the same views, ranks differ."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8], "little") >> 1
+    """Seed of the augmentation RNG for one step of one rank: resume replays the same views, ranks
+    differ."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8],
+                          "little") >> 1
 
 
 # -----------------------------------------------------------------------------
@@ -390,7 +480,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None if stride == 1 and inplanes == planes else \
-            nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                          nn.BatchNorm2d(planes))
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -405,13 +496,15 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # stride on the 3x3 (torchvision's "v1.5")
+        # stride on the 3x3 (torchvision's "v1.5")
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None if stride == 1 and inplanes == planes * 4 else \
-            nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+            nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
+                          nn.BatchNorm2d(planes * 4))
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -425,14 +518,16 @@ ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4,
 
 
 class ResNet(nn.Module):
-    """torchvision's ResNet without fc (state dict keys match torchvision.models.resnetXX, fc aside).
-    stem 'cifar': 3x3 stride-1 conv1 and no maxpool, for 32 px images (the ImageNet stem costs ~10 points there)."""
+    """torchvision's ResNet without fc (state dict keys match torchvision.models.resnetXX, fc
+    aside). stem 'cifar': 3x3 stride-1 conv1 and no maxpool, for 32 px images (the ImageNet stem
+    costs ~10 points there)."""
 
     def __init__(self, arch="resnet18", width=64, stem="imagenet", in_chans=3):
         super().__init__()
         block, layers = ARCHS[arch]
         cifar = stem == "cifar"
-        self.conv1 = nn.Conv2d(in_chans, width, 3 if cifar else 7, 1 if cifar else 2, 1 if cifar else 3, bias=False)
+        self.conv1 = nn.Conv2d(in_chans, width, 3 if cifar else 7, 1 if cifar else 2,
+                               1 if cifar else 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(3, 2, 1)
@@ -457,15 +552,17 @@ class ResNet(nn.Module):
 
 
 def mlp(d_in, d_hidden, d_out, bn_affine, bn=True):
-    """Linear-BN-ReLU-Linear: the projector, and the 2-layer predictor baseline (Tian et al. 2021, Table 3);
-    bn=False drops the BN (the 2-layer predictor with --pred-bn 0)."""
+    """Linear-BN-ReLU-Linear: the projector, and the 2-layer predictor baseline (Tian et al. 2021,
+    Table 3); bn=False drops the BN (the 2-layer predictor with --pred-bn 0)."""
     norm = [nn.BatchNorm1d(d_hidden, affine=bool(bn_affine))] if bn else []
-    return nn.Sequential(nn.Linear(d_in, d_hidden), *norm, nn.ReLU(inplace=True), nn.Linear(d_hidden, d_out))
+    return nn.Sequential(nn.Linear(d_in, d_hidden), *norm, nn.ReLU(inplace=True),
+                         nn.Linear(d_hidden, d_out))
 
 
 class SiameseNet(nn.Module):
-    """Online branch: backbone -> projector (f, the predictor's input) -> predictor (p). Both views in one call,
-    so that one DDP forward covers the whole step; each view keeps its own BN batch statistics."""
+    """Online branch: backbone -> projector (f, the predictor's input) -> predictor (p). Both views
+    in one call, so that one DDP forward covers the whole step; each view keeps its own BN batch
+    statistics."""
 
     def __init__(self, backbone, projector, predictor):
         super().__init__()
@@ -473,7 +570,8 @@ class SiameseNet(nn.Module):
 
     def forward(self, x1, x2):
         z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))  # (B, d) each
-        if isinstance(self.predictor, PartitionedPredictor):  # it updates its statistics with both views first
+        # it updates its statistics with both views first
+        if isinstance(self.predictor, PartitionedPredictor):
             return z1, z2, *self.predictor(z1, z2)
         return z1, z2, self.predictor(z1), self.predictor(z2)
 
@@ -489,16 +587,17 @@ def build_model(cfg, in_chans):
     elif cfg["predictor"] == "mlp":  # the 2-layer baseline, trained
         predictor = mlp(d, cfg["pred_hidden"], d, cfg["bn_affine"], bn=bool(cfg["pred_bn"]))
     elif cfg["partitions"] > 1:  # feature-dependent Wp, set in closed form inside the forward pass
-        predictor = PartitionedPredictor(d, cfg["partitions"], cfg["rho"], cfg["eps"], cfg["exponent"], cfg["offset"],
-                                         bool(cfg["center"]))
-    else:  # linear (trained), or Wp set in closed form by DirectPred / DirectCopy / the optimal plug-in
+        predictor = PartitionedPredictor(d, cfg["partitions"], cfg["rho"], cfg["eps"],
+                                         cfg["exponent"], cfg["offset"], bool(cfg["center"]))
+    else:  # linear (trained), or Wp set in closed form by DirectPred / DirectCopy / optimal
         predictor = nn.Linear(d, d, bias=bias)
     return SiameseNet(backbone, projector, predictor)
 
 
 def build_target(online, cfg, in_chans):
-    """EMA target (backbone + projector, no predictor) or None for SimSiam (--ema 0: the online net is the target).
-    --target-init copy: starts equal to the online net (BYOL); random: an independent random init (the paper's code)."""
+    """EMA target (backbone + projector, no predictor) or None for SimSiam (--ema 0: the online net
+    is the target). --target-init copy: starts equal to the online net (BYOL); random: an
+    independent random init (the paper's code)."""
     if cfg["ema"] == 0:
         return None
     target = copy.deepcopy(online) if cfg["target_init"] == "copy" else \
@@ -508,24 +607,27 @@ def build_target(online, cfg, in_chans):
 
 
 def build_directpred(cfg, device):
-    """The closed-form predictor's state (F_hat; directpred.py) for --predictor direct / directcopy / optimal, or None
-    (trained predictors; --partitions > 1 keeps one per side inside its PartitionedPredictor)."""
+    """The closed-form predictor's state (F_hat; directpred.py) for --predictor direct / directcopy
+    / optimal, or None (trained predictors; --partitions > 1 keeps one per side inside its
+    PartitionedPredictor)."""
     if cfg["predictor"] not in ("direct", "directcopy", "optimal") or cfg["partitions"] > 1:
         return None
-    return DirectPred(cfg["proj_dim"], cfg["rho"], cfg["eps"], cfg["freq"], cfg["exponent"], cfg["offset"],
-                      bool(cfg["center"]), mode=cfg["predictor"], optimal_rule=cfg["optimal_rule"]).to(device)
+    return DirectPred(cfg["proj_dim"], cfg["rho"], cfg["eps"], cfg["freq"], cfg["exponent"],
+                      cfg["offset"], bool(cfg["center"]), mode=cfg["predictor"],
+                      optimal_rule=cfg["optimal_rule"]).to(device)
 
 
 def ema_pairs(target, online):
-    """What the EMA update lerps: (the target's tensors, the online net's without its predictor), or two empty lists
-    for SimSiam (no target network)."""
+    """What the EMA update lerps: (the target's tensors, the online net's without its predictor), or
+    two empty lists for SimSiam (no target network)."""
     return (list(target.parameters()) if target is not None else [],
             [p for n, p in online.named_parameters() if not n.startswith("predictor.")])
 
 
 def symmetrize_predictor(predictor):
-    """--sym-wp (Table 3): Wp <- (Wp + Wp^T) / 2; the 2-layer predictor's layers are tied, W1 <- (W1 + W2^T) / 2,
-    W2 <- W1^T (the authors' two-layer branch of regulate_predictor; biases untouched, as theirs)."""
+    """--sym-wp (Table 3): Wp <- (Wp + Wp^T) / 2; the 2-layer predictor's layers are tied, W1 <- (W1
+    + W2^T) / 2, W2 <- W1^T (the authors' two-layer branch of regulate_predictor; biases untouched,
+    as theirs)."""
     with torch.no_grad():
         if isinstance(predictor, nn.Sequential):
             first, last = (m for m in predictor if isinstance(m, nn.Linear))
@@ -546,14 +648,16 @@ def cosine_loss(p, z):
 
 
 def l2_loss(p, z):
-    """1/2 ||p - z||^2, averaged over the batch (the un-normalised loss of Tian et al.'s theory, Sec. 3)."""
+    """1/2 ||p - z||^2, averaged over the batch (the un-normalised loss of Tian et al.'s theory,
+    Sec. 3)."""
     return 0.5 * (p - z).pow(2).sum(-1).mean()
 
 
 def ssl_loss(model, target, x1, x2, cfg):
-    """One step's loss. Online: z = projector(backbone(x)) (the predictor's input f), p = predictor(z); targets t from
-    the EMA net under no_grad, or the online z (SimSiam), behind a stop-gradient unless --stop-grad 0.
-    Loss: L(p1, t2) + L(p2, t1), summed (--symmetric 1), or L(p1, t2) alone. Returns (loss, z1, z2, t1, t2)."""
+    """One step's loss. Online: z = projector(backbone(x)) (the predictor's input f), p =
+    predictor(z); targets t from the EMA net under no_grad, or the online z (SimSiam), behind a
+    stop-gradient unless --stop-grad 0. Loss: L(p1, t2) + L(p2, t1), summed (--symmetric 1), or
+    L(p1, t2) alone. Returns (loss, z1, z2, t1, t2)."""
     z1, z2, p1, p2 = model(x1, x2)  # (B, d) each
     if target is not None:
         with torch.no_grad():
@@ -563,18 +667,20 @@ def ssl_loss(model, target, x1, x2, cfg):
     if cfg["stop_grad"]:
         t1, t2 = t1.detach(), t2.detach()
     L = cosine_loss if cfg["loss"] == "cosine" else l2_loss
-    q1, q2, u1, u2 = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (p1, p2, t1, t2))  # the loss
-    # in fp32 at least, whatever precision autocast gave the outputs
+    # the loss in fp32 at least, whatever precision autocast gave the outputs
+    q1, q2, u1, u2 = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (p1, p2, t1, t2))
     loss = L(q1, u2) + L(q2, u1) if cfg["symmetric"] else L(q1, u2)
     return loss, z1, z2, t1, t2
 
 
 def build_optimizer(online, cfg):
-    """SGD or LARS with two groups: the trunk (backbone + projector; weight decay --wd) and the predictor (lr x
-    --pred-lr-ratio, weight decay --pred-wd). Each group's lr_mult scales the scheduled lr."""
+    """SGD or LARS with two groups: the trunk (backbone + projector; weight decay --wd) and the
+    predictor (lr x --pred-lr-ratio, weight decay --pred-wd). Each group's lr_mult scales the
+    scheduled lr."""
     trunk = [p for n, p in online.named_parameters() if not n.startswith("predictor.")]
     groups = [dict(params=trunk, lr_mult=1.0, weight_decay=cfg["wd"]),
-              dict(params=list(online.predictor.parameters()), lr_mult=cfg["pred_lr_ratio"], weight_decay=cfg["pred_wd"])]
+              dict(params=list(online.predictor.parameters()), lr_mult=cfg["pred_lr_ratio"],
+                   weight_decay=cfg["pred_wd"])]
     groups = [g for g in groups if g["params"]]
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
@@ -582,11 +688,12 @@ def build_optimizer(online, cfg):
 
 
 class LARS(torch.optim.Optimizer):
-    """LARS (You et al. 2017) as in BYOL / SimSiam: SGD momentum on a layer-wise trust-ratio-scaled update.
-    Biases and BN parameters (ndim 1) get neither weight decay nor the trust ratio."""
+    """LARS (You et al. 2017) as in BYOL / SimSiam: SGD momentum on a layer-wise trust-ratio-scaled
+    update. Biases and BN parameters (ndim 1) get neither weight decay nor the trust ratio."""
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=trust_coefficient))
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      eta=trust_coefficient))
 
     @torch.no_grad()
     def step(self):
@@ -598,7 +705,8 @@ class LARS(torch.optim.Optimizer):
                 if p.ndim > 1:
                     d = d.add(p, alpha=g["weight_decay"])
                     pn, dn = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    d = d * torch.where((pn > 0) & (dn > 0), g["eta"] * pn / dn, torch.ones_like(pn))
+                    d = d * torch.where((pn > 0) & (dn > 0), g["eta"] * pn / dn,
+                                        torch.ones_like(pn))
                 if "mu" not in self.state[p]:  # allocated once, not every step
                     self.state[p]["mu"] = torch.zeros_like(p)
                 mu = self.state[p]["mu"]
@@ -613,11 +721,13 @@ def lr_at(step, cfg, total_steps, steps_per_epoch):
         return cfg["lr"] * (step + 1) / warmup
     if cfg["lr_schedule"] == "const":
         return cfg["lr"]
-    return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def tau_at(step, cfg, total_steps):
-    """Target EMA momentum at an optimizer step: constant (paper) or BYOL's 1 - (1 - tau)(cos(pi k / K) + 1) / 2."""
+    """Target EMA momentum at an optimizer step: constant (paper) or BYOL's 1 - (1 - tau)(cos(pi k /
+    K) + 1) / 2."""
     if cfg["ema_schedule"] == "const":
         return cfg["ema"]
     return 1 - (1 - cfg["ema"]) * (math.cos(math.pi * step / total_steps) + 1) / 2
@@ -628,18 +738,21 @@ def tau_at(step, cfg, total_steps):
 
 
 def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, tau, ema):
-    """One optimizer step, in the order of the paper (Tian et al. 2021, Sec. 4) and the authors' code: the online and
-    target forwards of both views (ssl_loss); DirectPred's statistics of the raw predictor inputs, before backward;
-    backward (through Wp into the trunk) and the optimizer step; --sym-wp; Wp set in closed form after the step, so
-    the new Wp is used from the next step on; the EMA target last, keyed to optimizer steps.
-    model: the online network as called (compiled and/or DDP-wrapped); raw_model: the same module unwrapped;
-    dp: DirectPred or None; lr: the scheduled lr (each parameter group takes lr x its lr_mult); ema: (target tensors,
-    online tensors), target <- tau target + (1 - tau) online. Every rank calls it (dp.update all-reduces F).
-    Returns (loss, z1, z2) for the caller's diagnostics."""
+    """One optimizer step, in the order of the paper (Tian et al. 2021, Sec. 4) and the authors'
+    code: the online and target forwards of both views (ssl_loss); DirectPred's statistics of the
+    raw predictor inputs, before backward; backward (through Wp into the trunk) and the optimizer
+    step; --sym-wp; Wp set in closed form after the step, so the new Wp is used from the next step
+    on; the EMA target last, keyed to optimizer steps. model: the online network as called (compiled
+    and/or DDP-wrapped); raw_model: the same module unwrapped; dp: DirectPred or None; lr: the
+    scheduled lr (each parameter group takes lr x its lr_mult); ema: (target tensors, online
+    tensors), target <- tau target + (1 - tau) online. Every rank calls it (dp.update all-reduces
+    F). Returns (loss, z1, z2) for the caller's diagnostics."""
     with ctx:
         loss, z1, z2, t1, t2 = ssl_loss(model, target, x1, x2, cfg)
-    if dp is not None:  # F = E[f f^T] over both views' f (2B, d), summed over the DDP ranks: one F_hat, one Wp
-        dp.update(torch.cat([z1, z2]), torch.cat([t2, t1]) if cfg["predictor"] == "optimal" else None)
+    # F = E[f f^T] over both views' f (2B, d), summed over the DDP ranks: one F_hat, one Wp
+    if dp is not None:
+        targets = torch.cat([t2, t1]) if cfg["predictor"] == "optimal" else None  # each f's target
+        dp.update(torch.cat([z1, z2]), targets)
     optimizer.zero_grad(set_to_none=True)
     for g in optimizer.param_groups:
         g["lr"] = lr * g["lr_mult"]  # the predictor's group: alpha_p x lr (Fig. 6)
@@ -647,43 +760,49 @@ def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, ta
     optimizer.step()
     if cfg["sym_wp"]:
         symmetrize_predictor(raw_model.predictor)
-    if dp is not None:  # every freq steps: Wp <- U diag(p) U^T (eigh of F_hat), used from the next step on
+    # every freq steps: Wp <- U diag(p) U^T (eigh of F_hat), used from the next step on
+    if dp is not None:
         dp.set_predictor(raw_model.predictor.weight)
-    if target is not None:  # under no_grad, else each step chains one more autograd node per weight (a leak)
+    # under no_grad, else each step chains one more autograd node per weight (a leak)
+    if target is not None:
         with torch.no_grad():
             torch._foreach_lerp_(*ema, 1 - tau)
     return loss, z1, z2
 
 
-# collapse (Theorem 2), the repository's one rule (paper/results/claims-v2/PLAN.md, rule 5; why these thresholds:
-# docs/reference.md, "Has my run collapsed?"): the effective rank of the predictor input's centred covariance below
-# 1.3, or z_std below 0.1
+# collapse (Theorem 2), the repository's one rule (paper/results/claims-v2/PLAN.md, rule 5; why
+# these thresholds: docs/reference.md, "Has my run collapsed?"): the effective rank of the predictor
+# input's centred covariance below 1.3, or z_std below 0.1
 COLLAPSE_ERANK, COLLAPSE_Z_STD = 1.3, 0.1
 looks_collapsed = lambda erank, z_std: erank < COLLAPSE_ERANK or z_std < COLLAPSE_Z_STD
 
 
 # -----------------------------------------------------------------------------
-# starting a run: its networks, a resume, the precision, the wrapping; the loop's two views; what a checkpoint holds
+# starting a run: its networks, a resume, the precision, the wrapping; the loop's two views; what a
+# checkpoint holds
 
 
 def build_run(cfg, in_chans, device, ddp, master_process, fmt):
-    """The online network, its EMA target (never wrapped in DDP), DirectPred's state and the optimizer, on the
-    device in the run's memory format; SyncBatchNorm under DDP on CUDA. Returns (online, target, dp, optimizer)."""
+    """The online network, its EMA target (never wrapped in DDP), DirectPred's state and the
+    optimizer, on the device in the run's memory format; SyncBatchNorm under DDP on CUDA. Returns
+    (online, target, dp, optimizer)."""
     online = build_model(cfg, in_chans).to(device)
     target = build_target(online, cfg, in_chans)
     if ddp and cfg["sync_bn"] and "cuda" in device:
         online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
         target = nn.SyncBatchNorm.convert_sync_batchnorm(target) if target is not None else None
     elif ddp and cfg["sync_bn"] and master_process:
-        print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch statistics")
+        print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch "
+              "statistics")
     online = online.to(memory_format=fmt)
     target = target.to(memory_format=fmt) if target is not None else None
     return online, target, build_directpred(cfg, device), build_optimizer(online, cfg)
 
 
 def resume(cfg, P, online, target, dp, optimizer, n_train, device):
-    """--resume: the checkpoint's state into this run's (every tensor, the optimizer, the RNG), or one line naming
-    the flag that differs. Returns (step, knn_init, monitor_stats, the precision --bf16 auto chose at the start)."""
+    """--resume: the checkpoint's state into this run's (every tensor, the optimizer, the RNG), or
+    one line naming the flag that differs. Returns (step, knn_init, monitor_stats, the precision
+    --bf16 auto chose at the start)."""
     path = os.path.join(cfg["out_dir"], "ckpt.pt")
     ckpt = load_checkpoint(path, "--resume")
     err = resume_error(ckpt, cfg, vars(P.parse_args([])), P.free, n_train, path)
@@ -695,47 +814,56 @@ def resume(cfg, P, online, target, dp, optimizer, n_train, device):
     if dp is not None:
         dp.load_state_dict(ckpt["directpred"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    stats = tuple(t.to(device) for t in ckpt["monitor_stats"]) if ckpt.get("monitor_stats") else None
+    stats = ckpt.get("monitor_stats")
+    stats = tuple(t.to(device) for t in stats) if stats else None
     restore_rng(ckpt["rng"], "cuda" if "cuda" in device else "cpu")
     return ckpt["step"], ckpt.get("knn_init"), stats, ckpt["config"]["bf16"]
 
 
 def choose_bf16(cfg, saved, online, target, shape, device, fmt, ddp):
-    """--bf16 auto, decided once per run and recorded in its config as "0" / "1" (the checkpoint, the log's first
-    record): timed at the start on a CPU with bf16 instructions (on a batch of `shape` from its own RNG), reused by
-    every --resume, so a run never switches precision midway. Every rank calls it (under DDP rank 0's choice wins).
-    Returns (the autocast context, the line saying how it was decided)."""
+    """--bf16 auto, decided once per run and recorded in its config as "0" / "1" (the checkpoint,
+    the log's first record): timed at the start on a CPU with bf16 instructions (on a batch of
+    `shape` from its own RNG), reused by every --resume, so a run never switches precision midway.
+    Every rank calls it (under DDP rank 0's choice wins). Returns (the autocast context, the line
+    saying how it was decided)."""
     device_type = "cuda" if "cuda" in device else "cpu"
     x = torch.rand(*shape, generator=torch.Generator(device).manual_seed(0), device=device)
     loss = lambda o, t, v: ssl_loss(o, t, v, v, cfg)[0]
     cfg["bf16"], line = decide_bf16(saved, device_type, lambda: bf16_if_faster(
         online, target, loss, x.contiguous(memory_format=fmt), ddp))
-    return (torch.autocast(device_type, dtype=torch.bfloat16) if cfg["bf16"] == "1" else nullcontext()), line
+    return (torch.autocast(device_type,
+                           dtype=torch.bfloat16) if cfg["bf16"] == "1" else nullcontext()), line
 
 
 def wrap(online, cfg, ddp, local_rank, device, master_process):
     """The online network as the loop calls it: compiled (--compile 1), then DDP under torchrun."""
     if cfg["compile"] and ddp and cfg["sync_bn"] and "cuda" in device and master_process:
-        print("warning: --compile 1 with DDP and SyncBatchNorm: dynamo breaks the graph at every SyncBatchNorm "
-              "(pytorch#161302) and the combination has failed (pytorch#107372); --sync-bn 0 compiles whole")
+        print("warning: --compile 1 with DDP and SyncBatchNorm: dynamo breaks the graph at every "
+              "SyncBatchNorm (pytorch#161302) and the combination has failed (pytorch#107372); "
+              "--sync-bn 0 compiles whole")
     model = torch.compile(online) if cfg["compile"] else online
     return DDP(model, device_ids=[local_rank] if "cuda" in device else None) if ddp else model
 
 
 def two_views(x, cfg, aug, gen, size, mean, std, fmt):
-    """Both augmented views of a batch, each image with its own random draws from gen (augment), in the run's memory
-    format. x: (B, C, H, W) uint8, cropped here, or (B, 2, C, H, W), the DataLoader's two crops."""
+    """Both augmented views of a batch, each image with its own random draws from gen (augment), in
+    the run's memory format. x: (B, C, H, W) uint8, cropped here, or (B, 2, C, H, W), the
+    DataLoader's two crops."""
     crop = x.dim() == 4
-    return tuple(augment(x if crop else x[:, v], aug, v, gen, size, (cfg["crop_min"], 1.0), mean, std, crop)
+    return tuple(augment(x if crop else x[:, v], aug, v, gen, size, (cfg["crop_min"], 1.0), mean,
+                         std, crop)
                  .contiguous(memory_format=fmt) for v in (0, 1))
 
 
-def checkpoint(raw_model, target, optimizer, dp, step, cfg, knn_init, n_train, monitor_stats, device):
-    """Everything a resume needs: the networks, the optimizer, DirectPred's state, the step, the config, the kNN at
-    random init, the collapse diagnostics' statistics and the RNG."""
-    return {"online": raw_model.state_dict(), "target": target.state_dict() if target is not None else None,
-            "optimizer": optimizer.state_dict(), "directpred": dp.state_dict() if dp is not None else None,
-            "step": step, "config": cfg, "knn_init": knn_init, "n_train": n_train, "monitor_stats": monitor_stats,
+def checkpoint(raw_model, target, optimizer, dp, step, cfg, knn_init, n_train, monitor_stats,
+               device):
+    """Everything a resume needs: the networks, the optimizer, DirectPred's state, the step, the
+    config, the kNN at random init, the collapse diagnostics' statistics and the RNG."""
+    return {"online": raw_model.state_dict(),
+            "target": target.state_dict() if target is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "directpred": dp.state_dict() if dp is not None else None, "step": step, "config": cfg,
+            "knn_init": knn_init, "n_train": n_train, "monitor_stats": monitor_stats,
             "rng": rng_state("cuda" if "cuda" in device else "cpu")}
 
 
@@ -744,24 +872,25 @@ def checkpoint(raw_model, target, optimizer, dp, step, cfg, knn_init, n_train, m
 
 
 def main():
-    # --- config: every bad flag (for torchrun's number of ranks) and an out-dir that cannot take the run, first
+    # --- config: every bad flag (for torchrun's ranks), an out-dir that cannot take the run: first
     cfg, P = parse_config(), get_parser()
     err = config_error(cfg, P) or out_dir_error(cfg["out_dir"], cfg["resume"])
     if err:
         raise RunError(err)
 
     # --- DDP / device
-    ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(cfg["device"], cfg["ddp_timeout"])
+    ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(cfg["device"],
+                                                                             cfg["ddp_timeout"])
     master_process = ddp_rank == 0
     seed_all(cfg["seed"])
-    ctx, fmt = speed_paths(device.split(":")[0], cfg["bf16"], cfg["channels_last"], cfg["deterministic"],
-                           cfg["width"])
+    ctx, fmt = speed_paths(device.split(":")[0], cfg["bf16"], cfg["channels_last"],
+                           cfg["deterministic"], cfg["width"])
 
     # --- data: small sets on the device as one uint8 tensor, ImageNet-size sets streamed
     train_data, n_train, in_chans, size = train_set(cfg, device)
     steps_per_epoch = n_train // cfg["batch_size"]
     if steps_per_epoch == 0:
-        raise RunError(f"--batch-size {cfg['batch_size']} is larger than the {n_train} training images")
+        raise RunError(f"--batch-size {cfg['batch_size']} is larger than the {n_train} images")
     total_steps = cfg["epochs"] * steps_per_epoch
     max_steps = min(cfg["max_steps"], total_steps) if cfg["max_steps"] > 0 else total_steps
     aug, (mean, std) = aug_of(cfg), normalisation(cfg["dataset"], device)
@@ -770,60 +899,66 @@ def main():
     online, target, dp, optimizer = build_run(cfg, in_chans, device, ddp, master_process, fmt)
 
     # --- resume, precision, compile and DDP
-    step, knn_init, monitor_stats, saved_bf16 = 0, None, None, None  # monitor_stats: the collapse diagnostics'
+    step, knn_init, monitor_stats, saved_bf16 = 0, None, None, None  # monitor_stats: collapse's
     if cfg["resume"]:
-        step, knn_init, monitor_stats, saved_bf16 = resume(cfg, P, online, target, dp, optimizer, n_train, device)
+        step, knn_init, monitor_stats, saved_bf16 = resume(cfg, P, online, target, dp, optimizer,
+                                                           n_train, device)
     if cfg["bf16"] == "auto":  # every rank
         B = cfg["batch_size"] // ddp_world_size  # the local batch
-        ctx, line = choose_bf16(cfg, saved_bf16, online, target, (B, in_chans, size, size), device, fmt, ddp)
+        ctx, line = choose_bf16(cfg, saved_bf16, online, target, (B, in_chans, size, size),
+                                device, fmt, ddp)
         if master_process:
             print(line)
     raw_model = online  # what gets saved: no "_orig_mod." or "module." in the keys
     model = wrap(online, cfg, ddp, ddp_local_rank, device, master_process)
     ema = ema_pairs(target, raw_model)
-    # F_hat of DirectPred (partitioned: of its regions, inside the predictor), watched for nan/inf; None: trained Wp
-    F_hat = dp.F_hat if dp is not None else getattr(getattr(raw_model.predictor, "dp", None), "F_hat", None)
-    knn = KnnMonitor(cfg, train_data, device, mean, std, ctx, size, fmt) if cfg["eval_every"] and master_process \
-        else None  # rank 0's kNN monitor
+    # DirectPred's F_hat (partitioned: its regions'), watched for nan/inf; None: a trained Wp
+    F_hat = dp.F_hat if dp is not None else \
+        getattr(getattr(raw_model.predictor, "dp", None), "F_hat", None)
+    knn = None  # rank 0's kNN monitor
+    if cfg["eval_every"] and master_process:
+        knn = KnnMonitor(cfg, train_data, device, mean, std, ctx, size, fmt)
 
     # --- the training loop
     run = Run(cfg, ddp_rank, ddp, device, step, max_steps, looks_collapsed)  # every rank
     if master_process:
-        print(f"{cfg['dataset']}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} -> {max_steps}, "
-              f"{ddp_world_size} rank(s) x batch {cfg['batch_size'] // ddp_world_size}, device {device}")
+        B = cfg["batch_size"] // ddp_world_size
+        print(f"{cfg['dataset']}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} "
+              f"-> {max_steps}, {ddp_world_size} rank(s) x batch {B}, device {device}")
     run.open_bar(step)
-    if knn is not None and step == 0:  # the same network at random init: the baseline the run must beat
+    if knn is not None and step == 0:  # the same network at random init: the baseline to beat
         knn_init = run.knn(knn, raw_model.backbone)
-    gen = torch.Generator(device=device)  # augmentation RNG, reseeded per step from (seed, step, rank)
+    gen = torch.Generator(device=device)  # the views' RNG, reseeded from (seed, step, rank)
     rec = {}
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
-        for x, _ in epoch_batches(train_data, cfg["batch_size"], epoch, cfg["seed"], ddp_rank, ddp_world_size,
-                                  device, start=k, workers=cfg["workers"]):
+        for x, _ in epoch_batches(train_data, cfg["batch_size"], epoch, cfg["seed"], ddp_rank,
+                                  ddp_world_size, device, start=k, workers=cfg["workers"]):
             gen.manual_seed(step_seed(cfg["seed"], step, ddp_rank))
             x1, x2 = two_views(x, cfg, aug, gen, size, mean, std, fmt)
             lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)
-            loss, z1, z2 = train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, tau, ema)
-            monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d): both views' f
-            if master_process and step == 0:  # the random init (this step's forward ran before its update)
+            loss, z1, z2 = train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr,
+                                      tau, ema)  # every rank
+            monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d)
+            if master_process and step == 0:  # the random init (this forward ran before the update)
                 run.write({"step": 0, "epoch": 0.0, "bf16": cfg["bf16"], "loss": loss.item(),
                            **diagnostics(monitor_stats, None, z1),
                            **({"knn_top1": knn_init} if knn_init is not None else {})})
             step += 1
-            run.stepped(step, loss, F_hat)  # every rank: at log / checkpoint steps, a collective stop if diverged
+            run.stepped(step, loss, F_hat)  # every rank: a collective stop if diverged, when due
             rec = {"step": step, "epoch": step / steps_per_epoch}
             if knn is not None and (step % cfg["eval_every"] == 0 or step == max_steps):
                 rec["knn_top1"] = run.knn(knn, raw_model.backbone)
             if master_process and run.log_due(step):
-                Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors (not mlp, not partitioned)
+                Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors only
                 rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=run.img_per_s(step),
                            **diagnostics(monitor_stats, Wp, z1), **run.memory())
                 run.show(rec)
             if master_process and len(rec) > 2:
                 run.write(rec)
-            if run.ckpt_due(step):  # every rank: rank 0 writes ckpt.pt, each rank its own with --save-every-rank
-                state = checkpoint(raw_model, target, optimizer, dp, step, cfg, knn_init, n_train, monitor_stats,
-                                   device)
+            if run.ckpt_due(step):  # every rank: ckpt.pt on rank 0 (--save-every-rank: each rank's)
+                state = checkpoint(raw_model, target, optimizer, dp, step, cfg, knn_init, n_train,
+                                   monitor_stats, device)
                 run.save(state, state["online"], state["target"] or {})
             run.stop_if_signalled(step)  # every rank
             if step >= max_steps:
@@ -836,5 +971,5 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except RunError as e:  # a bad flag, path or file, a diverged or stopped run: one line on stderr, no traceback
+    except RunError as e:  # a bad flag, path or file, a diverged or stopped run: one line
         sys.exit(f"error: {e}")
