@@ -108,7 +108,7 @@ def load_dataset(name, data_dir, split, fake_size=1024):
         g = torch.Generator().manual_seed(1234 + (split == "test"))
         return torch.randint(0, 256, (fake_size, 3, 32, 32), dtype=torch.uint8, generator=g), \
             torch.randint(0, 10, (fake_size,), generator=g)
-    # here, not at the top: it imports torch._dynamo, 1.7 s of every start that needs no file
+    # here, not at the top: it imports torch._dynamo, seconds of every start that needs no file
     import torchvision
     tv = torchvision.datasets
     try:

@@ -171,10 +171,8 @@ def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0,
     if bf16 == "auto":  # CUDA: native bf16 only (pre-Ampere GPUs emulate it, slower); a CPU: fp32
         # here, and train.py turns bf16 on where bf16_if_faster measures it faster for the network
         bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    if channels_last == "auto":  # CPU: 1.6x faster at width 16, but oneDNN's 1x1 stride-2 weight
-        # gradient in channels_last hangs or errs when the conv has fewer input channels than its
-        # kernel's block (8 on AVX2; github.com/uxlfoundation/oneDNN/issues/6035): our downsample
-        # convs see --width channels and more
+    if channels_last == "auto":  # faster on a CPU from width 16 (docs/reference.md, Speed); below,
+        # oneDNN's 1x1 stride-2 weight gradient in channels_last fails (oneDNN issue 6035)
         channels_last = device_type == "cuda" or width >= 16
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if int(bf16) else nullcontext()
     return ctx, torch.channels_last if int(channels_last) else torch.contiguous_format
@@ -425,9 +423,8 @@ class DivergenceGuard:
 
 
 # the collapse warning: printed when a run has looked collapsed (train.looks_collapsed) for
-# COLLAPSE_INTERVALS log lines in a row, and a note when it recovers for as many lines (3 lines in a
-# row flag the laptop search's collapse controls and none of its 28 runs that learned,
-# paper/results/laptop-search). It warns, never stops a run
+# COLLAPSE_INTERVALS log lines in a row, and a note when it recovers for as many (why 3:
+# docs/reference.md, "Has my run collapsed?"). It warns, never stops a run
 COLLAPSE_INTERVALS = 3
 
 

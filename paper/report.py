@@ -213,9 +213,6 @@ def verdicts(scale, results):
                                                                f"{v['final_z_std']:.2f}" for s, v in sorted(a.items()))
                              + f"; {c['b']}: {sum(collapsed(v) for v in b.values())} of {len(b)} collapsed")
             k = sum(collapsed(v) for v in a.values())
-            rec["brief"] = (f"{k} of {len(a)} collapsed (rank <= {max(v['final_erank'] for v in a.values()):.2f}, "
-                            f"z_std <= {max(v['final_z_std'] for v in a.values()):.2f}); {c['b']}: "
-                            f"{sum(collapsed(v) for v in b.values())} of {len(b)}") if a else ""
             rec["verdict"] = ("not run" if not a else "holds" if k == len(a) and not any(map(collapsed, b.values()))
                               else "does not hold" if k == 0 else f"inconclusive ({k} of {len(a)} seeds collapsed)")
         elif "align" in c:
@@ -261,10 +258,9 @@ def interval(d, k=100):
     return f"{k * st['mean']:+.2f} [{k * st['ci95'][0]:+.2f}, {k * st['ci95'][1]:+.2f}] (n={st['n']})"
 
 
-def claims_markdown(scale, results, brief=False):
-    """The verdicts as a markdown table: claim, contrast, per-seed paired differences, mean ± std, the 95% interval
-    and one-sided p of the paired t-test, verdict. brief (the README's): claim, the linear probe's mean [95% interval]
-    (or the collapse count), the verdict in short."""
+def claims_markdown(scale, results):
+    """PLAN.md's verdicts as a markdown table (claims.md): claim, contrast, per-seed paired differences, mean ± std,
+    the 95% interval and one-sided p of the paired t-test, verdict."""
     recs = verdicts(scale, results)
     diffs = lambda d: ", ".join(f"{100 * v:+.2f}" for _, v in sorted(d.items()))
     ms = lambda d, k=100: fmt(mean_std(list(d.values())), k, "+") if d else ""
@@ -275,14 +271,6 @@ def claims_markdown(scale, results, brief=False):
         st = paired_test(list(r["linear"].values()))
         return f"{st['p_above'] if r['sign'] > 0 else st['p_below'] if r['sign'] < 0 else st['p_within']:.3f}"
 
-    if brief:
-        lines = ["| claim | the paper | linear top-1, paired difference: mean [95% interval] | verdict |",
-                 "| --- | --- | --- | --- |"]
-        for r in recs:
-            value = r["brief"] if "collapse" in r else interval(r["linear"], 1 if "align" in r else 100)
-            verdict = r.get("brief_verdict", r["verdict"]) + ("; Wp turning symmetric: untestable" if "align" in r else "")
-            lines.append(f"| {r['claim']} | {r['text']} | {value} | {verdict} |")
-        return "\n".join(lines)
     lines = ["| claim | the paper | contrast a - b | linear top-1 a - b, per seed | mean ± std | mean [95% interval] "
              "| p (one-sided) | kNN a - b, mean ± std | verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in recs:
@@ -295,7 +283,10 @@ def claims_markdown(scale, results, brief=False):
                          f"{ms(r['linear'], 1)} | {interval(r['linear'], 1)} | {p_value(r)} | | "
                          f"{r['verdict']}{r['detail']} |")
         else:
-            lines.append(f"| {r['claim']} | {r['text']} | {r['a']} - {r['b']} | {diffs(r['linear'])} | "
+            b = r["b"] if r["b"] != "random" else "random-bn (the random init, BN statistics re-estimated)" \
+                if any(k.startswith("random-bn-s") for k in load_results(results)[1]) else \
+                "random (the random init as initialised)"
+            lines.append(f"| {r['claim']} | {r['text']} | {r['a']} - {b} | {diffs(r['linear'])} | "
                          f"{ms(r['linear'])} | {interval(r['linear'])} | {p_value(r) if r['linear'] else ''} | "
                          f"{ms(r['knn'])} | {r['verdict']} |")
     return "\n".join(lines)
