@@ -13,10 +13,10 @@ Resume where a run stopped (same flags, plus --resume):
 Papers: Tian, Chen, Ganguli, ICML 2021 (arXiv 2102.06810), "Understanding self-supervised learning
 dynamics without contrastive pairs" (DirectPred); Grill et al. 2020 (BYOL); Chen & He 2021
 (SimSiam). The file reads top to bottom: config, augmentation, model, loss and optimizer, the step,
-then (under __main__) the training run. Dataset files, DDP and checkpoints are plumbing.py's; the
-predictor's rule and the Fig. 2 diagnostics directpred.py's. eval_linear.py imports the model and
-augmentation from here, so importing this file trains nothing.
-
+starting a run, then main(), the training loop. The datasets are data.py's; DDP, checkpoints and the
+run's upkeep (the log, the bar, the guards) plumbing.py's; the predictor's rule and the Fig. 2
+diagnostics directpred.py's. eval_linear.py imports the model and augmentation from here, so
+importing this file trains nothing.
 """
 import argparse
 import copy

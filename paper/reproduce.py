@@ -1,15 +1,16 @@
 """
-The paper's experiments with this code: every row of Tian, Chen, Ganguli (ICML 2021, arXiv 2102.06810) as data,
-run at the paper's scale (GPUs, STL-10 / CIFAR-10 / ImageNet) or at laptop scale (Fashion-MNIST on a CPU), with
-baselines, per-run result files, a markdown table and figures.
+Runs the paper's rows (paper/rows.py) with this code: at the paper's scale (GPUs, STL-10 / CIFAR-10 / ImageNet)
+or at laptop scale (Fashion-MNIST on a CPU, the claims suite's protocol), with the baselines; one small result
+file per run; the table, the verdicts and the figures from them (paper/report.py, paper/verdicts.py).
 
-    python -m paper.reproduce --scale laptop --dry-run                # the exact commands, the row count, a time estimate
-    python -m paper.reproduce --scale laptop                          # every row; finished runs skipped, unfinished resumed
+    python -m paper.reproduce --scale laptop --dry-run       # the exact commands, the row count, a time estimate
+    python -m paper.reproduce --scale laptop                 # every row; finished runs skipped, stopped resumed
     python -m paper.reproduce --scale laptop --rows predictors,table3 --seeds 0,1,2
-    python -m paper.reproduce --scale paper --data-dir /data --rows table6 --dry-run      # with GPU-hours per row
-    python -m paper.reproduce --scale paper --data-dir /data --rows table8 --download     # one run per GPU, data fetched
-    python -m paper.reproduce --scale paper --data-dir /data --rows table9                # each ImageNet run on all GPUs
-    python -m paper.reproduce --scale laptop --report                 # only the table and figures, from the result files
+    python -m paper.reproduce --scale paper --data-dir /data --rows table6 --dry-run   # with GPU-hours per row
+    python -m paper.reproduce --scale paper --data-dir /data --rows table8 --download  # one run per GPU
+    python -m paper.reproduce --scale paper --data-dir /data --rows table9   # each ImageNet run on all GPUs
+    python -m paper.reproduce --scale laptop --report        # only the table, verdicts and figures
+    python -m paper.reproduce --demo                         # the class demo (a few minutes on 2 cores)
 
 On a GPU node (--gpus, default every GPU torch sees) single-GPU runs go side by side, one per GPU
 (CUDA_VISIBLE_DEVICES); each ImageNet row runs alone on all of them through --launcher (torchrun). On a CPU,
@@ -19,13 +20,9 @@ what torchvision can).
 
 Each (row, seed) is `python train.py <scale's base flags> <row's flags> --seed S --out-dir WORK/<row>/s<S>`, then
 `python eval_linear.py --ckpt WORK/<row>/s<S>/ckpt.pt`, exactly what a user would type (--dry-run prints them). Its
-result (linear and kNN top-1, wall time, final z_std and effective rank, the kNN curve) goes to a small JSON file
-under --results (default paper/results/<scale>/), meant to be committed: a run with a result file is never recomputed,
-so a suite stopped half way is continued, here or on another machine, by running the same command again (an
-unfinished run continues from its last checkpoint in WORK with --resume, where WORK survived).
-Baselines, once per scale and seed, with the same probe: the same network at random init (as initialised, and with
-its BN statistics re-estimated on the training images: the gains are taken over that one), raw pixels, and the same
-network trained with labels for the same number of steps (eval_linear.py --baseline supervised).
+result goes to a small JSON file under --results, meant to be committed: a run with a result file is never
+recomputed, so a suite stopped half way is continued, here or on another machine, by running the same command
+again (an unfinished run continues from its last checkpoint with --resume, where WORK survived).
 """
 import argparse
 import json
