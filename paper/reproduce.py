@@ -187,9 +187,9 @@ def write_tables(scale, results):
         with open(os.path.join(results, "claims.md"), "w") as fh:
             fh.write(claims_markdown(scale, results) + "\n")
         return
-    from paper.verdicts import report  # (a results folder judged by the v2 rules)
+    from paper.verdicts import named_report  # (a results folder judged by the v2 rules)
     with open(os.path.join(results, "verdicts.md"), "w") as fh:
-        fh.write(report(results, f"v2 verdicts of {results}"))
+        fh.write(named_report(os.path.relpath(results)))
 
 
 def get_parser():

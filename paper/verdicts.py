@@ -127,8 +127,17 @@ def contrast(c, runs, inits):
     return rec
 
 
-def verdicts(results):
-    """(contrast records with tests and verdicts, the regime gate, each row's gains) of one results folder."""
+def decided(results):
+    """The indices (in CLAIMS) of the contrasts a results folder's verdicts decide: holds, opposite, equivalent,
+    differ. The confirmation tests these of the exploratory seeds (PLAN.md's last section)."""
+    return {i for i, r in enumerate(verdicts(results)[0])
+            if not r["untestable"] and r["verdict"] in ("holds", "opposite", "equivalent", "differ")}
+
+
+def verdicts(results, family=None):
+    """(contrast records with tests and verdicts, the regime gate, each row's gains) of one results folder.
+    family: the indices of the contrasts it tests (the confirmation's); the others are "not confirmed", outside the
+    Holm family."""
     runs, inits = results_of(results)
     gains = {rid: points({s: v["linear_top1"] - inits[s]["init"] for s, v in got.items() if s in inits})
              for rid, got in runs.items()}
@@ -137,6 +146,9 @@ def verdicts(results):
         {s: v["linear_top1"] - inits[s][name]["linear_top1"] for s, v in runs.get("pred-direct", {}).items()
          if s in inits}) for name in ("random", "random-bn")})
     recs = [contrast(c, runs, inits) for c in CLAIMS]
+    for i, r in enumerate(recs):
+        if family is not None and i not in family:
+            r.update(untestable=None, seeds=[], kind=r["kind"], skipped=True)
     for r in recs:
         if not gate["passes"] and r["kind"] != "collapse" and not r["untestable"]:
             r["untestable"] = "the regime gate fails (rule (d))"
@@ -154,6 +166,9 @@ def verdicts(results):
 
 def judge(r):
     """Rules 2-4 on one contrast with its Holm-adjusted p: the verdict word, and which hypothesis it reports."""
+    if r.get("skipped"):
+        r["shown"] = None
+        return "not confirmed (not decided on seeds 0-4)"
     if len(r["seeds"]) < 2:
         r["shown"] = None
         return "not run" if not r["seeds"] else "inconclusive (n = 1)"
@@ -182,12 +197,12 @@ def p_cell(r):
     return f"{h}: t {pt:.4f} / {ht:.4f}; flip {pf:.4f} / {hf:.4f}"
 
 
-def mean_ci(d, unit=100):
+def mean_ci(d, with_n=True):
     """'mean [95% interval] (n)' of a list of differences already in their unit."""
     if len(d) < 2:
         return f"{d[0]:+.2f} (n=1)" if d else ""
     lo, hi = stats.interval(d)
-    return f"{statistics.mean(d):+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)})"
+    return f"{statistics.mean(d):+.2f} [{lo:+.2f}, {hi:+.2f}]" + (f" (n={len(d)})" if with_n else "")
 
 
 def status(r):
@@ -195,16 +210,12 @@ def status(r):
     return f"untestable here: {r['untestable']} (measured: {r['verdict']})" if r["untestable"] else r["verdict"]
 
 
-def markdown(results, brief=False):
-    """The v2 verdict table of one results folder (brief: the README's columns)."""
-    recs, gate, gains = verdicts(results)
-    if brief:
-        lines = ["| claim | the paper | contrast, mean [95% interval] | p: t raw / Holm; sign-flip raw / Holm | "
-                 "verdict | magnitude |", "| --- | --- | --- | --- | --- | --- |"]
-    else:
-        lines = ["| claim | the paper | contrast | per seed | mean [95% interval] | p: t raw / Holm; sign-flip raw / "
-                 "Holm | kNN, mean [95% interval] | verdict | magnitude |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def markdown(results, family=None):
+    """The v2 verdict table of one results folder, every contrast's full record (family: as verdicts')."""
+    recs, gate, gains = verdicts(results, family)
+    lines = ["| claim | the paper | contrast | per seed | mean [95% interval] | p: t raw / Holm; sign-flip raw / "
+             "Holm | kNN, mean [95% interval] | verdict | magnitude |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in recs:
         if r["kind"] == "collapse":
             value = f"rank {mean_ci(r['d'][0])}; z_std {mean_ci(r['d'][1])}"
@@ -215,18 +226,17 @@ def markdown(results, brief=False):
         mag = r.get("magnitude", "")
         if "vs random" in r:
             mag += "; gain over random " + mean_ci(r["vs random"]) + ", over random-bn " + mean_ci(r["vs random-bn"])
-        if brief:
-            lines.append(f"| {r['claim']} | {r['text']} | {r['contrast']}: {value} | {p_cell(r)} | {status(r)} | "
-                         f"{mag} |")
-        else:
-            lines.append(f"| {r['claim']} | {r['text']} | {r['contrast']} | {seeds} | {value} | {p_cell(r)} | "
-                         f"{mean_ci(r.get('knn', []))} | {status(r)} | {mag} |")
+        if r.get("skipped"):
+            lines.append(f"| {r['claim']} | {r['text']} | {r['contrast']} | | | | | {status(r)} | |")
+            continue
+        lines.append(f"| {r['claim']} | {r['text']} | {r['contrast']} | {seeds} | {value} | {p_cell(r)} | "
+                     f"{mean_ci(r.get('knn', []))} | {status(r)} | {mag} |")
     return "\n".join(lines)
 
 
 def gate_markdown(results):
     """The regime gate and each row's gain over the stronger init, with whether it learns (rule 1)."""
-    recs, gate, gains = verdicts(results)
+    recs, gate, gains = verdicts(results, set())
     if len(gate["gains"]) < 2:
         return ("No regime gate: the folder holds fewer than 2 seeds of pred-direct with both random-init baselines "
                 "(random-s, random-bn-s), so every contrast but C1's is untestable (rule (d)).")
@@ -285,10 +295,10 @@ def comparison_markdown(results):
     return "\n".join(lines)
 
 
-def counts(results):
+def counts(results, family=None):
     """{verdict word: number of contrasts}, untestable counted as one word."""
     out = {}
-    for r in verdicts(results)[0]:
+    for r in verdicts(results, family)[0]:
         k = "untestable" if r["untestable"] else r["verdict"]
         out[k] = out.get(k, 0) + 1
     return out
@@ -297,12 +307,50 @@ def counts(results):
 EXPLORATORY = ("paper/results/claims", "Exploratory: seeds 0-4 of paper/results/claims under rules v2",
                "C13's `t1-optimal` rows ran the optimal plug-in estimator used before the fidelity audit, neither of "
                "the authors' branches (paper/results/claims/README.md); its confirmation runs the authors' rule.")
+CONFIRMATION = ("paper/results/claims-v2", "The confirmation: seeds 5-9 under rules v2, judged alone",
+                "It tests the contrasts the exploratory seeds 0-4 decided (CONFIRMATION.md), those alone in its "
+                "Holm family; C13's `t1-optimal` runs the authors' optimal plug-in rule (`--optimal-rule "
+                "solve-as-run`).")
 
 
-def report(results, title, note=""):
+def cell(r, confirm=False):
+    """A contrast's verdict in a few words with its numbers: mean [95% interval] (a collapse contrast: how far the
+    rank and z_std end below DirectPred's), and for a decided one the Holm-adjusted t-test p and the sign-flip p."""
+    if r["untestable"]:
+        why = r["untestable"].split(" (rule")[0] if "rule 6" not in r["untestable"] else "the basin needs the " \
+            "paper's run (rule 6)"
+        return f"untestable here: {why}"
+    if r["verdict"] in ("not run", "inconclusive (n = 1)"):
+        return r["verdict"]
+    if r["kind"] == "collapse":
+        value = f"rank {mean_ci(r['d'][0], False)} and z_std {mean_ci(r['d'][1], False)} below DirectPred's"
+    else:
+        value = mean_ci(r["d"], False)
+    h = r["shown"]
+    p = f"; Holm t p {r['holm'][h][0]:.3f}, flip p {r['hyp'][h][1]:.3f}" if r["verdict"] != "inconclusive" else ""
+    word = f"**{r['verdict']}**" if confirm else r["verdict"]
+    return f"{word}: {value}{p}"
+
+
+def readme_table(confirm, explore):
+    """The README's verdicts: each contrast's confirmation (seeds 5-9, where it was confirmed) beside its
+    exploratory verdict (seeds 0-4), and the magnitude column (the confirmation's where it has one)."""
+    conf, expl = verdicts(confirm, decided(explore))[0], verdicts(explore)[0]
+    lines = ["| claim | the paper | seeds 5-9: the confirmation | seeds 0-4: exploratory | magnitude |",
+             "| --- | --- | --- | --- | --- |"]
+    for c, e in zip(conf, expl):
+        confirmed = not c.get("skipped") and len(c["seeds"]) > 1
+        mag = (c if confirmed else e).get("magnitude", "")
+        lines.append(f"| {e['claim']} | {e['text']} | {cell(c, True) if confirmed else 'not confirmed'} | "
+                     f"{cell(e)} | {mag} |")
+    return "\n".join(lines)
+
+
+def report(results, title, note="", family=None):
     """A results folder's v2 report: the regime gate and each row's gain, PLAN.md's verdicts beside v2's (where the
-    folder is PLAN.md's suite: it holds PLAN.md's claims.md), every contrast's full v2 record."""
-    c = counts(results)
+    folder is PLAN.md's suite: it holds PLAN.md's claims.md), every contrast's full v2 record (family: the
+    contrasts it tests, as verdicts')."""
+    c = counts(results, family)
     parts = [f"# {title}", "",
              f"Generated by `paper.verdicts.report(\"{results}\", ...)` from the result files there, under the rules "
              "of paper/results/claims-v2/PLAN.md. Linear top-1 of the fast probe on the 10k test images, paired by "
@@ -311,8 +359,18 @@ def report(results, title, note=""):
              "## The regime gate and which rows learn (rule 1)", "", gate_markdown(results)]
     if os.path.exists(os.path.join(results, "claims.md")):  # PLAN.md's suite: its verdicts beside
         parts += ["", "## PLAN.md's verdicts and v2's, with why they differ", "", comparison_markdown(results)]
-    parts += ["", "## Every contrast under v2", "", markdown(results)]
+    parts += ["", "## Every contrast under v2", "", markdown(results, family)]
     return "\n".join(parts) + "\n"
+
+
+def named_report(results):
+    """The report of a folder: the exploratory seeds, the confirmation (its family: what those decided), or any
+    other folder judged whole."""
+    if results == EXPLORATORY[0]:
+        return report(*EXPLORATORY)
+    if results == CONFIRMATION[0]:
+        return report(*CONFIRMATION, family=decided(EXPLORATORY[0]))
+    return report(results, f"v2 verdicts of {results}")
 
 
 if __name__ == "__main__":
@@ -320,8 +378,7 @@ if __name__ == "__main__":
     ap.add_argument("results", help="a results folder (paper/results/claims-v2, paper/results/claims)")
     ap.add_argument("--write", default="", help="write the report here (else print it)")
     args = ap.parse_args()
-    text = report(*EXPLORATORY) if args.results.rstrip("/") == EXPLORATORY[0] else \
-        report(args.results, f"v2 verdicts of {args.results}")
+    text = named_report(args.results.rstrip("/"))
     if args.write:
         with open(args.write, "w") as fh:
             fh.write(text)
