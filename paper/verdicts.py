@@ -8,6 +8,7 @@ against the stronger of the two random inits, one collapse rule, and "untestable
 """
 import argparse
 import os
+import re
 import shlex
 import statistics
 
@@ -315,32 +316,35 @@ CONFIRMATION = ("paper/results/claims-v2", "The confirmation: seeds 5-9 under ru
 
 def cell(r, confirm=False):
     """A contrast's verdict in a few words with its numbers: mean [95% interval] (a collapse contrast: how far the
-    rank and z_std end below DirectPred's), and for a decided one the Holm-adjusted t-test p and the sign-flip p."""
+    rank and z_std end below DirectPred's); for the confirmation's, the Holm-adjusted t-test p and the sign-flip
+    p."""
     if r["untestable"]:
-        why = r["untestable"].split(" (rule")[0] if "rule 6" not in r["untestable"] else "the basin needs the " \
-            "paper's run (rule 6)"
-        return f"untestable here: {why}"
+        return "untestable: " + ("the basin (rule 6)" if "rule 6" in r["untestable"] else
+                                 "ImageNet only" if "ImageNet" in r["untestable"] else r["untestable"])
     if r["verdict"] in ("not run", "inconclusive (n = 1)"):
         return r["verdict"]
     if r["kind"] == "collapse":
-        value = f"rank {mean_ci(r['d'][0], False)} and z_std {mean_ci(r['d'][1], False)} below DirectPred's"
+        value = f"rank {mean_ci(r['d'][0], False)}, z_std {mean_ci(r['d'][1], False)} below DirectPred's"
     else:
         value = mean_ci(r["d"], False)
     h = r["shown"]
-    p = f"; Holm t p {r['holm'][h][0]:.3f}, flip p {r['hyp'][h][1]:.3f}" if r["verdict"] != "inconclusive" else ""
-    word = f"**{r['verdict']}**" if confirm else r["verdict"]
-    return f"{word}: {value}{p}"
+    p = f"; Holm t p {r['holm'][h][0]:.3f}, flip p {r['hyp'][h][1]:.3f}" if confirm else ""
+    return f"**{r['verdict']}**: {value}{p}" if confirm else f"{r['verdict']}: {value}"
 
 
 def readme_table(confirm, explore):
     """The README's verdicts: each contrast's confirmation (seeds 5-9, where it was confirmed) beside its
     exploratory verdict (seeds 0-4), and the magnitude column (the confirmation's where it has one)."""
     conf, expl = verdicts(confirm, decided(explore))[0], verdicts(explore)[0]
-    lines = ["| claim | the paper | seeds 5-9: the confirmation | seeds 0-4: exploratory | magnitude |",
+    lines = ["| claim | the paper | seeds 5-9: the confirmation | seeds 0-4: exploratory | the paper's effect |",
              "| --- | --- | --- | --- | --- |"]
     for c, e in zip(conf, expl):
         confirmed = not c.get("skipped") and len(c["seeds"]) > 1
         mag = (c if confirmed else e).get("magnitude", "")
+        mag = re.sub(r"the paper's (\S+) is (inside|outside)", r"\1, \2 the interval", mag)
+        mag = re.sub(r" collapsed by the rule \(rank < 1.3 or z_std < 0.1\); pred-direct: (\d+) of (\d+)",
+                     r" at the collapse rule (DirectPred \1)", mag)
+        mag = {"(no paper number)": "", "(a figure: no number to compare)": ""}.get(mag, mag)
         lines.append(f"| {e['claim']} | {e['text']} | {cell(c, True) if confirmed else 'not confirmed'} | "
                      f"{cell(e)} | {mag} |")
     return "\n".join(lines)

@@ -5,8 +5,8 @@ The reference runs read as README.md here says, before the first result landed: 
 
     python paper/results/reference/summary.py      # writes paper/results/reference/summary.md and prints it
 
-readme_table() is the README's table of these runs: a test checks that the README holds it and that summary.md is
-summary_markdown(), line for line.
+readme_table() is docs/reference.md's table of these runs: a test checks that docs/reference.md holds it and that
+summary.md is summary_markdown(), line for line.
 """
 import os
 import sys
@@ -51,9 +51,9 @@ def cell(vals, sign=""):
 
 
 def readme_table(folder=HERE):
-    """Each row's mean ± std over its seeds, linear and kNN top-1, in the order of the README's first table."""
+    """Each row's mean ± std over its seeds, linear and kNN top-1 (docs/reference.md's table)."""
     runs, base = load_results(folder)
-    lines = ["| features (fast probe, 10k test images; [paper/results/reference](paper/results/reference)) | seeds | "
+    lines = ["| features (fast probe, 10k test images; [paper/results/reference](../paper/results/reference)) | seeds | "
              "linear top-1 | kNN top-1 |", "| --- | --- | --- | --- |"]
     for name, label in BASELINES[:2] + ROWS + BASELINES[2:]:
         got = per_seed(runs, base, name)
