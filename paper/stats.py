@@ -1,8 +1,9 @@
 """
-The statistics of the laptop claims (paper/results/claims-v2/PLAN.md): paired differences over seeds, tested twice,
-by Student's t and by an exact sign-flip (permutation) test, one-sided or as two one-sided tests (TOST) against an
-equivalence margin; Holm's step-down adjustment over a family of p values. scipy.stats does the tests (paper/'s
-optional dependency, as matplotlib is for the figures); this module only names them for the plan's words.
+The statistics of the laptop claims (paper/results/claims-v2/PLAN.md): paired differences over
+seeds, tested twice, by Student's t and by an exact sign-flip (permutation) test, one-sided or as
+two one-sided tests (TOST) against an equivalence margin; Holm's step-down adjustment over a family
+of p values. scipy.stats does the tests (paper/'s optional dependency, as matplotlib is for the
+figures); this module only names them for the plan's words.
 """
 import math
 
@@ -28,8 +29,9 @@ def t_ppf(q, df):
 
 
 def t_test(d, alternative, null=0.0):
-    """One-sided one-sample t-test of the mean of the paired differences d against `null`: alternative "greater"
-    (mean > null) or "less". n - 1 degrees of freedom. Returns its p (1 for a constant d on the null's side, 0 beyond)."""
+    """One-sided one-sample t-test of the mean of the paired differences d against `null`:
+    alternative "greater" (mean > null) or "less". n - 1 degrees of freedom. Returns its p (1 for a
+    constant d on the null's side, 0 beyond)."""
     d = np.asarray(d, dtype=float) - null
     if np.ptp(d) == 0:  # no spread: t is infinite (or undefined at 0); scipy returns nan there
         m = d[0]
@@ -38,11 +40,12 @@ def t_test(d, alternative, null=0.0):
 
 
 def sign_flip_test(d, alternative, null=0.0):
-    """The exact one-sided sign-flip test of the mean of d - null: each of the 2^n sign patterns of the differences
-    equally likely under the null (each difference symmetric about it). Its smallest p is 2^-n (1/32 at n = 5)."""
+    """The exact one-sided sign-flip test of the mean of d - null: each of the 2^n sign patterns of
+    the differences equally likely under the null (each difference symmetric about it). Its smallest
+    p is 2^-n (1/32 at n = 5)."""
     d = np.asarray(d, dtype=float) - null
-    return float(_stats().permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
-                                           alternative=alternative).pvalue)
+    return float(_stats().permutation_test((d,), np.mean, permutation_type="samples",
+                                           n_resamples=np.inf, alternative=alternative).pvalue)
 
 
 def interval(d, level=0.95):
@@ -54,8 +57,9 @@ def interval(d, level=0.95):
 
 
 def holm(p):
-    """Holm's step-down adjusted p values (the same order as p): the k-th smallest times (m - k + 1), made
-    non-decreasing along that order, capped at 1. A hypothesis is rejected at level a when its adjusted p < a."""
+    """Holm's step-down adjusted p values (the same order as p): the k-th smallest times
+    (m - k + 1), made non-decreasing along that order, capped at 1. A hypothesis is rejected at
+    level a when its adjusted p < a."""
     order = sorted(range(len(p)), key=lambda i: p[i])
     adj, running = [0.0] * len(p), 0.0
     for k, i in enumerate(order):
