@@ -212,9 +212,8 @@ def step_pieces(flags, dev):
             st["t1"], st["t2"], _, _ = target(st["x1"], st["x2"])
 
     def loss(st):
-        st["loss"] = T.cosine_loss(st["p1"].float(),
-                                   st["t2"].float()) + T.cosine_loss(st["p2"].float(),
-                                                                     st["t1"].float())
+        st["loss"] = (T.cosine_loss(st["p1"].float(), st["t2"].float())
+                      + T.cosine_loss(st["p2"].float(), st["t1"].float()))
 
     def backward(st):
         opt.zero_grad(set_to_none=True)
@@ -339,8 +338,8 @@ def precision_suite(args):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", default="default", choices=["default", "profile", "step", "roofline",
-                                                          "precision"])
+    p.add_argument("--suite", default="default",
+                   choices=["default", "profile", "step", "roofline", "precision"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=256, help="default suite")
     p.add_argument("--steps", type=int, default=6,

@@ -55,9 +55,8 @@ FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-imag
 DATASETS = {
     "cifar10": Dataset("cifar-10-batches-py",
                        "{d}/cifar-10-batches-py/ with data_batch_1..5 and test_batch (the python "
-                       "pickle version)", (3, 32), 50_000, (0.4914, 0.4822, 0.4465), (0.2023,
-                                                                                      0.1994,
-                                                                                      0.2010),
+                       "pickle version)", (3, 32), 50_000,
+                       (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
                        "cifar", "cifar", val=True),
     "cifar100": Dataset("cifar-100-python",
                         "{d}/cifar-100-python/ with train and test (the python pickle version)",
@@ -154,9 +153,8 @@ def load_dataset(name, data_dir, split, fake_size=1024):
         if name == "fashion-mnist":
             raw = os.path.join(data_dir, DATASETS[name].folder)
             for f in FMNIST_FILES:
-                gz = next((p for p in (os.path.join(raw, f + ".gz"), os.path.join(FMNIST_SYSTEM_DIR,
-                                                                                  f + ".gz"))
-                           if os.path.exists(p)), None)
+                places = (os.path.join(raw, f + ".gz"), os.path.join(FMNIST_SYSTEM_DIR, f + ".gz"))
+                gz = next((p for p in places if os.path.exists(p)), None)
                 # unpack .gz (ours or the Debian package's)
                 if not os.path.exists(os.path.join(raw, f)) and gz:
                     os.makedirs(raw, exist_ok=True)
@@ -350,8 +348,8 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
     with full_fp32(train_f.device.type):
         for i in range(0, len(test_f), chunk):
             sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(min(k, len(train_f)), dim=1)  # (b, k)
-            votes = torch.zeros(len(sim), n_cls, device=sim.device).scatter_add_(1, train_y[idx],
-                                                                                 (sim / t).exp())
+            votes = torch.zeros(len(sim), n_cls, device=sim.device)  # (b, classes)
+            votes.scatter_add_(1, train_y[idx], (sim / t).exp())
             correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
     return correct / len(test_f)
 
@@ -386,8 +384,8 @@ class KnnMonitor:
     def __init__(self, cfg, data, device, mean, std, ctx, size, fmt):
         """data: train_set's; the other arguments as extract_features takes them."""
         if DATASETS[cfg["dataset"]].streamed:
-            self.sets = tuple(load_dataset(cfg["dataset"], cfg["data_dir"], s) for s in ("train",
-                                                                                         "test"))
+            self.sets = tuple(load_dataset(cfg["dataset"], cfg["data_dir"], s)
+                              for s in ("train", "test"))
         else:
             images, labels = data
             keep = labels >= 0  # STL-10's unlabeled images have y = -1

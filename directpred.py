@@ -24,10 +24,10 @@ Variants, all in the one class:
 - exponent a (a = 1 is DirectSet(1)), offset c inside the root (Table 7: eps = 0, c = +-0.05, +-0.1;
   floored at 1e-4 inside the root, as compute_w_corr's dyn_eps_inside branch; eps, if also given, is
   added after the root);
-- center (dyn_zero_mean in the authors' code): EMAs of E[f f^T] and of E[f], and at a set F = F_hat
-  - mu_hat mu_hat^T (the paper finds centering hurts; off by default);
-- mode "directcopy" (Wang, Chen, Du, Tian 2021, arXiv 2110.04947): Wp = F_hat / lambda_max(F_hat) +
-eps I;
+- center (dyn_zero_mean in the authors' code): EMAs of E[f f^T] and of E[f], and at a set
+  F = F_hat - mu_hat mu_hat^T (the paper finds centering hurts; off by default);
+- mode "directcopy" (Wang, Chen, Du, Tian 2021, arXiv 2110.04947):
+  Wp = F_hat / lambda_max(F_hat) + eps I;
 - mode "optimal" (Table 1, "plug in the optimal solution"), the authors' two branches: with M =
   F_hat and M2 = C_hat, the EMA of E[z f^T] (z = the target the prediction of f is compared with),
   and the ridge eps, "solve-as-run": their `solve` branch as it ran: `Q @ (D + eps).pow(-1) @ Q.t()`
@@ -90,7 +90,7 @@ class DirectPred(nn.Module):
 
     An nn.Module only so that .to(device), state_dict() and load_state_dict() carry F_hat and the
     counters; it has no parameters and is never part of the network's forward pass.
-"""
+    """
 
     def __init__(self, dim, rho=0.3, eps=0.1, freq=1, exponent=0.5, offset=0.0, center=False,
                  mode="direct", partitions=1, optimal_rule="solve-as-run"):
@@ -145,9 +145,9 @@ class DirectPred(nn.Module):
 
     def _accumulate(self, f, z, region):
         N, d = f.shape
-        # (N, K)
-        member = torch.ones(N, 1, device=f.device,
-                            dtype=f.dtype) if region is None else region.to(f.dtype)
+        if region is None:  # one region: every row
+            region = torch.ones(N, 1, device=f.device, dtype=f.dtype)
+        member = region.to(f.dtype)  # (N, K)
         fk = member[:, :, None] * f[:, None]  # (N, K, d): f where the row is in region k, else 0
         # counts (K,), sums of f f^T (K, d, d)
         stats = [member.sum(0), torch.einsum("nki,nj->kij", fk, f)]
@@ -255,7 +255,7 @@ class PartitionedPredictor(nn.Module):
     the step (no parameters, nothing trained): the gradient flows through them into f. Under DDP the
     thresholds are global-batch means and the statistics are summed over the ranks
     (DirectPred.update).
-"""
+    """
 
     def __init__(self, dim, partitions, rho=0.3, eps=0.1, exponent=0.5, offset=0.0, center=False):
         super().__init__()
@@ -290,8 +290,8 @@ class PartitionedPredictor(nn.Module):
             self.dp.accumulate(torch.cat(views), region=torch.cat(member))
         # (2n, d, d), every side's Wp by the DirectPred rule
         Wp = self.dp.compute_Wp().to(views[0].dtype)
-        return tuple(torch.einsum("nk,kij,nj->ni", m.to(f.dtype), Wp, f) / self.n for m,
-                     f in zip(member, views))
+        return tuple(torch.einsum("nk,kij,nj->ni", m.to(f.dtype), Wp, f) / self.n
+                     for m, f in zip(member, views))
 
 
 # -----------------------------------------------------------------------------
@@ -322,8 +322,9 @@ def feature_stats(stats, f, rho=0.9):
     with full_fp32(f.device.type):
         f = f.detach().float()
         F, mu = f.T @ f / len(f), f.mean(0)
-    return (F, mu) if stats is None else (torch.lerp(F, stats[0], rho), torch.lerp(mu, stats[1],
-                                                                                   rho))
+    if stats is None:
+        return F, mu
+    return torch.lerp(F, stats[0], rho), torch.lerp(mu, stats[1], rho)
 
 
 @torch.no_grad()

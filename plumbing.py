@@ -97,8 +97,8 @@ def init_distributed(device, timeout=600):
         raise RunError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
     if int(os.environ.get("RANK", -1)) == -1:  # a plain `python` launch
         return False, 0, 0, 1, device
-    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK",
-                                                                 "WORLD_SIZE"))
+    rank, local_rank, world_size = (int(os.environ[k])
+                                    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     # this rank's GPU first, and named to the process group (else barrier() guesses one)
     if device == "cuda":
         device = f"cuda:{local_rank}"

@@ -199,35 +199,22 @@ def get_parser():
     return P
 
 
-# The presets: each knob's source in the comment above it. T = Tian, Chen, Ganguli 2021
-# (arXiv 2102.06810); code = their released code (github.com/facebookresearch/luckmatters,
-# ssl/real-dataset, read at commit 671fca5b: main.py, byol_trainer.py); SS = SimSiam (Chen & He,
-# arXiv 2011.10566); BYOL = Grill et al. (arXiv 2006.07733). The flag defaults are T's STL-10 /
-# CIFAR-10 setup (T Sec. 6 and code: ResNet-18, projector 512-128 with BN without affine, SGD lr
-# 0.03 constant, momentum 0.9, wd 4e-4 on every parameter, batch 128, EMA 0.996 constant, 100
-# epochs, rho 0.3, eps 0.1, freq 1).
+# The presets; each knob's source (the paper, the authors' code, SimSiam, BYOL) is in
+# docs/reference.md, Presets. The flag defaults are the paper's STL-10 / CIFAR-10 setup (Sec. 6).
 PRESETS = {
-    # paper-*: T's setup; random target init: code (BYOL copies the online network)
+    # the paper's setup with the authors' code's random target init (BYOL copies the online net)
     "paper-stl10": dict(dataset="stl10", predictor="direct", target_init="random"),
     "paper-cifar10": dict(dataset="cifar10", predictor="direct", target_init="random"),
-    # imagenet-*: T Table 9 gives ResNet-50, the optimizer, the batch, the loss symmetry, the epochs
-    # and DirectPred at 256 x 256 (projector 4096-256), and nothing else; T released no ImageNet
-    # code. The rest are guesses, named: imagenet-sgd-60 (T: SGD, batch 256, asymmetric loss, 60
-    # epochs): lr 0.05 x 256/256, wd 1e-4, cosine lr (SS's SGD recipe); EMA 0.996 with BYOL's cosine
-    # schedule to 1 (BYOL); affine BN in the MLPs (SS, BYOL)
+    # Table 9's ImageNet rows; lr, wd and EMA are not in the paper: SimSiam's and BYOL's recipes
     "imagenet-sgd-60": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256,
                             pred_hidden=4096, bn_affine=1, optimizer="sgd", lr=0.05, wd=1e-4,
                             lr_schedule="cosine", batch_size=256, symmetric=0, epochs=60, ema=0.996,
                             ema_schedule="cosine"),
-    # imagenet-lars-300 (T: LARS, batch 4096, symmetric loss, 300 epochs): lr 0.2 x 4096/256 = 3.2,
-    # wd 1.5e-6, 10 warmup epochs, cosine lr, EMA 0.99 with the cosine schedule (all BYOL's); affine
-    # BN in the MLPs (BYOL)
     "imagenet-lars-300": dict(dataset="imagenet", arch="resnet50", proj_hidden=4096, proj_dim=256,
                               pred_hidden=4096, bn_affine=1, optimizer="lars", lr=3.2, wd=1.5e-6,
                               lr_schedule="cosine", warmup_epochs=10, batch_size=4096, symmetric=1,
                               epochs=300, ema=0.99, ema_schedule="cosine"),
-    # SimSiam's CIFAR-10 recipe (Chen & He 2021, Sec. A): no EMA, 2-layer predictor 2048-512-2048,
-    # SGD lr 0.03 * 512/256, wd 5e-4, cosine, batch 512, 800 epochs
+    # SimSiam's CIFAR-10 recipe (arXiv 2011.10566, Sec. A); not a row of this paper
     "simsiam-cifar": dict(dataset="cifar10", predictor="mlp", ema=0.0, proj_hidden=2048,
                           proj_dim=2048, pred_hidden=512, bn_affine=1, lr=0.06, wd=5e-4,
                           lr_schedule="cosine", batch_size=512, epochs=800),
@@ -381,9 +368,8 @@ def jitter_params(B, strength, p, gen):
     permutation of the four ops)."""
     bs, cs, ss, hs = strength
     on = rand(gen, B) < p
-    factors = [rand(gen, B, lo=max(0, 1 - t), hi=1 + t) for t in (bs, cs, ss)] + [rand(gen, B,
-                                                                                       lo=-hs,
-                                                                                       hi=hs)]
+    factors = [rand(gen, B, lo=max(0, 1 - t), hi=1 + t) for t in (bs, cs, ss)]
+    factors.append(rand(gen, B, lo=-hs, hi=hs))
     order = rand(gen, B, 4).argsort(1)  # (B, 4) a random permutation of the ops per image
     return on, factors, order
 
