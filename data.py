@@ -22,7 +22,7 @@ import torch.nn.functional as nnf
 from tqdm import tqdm
 
 from directpred import full_fp32
-from plumbing import RunError
+from plumbing import RunError, seed_of
 
 # -----------------------------------------------------------------------------
 # dataset files: read into (uint8 images, labels), or an ImageFolder for the streamed sets; missing
@@ -232,18 +232,44 @@ def epoch_batches(data, batch_size, epoch, seed, rank, world_size, device, start
     """This rank's batches (x, y) of one epoch, on the device, from batch `start` on. data: (x uint8
     (N, C, H, W), y (N,)) tensors already on the device (indexed in place), or a Dataset streamed
     through a DataLoader (x is then whatever its transform returns, e.g. TwoCrops' (B, 2, C, H,
-    W))."""
+    W)), each sample's random transform drawn from its own seed (Seeded)."""
     n = len(data[0]) if isinstance(data, tuple) else len(data)
     idx = epoch_indices(n, batch_size, epoch, seed, rank, world_size)[start:]  # (steps, B_local)
     if isinstance(data, tuple):
         for i in idx.to(device):
             yield data[0][i], data[1][i]
-    else:
-        loader = torch.utils.data.DataLoader(data, batch_size=idx.shape[1],
-                                             sampler=idx.flatten().tolist(), num_workers=workers,
-                                             pin_memory="cuda" in str(device))
-        for x, y in image_batches(loader):
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    # each sample's place in the epoch's global order, laid out as idx: its seed's last part
+    place = torch.arange(n // batch_size * batch_size).view(-1, world_size, idx.shape[1])
+    place = place[:, rank][start:]
+    keys = [(i, seed_of(seed, epoch, p)) for i, p in zip(idx.flatten().tolist(),
+                                                          place.flatten().tolist())]
+    # its own generator: the loader's draw of worker seeds leaves the global RNG (in the
+    # checkpoint) as it was, and the crops take nothing from it
+    loader = torch.utils.data.DataLoader(Seeded(data), batch_size=idx.shape[1], sampler=keys,
+                                         num_workers=workers, pin_memory="cuda" in str(device),
+                                         generator=torch.Generator().manual_seed(seed))
+    for x, y in image_batches(loader):
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+class Seeded(torch.utils.data.Dataset):
+    """A streamed set read as dataset[(index, seed)]: the sample's random transform (two crops, a
+    flip) draws from torch's RNG reseeded with `seed`, so a sample's crops depend on (run seed,
+    epoch, its place in the epoch) alone: ranks draw their own, and a resume, another number of
+    workers or another machine draws the same."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):  # the process's own RNG state is left as it was
+            torch.manual_seed(seed)
+            return self.data[index]
 
 
 class BadImage(ValueError):

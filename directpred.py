@@ -70,16 +70,14 @@ def full_fp32(device_type):
         with torch.autocast(device_type, enabled=False):
             yield
         return
-    m = torch.backends.cuda.matmul
-    # torch >= 2.9 warns on allow_tf32
-    key = "fp32_precision" if hasattr(m, "fp32_precision") else "allow_tf32"
-    old = getattr(m, key)
-    setattr(m, key, "ieee" if key == "fp32_precision" else False)
+    # the API every torch has, which leaves allow_tf32 (legacy or new) readable by other code
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
     try:
         with torch.autocast(device_type, enabled=False):
             yield
     finally:
-        setattr(m, key, old)
+        torch.set_float32_matmul_precision(old)
 
 
 OPTIMAL_RULES = ("solve-as-run", "solve", "minimal-space")  # mode "optimal": the module's docstring

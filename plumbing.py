@@ -12,6 +12,7 @@ import argparse
 import copy
 import datetime
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -103,8 +104,13 @@ def init_distributed(device, timeout=600):
     if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
+    # torchrun --max-restarts keeps its store across restarts: each attempt's keys under its own
+    # prefix, else a restarted rank reads the dead ranks' addresses and cannot connect
+    store = next(dist.rendezvous("env://", timeout=datetime.timedelta(seconds=timeout)))[0]
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
-                            timeout=datetime.timedelta(seconds=timeout),
+                            store=dist.PrefixStore(f"attempt_{attempt}/", store), rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout),
                             device_id=torch.device(device) if device.startswith("cuda") else None)
 
     def one_line(kind, exc, tb):  # a failed collective: the other ranks stalled or died
@@ -122,6 +128,15 @@ def init_distributed(device, timeout=600):
         os._exit(1)  # no atexit handlers: tearing down a broken process group can hang
     sys.excepthook = one_line
     return True, rank, local_rank, world_size, device
+
+
+def same_on_every_rank(flag, device, message):
+    """every rank: stop with `message` (one line) where the ranks disagree on a bool, e.g. whether
+    out_dir holds a checkpoint (ranks on nodes that do not share --out-dir's filesystem)."""
+    t = torch.tensor([int(flag), -int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # (any rank true, -(every rank true))
+    if t[0].item() != -t[1].item():
+        raise RunError(message)
 
 
 def end_distributed():
@@ -155,13 +170,10 @@ def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0,
     if device_type == "cuda":
         # autotuning picks kernels by timing: not repeatable
         torch.backends.cudnn.benchmark = not deterministic
-        # torch >= 2.9 (its legacy allow_tf32 warns)
-        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-            torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = \
-                "ieee" if deterministic else "tf32"
-        else:
-            torch.backends.cuda.matmul.allow_tf32 = not deterministic
-            torch.backends.cudnn.allow_tf32 = not deterministic
+        # the setters every torch has: torch >= 2.9's fp32_precision would leave allow_tf32 and
+        # get_float32_matmul_precision raising in other code (a "mix of legacy and new APIs")
+        torch.set_float32_matmul_precision("highest" if deterministic else "high")
+        torch.backends.cudnn.allow_tf32 = not deterministic
         if deterministic:
             # cuBLAS's condition for repeatable GEMMs
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -268,6 +280,13 @@ def seed_all(seed):
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
+
+
+def seed_of(*parts):
+    """A 63-bit seed from a tuple (e.g. seed, step, rank): distinct tuples give unrelated seeds, the
+    same tuple the same seed on any machine, so randomness keyed to where it is drawn replays."""
+    text = "/".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
 
 
 def rng_state(device_type):

@@ -1450,6 +1450,18 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_leaves_no_tmp(tmp_
     assert (tmp_path / "ckpt.pt").read_bytes() == before and not list(tmp_path.glob("*.tmp"))
 
 
+def rank_pid(r, out_dir):
+    """The pid of the train.py process writing out_dir whose environment has RANK=r (not LOCAL_RANK=r alone)."""
+    for p in Path("/proc").iterdir():
+        try:
+            cmd = (p / "cmdline").read_bytes()
+            if b"train.py" in cmd and str(out_dir).encode() + b"\0" in cmd + b"\0" and \
+                    b"\0RANK=%d\0" % r in b"\0" + (p / "environ").read_bytes():
+                return int(p.name)
+        except OSError:  # not a process, or one that ended meanwhile
+            pass
+
+
 def test_ddp_stalled_rank_ends_the_job_with_one_line(tmp_path):
     """Rank 1 is frozen (SIGSTOP) mid-run: rank 0's next collective times out after --ddp-timeout and the job ends
     with rank 0's one-line error instead of hanging. The timeout (15 s) is far above a step on a loaded 2-core machine
@@ -1461,15 +1473,7 @@ def test_ddp_stalled_rank_ends_the_job_with_one_line(tmp_path):
     while not (tmp_path / "log.jsonl").exists() or len(log_lines(tmp_path)) < 3:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
-    def rank_pid(r):  # the train.py process whose environment has RANK=r (not LOCAL_RANK=r alone)
-        for p in Path("/proc").iterdir():
-            try:
-                if b"train.py" in (p / "cmdline").read_bytes() and b"\0RANK=%d\0" % r in b"\0" + (p / "environ").read_bytes():
-                    return int(p.name)
-            except OSError:  # not a process, or one that ended meanwhile
-                pass
-
-    rank0, rank1 = rank_pid(0), rank_pid(1)
+    rank0, rank1 = rank_pid(0, tmp_path), rank_pid(1, tmp_path)
     os.kill(rank1, signal.SIGSTOP)
     t0 = time.time()
     while Path(f"/proc/{rank0}").exists() and time.time() - t0 < 90:  # rank 0 must give up on its own...
@@ -1479,6 +1483,168 @@ def test_ddp_stalled_rank_ends_the_job_with_one_line(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and 15 <= waited < 60, waited
     assert "error: rank 0: a DDP collective failed after waiting up to 15 s (--ddp-timeout)" in err, err[-3000:]
+
+
+# -----------------------------------------------------------------------------
+# the flagship path on the CPU: torchrun over a streamed set, per-rank crops, restarts, several nodes
+
+
+def differing(a, b, name="ckpt"):
+    """The names of the tensors (and other values) that differ between two nested checkpoint objects."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [n for k in sorted(set(a) | set(b), key=str) for n in differing(a.get(k), b.get(k), f"{name}.{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [n for i, (x, y) in enumerate(zip(a, b)) for n in differing(x, y, f"{name}[{i}]")]
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        return [] if a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) else [name]
+    return [] if type(a) is type(b) and a == b else [name]
+
+
+def same_run(a, b):
+    """Every tensor of two checkpoints (networks, optimizer, DirectPred, diagnostics, RNG) and their step equal; the
+    config may differ in its free flags (--out-dir, --resume, --workers, --max-steps)."""
+    diff = differing({k: v for k, v in a.items() if k != "config"}, {k: v for k, v in b.items() if k != "config"})
+    assert not diff, f"{len(diff)} differ: {diff[:8]}"
+
+
+def jpeg_folder(root, n=24, same=False):
+    """An ImageFolder on disk: train/ and val/, two classes of n JPEGs each (40 x 52), random or one image copied."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                PIL.Image.fromarray(img if same else rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)) \
+                    .save(root / split / c / f"{i}.jpg")
+    return root
+
+
+def test_streamed_crops_are_each_ranks_own_and_replay(tmp_path):
+    """64 copies of one JPEG, streamed to 2 ranks: no crop of rank 0 equals any of rank 1's (they drew the same 32
+    when the workers seeded from the global RNG); each sample's crops come from (seed, epoch, its place in the
+    epoch), so the same seed replays them, with no workers or 2, and from a later batch on (a resume) as well."""
+    import data as D
+    ds = load_dataset("imagefolder", str(jpeg_folder(tmp_path, 32, same=True)), "pretrain")
+    ds.transform = D.TwoCrops(24, (0.08, 1.0))
+
+    def crops(rank, seed=0, workers=2, start=0, epoch=0):
+        torch.manual_seed(0)  # seed_all: the same global RNG on every rank
+        return torch.cat([x for x, _ in D.epoch_batches(ds, 32, epoch, seed, rank, 2, "cpu", start=start,
+                                                        workers=workers)])  # (32, 2, 3, 24, 24): 2 batches
+    a, b = crops(0), crops(1)
+    views = lambda x: [v for c in x for v in c]
+    assert len(a) == len(b) == 32
+    assert not any(torch.equal(u, v) for u in views(a) for v in views(b))
+    assert len({v.numpy().tobytes() for v in views(a)}) == 64  # and no two of one rank's alike
+    assert torch.equal(a, crops(0)) and torch.equal(a, crops(0, workers=0)) and torch.equal(a[16:], crops(0, start=1))
+    assert not torch.equal(a, crops(0, seed=1)) and not torch.equal(a, crops(0, epoch=1))
+
+
+def test_streamed_resume_under_torchrun_is_exact(tmp_path):
+    """torchrun, 2 ranks, an ImageFolder streamed through DataLoader workers: 8 steps straight against 3 steps, then
+    --resume to 8 (crossing an epoch) with another number of workers: every tensor of the checkpoint equal (277 of 320
+    differed when the crops came from the workers' global RNG)."""
+    data = jpeg_folder(tmp_path / "data")
+    flags = ["--dataset", "imagefolder", "--data-dir", data, "--img-size", "32", "--width", "4", "--proj-hidden", "32",
+             "--proj-dim", "16", "--batch-size", "8", "--log-every", "1", "--bf16", "0", "--ema", "0.99"]
+    run(flags + ["--workers", "2", "--max-steps", "8", "--out-dir", tmp_path / "a"], nproc=2)
+    run(flags + ["--workers", "2", "--max-steps", "3", "--out-dir", tmp_path / "b"], nproc=2)
+    run(flags + ["--workers", "1", "--max-steps", "8", "--out-dir", tmp_path / "b", "--resume"], nproc=2)
+    a, b = load(tmp_path / "a" / "ckpt.pt"), load(tmp_path / "b" / "ckpt.pt")
+    assert a["step"] == b["step"] == 8 and a["n_train"] == 48
+    same_run(a, b)
+
+
+def test_a_rank_killed_under_max_restarts_comes_back_and_ends_as_an_uninterrupted_run(tmp_path):
+    """torchrun --max-restarts 1 with --resume auto: the job starts fresh (no checkpoint yet); while it runs a second
+    job in the same --out-dir is refused (the lock); rank 1 is SIGKILLed; torchrun restarts both ranks, which resume
+    from the last checkpoint (the restarted rank 0 gets the lock), and the job ends with the checkpoint and the log of
+    an uninterrupted run."""
+    flags = TINY + ["--fake-size", "256", "--ema", "0.99", "--epochs", "8", "--ckpt-every", "8", "--resume", "auto"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+                str(ROOT / "train.py")]
+    job = subprocess.Popen(launcher + [*map(str, flags + ["--out-dir", tmp_path / "a"])], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    while not (tmp_path / "a" / "ckpt.pt").exists() or log_lines(tmp_path / "a")[-1]["step"] < 11:
+        assert job.poll() is None, job.communicate()
+        time.sleep(0.05)
+    ranks = [rank_pid(r, tmp_path / "a") for r in (0, 1)]
+    for pid in ranks:  # held still while a second job tries the out-dir
+        os.kill(pid, signal.SIGSTOP)
+    one_line_error(run(flags + ["--out-dir", tmp_path / "a"], expect_ok=False), "another run is writing")
+    os.kill(ranks[1], signal.SIGKILL)
+    os.kill(ranks[0], signal.SIGCONT)
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, out[-2000:] + err[-3000:]
+    assert "steps 0 -> 64" in out and re.search(r"steps [1-9]\d* -> 64", out), out[-2000:]  # fresh, then resumed
+    run(flags + ["--out-dir", tmp_path / "b"], nproc=2)
+    a, b = load(tmp_path / "a" / "ckpt.pt"), load(tmp_path / "b" / "ckpt.pt")
+    assert a["step"] == b["step"] == 64
+    same_run(a, b)
+    assert [r["step"] for r in log_lines(tmp_path / "a")] == list(range(65))
+
+
+def test_two_nodes_of_one_rank_equal_one_node_of_two_ranks(tmp_path):
+    """The multi-node form (the README's): two torchrun processes, 1 rank each, meeting through a c10d rendezvous on
+    localhost, end with the checkpoint of a --standalone 2-rank run. One thread a rank on both sides (torchrun sets
+    OMP_NUM_THREADS=1 only with --nproc_per_node > 1; other thread counts sum in another order)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    flags = [*map(str, TINY + ["--fake-size", "256", "--ema", "0.99", "--max-steps", "12"])]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes",
+                               str(ROOT / "train.py"), *flags, "--out-dir", str(tmp_path / "a")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+             for _ in range(2)]
+    for node in nodes:
+        out, err = node.communicate(timeout=300)
+        assert node.returncode == 0, out[-2000:] + err[-3000:]
+    run(flags + ["--out-dir", tmp_path / "b"], nproc=2, env=env)
+    same_run(load(tmp_path / "a" / "ckpt.pt"), load(tmp_path / "b" / "ckpt.pt"))
+
+
+def test_resume_auto_needs_every_rank_to_see_the_checkpoint(tmp_path):
+    """--resume auto where rank 0 finds a checkpoint and rank 1 does not (an --out-dir on a disk the nodes do not
+    share): one line, before any step, instead of ranks that run different steps."""
+    run(TINY + ["--max-steps", "2", "--out-dir", tmp_path])
+    wrapper = tmp_path / "rank1_sees_none.py"  # rank 1 looks for ckpt.pt and finds nothing
+    wrapper.write_text("import os, runpy, sys\nsys.path.insert(0, sys.argv[1])\n"
+                       "hide = lambda real: lambda p: real(p) and not (str(p).endswith('ckpt.pt') and os.environ['RANK'] == '1')\n"
+                       "os.path.isfile, os.path.exists = hide(os.path.isfile), hide(os.path.exists)\n"
+                       "sys.argv = sys.argv[1:]\nsys.argv[0] = os.path.join(sys.argv[0], 'train.py')\n"
+                       "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(wrapper), str(ROOT), *map(str, TINY + ["--max-steps", "4", "--resume", "auto",
+                                                                   "--out-dir", tmp_path])],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode != 0 and "error: --resume: some ranks find a checkpoint" in r.stderr, r.stderr[-3000:]
+    assert load(tmp_path / "ckpt.pt")["step"] == 2
+
+
+def test_tf32_settings_leave_the_legacy_readers_working():
+    """After the CUDA speed paths (TF32 on, or off with --deterministic 1) and inside full_fp32, code that reads the
+    TF32 flags the old way (allow_tf32, get_float32_matmul_precision) gets an answer, not a 'mix of legacy and new
+    APIs' error; full_fp32 restores what it found."""
+    from directpred import full_fp32
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        for det, tf32 in ((0, True), (1, False)):
+            plumbing.speed_paths("cuda", bf16="0", channels_last="0", deterministic=det)
+            assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+            with full_fp32("cuda"):
+                assert torch.backends.cuda.matmul.allow_tf32 is False
+                assert torch.get_float32_matmul_precision() == "highest"
+            assert torch.backends.cuda.matmul.allow_tf32 is tf32
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = False
+        torch.use_deterministic_algorithms(False)
 
 
 # -----------------------------------------------------------------------------

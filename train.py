@@ -20,7 +20,6 @@ importing this file trains nothing.
 """
 import argparse
 import copy
-import hashlib
 import math
 import os
 import sys
@@ -36,8 +35,8 @@ from data import DATASETS, KnnMonitor, epoch_batches, normalisation, split_val_e
 from directpred import OPTIMAL_RULES, DirectPred, PartitionedPredictor, diagnostics, feature_stats
 from plumbing import (GE0, GE1, GE2, GT0, UNIT, ArgumentParser, Run, RunError, bf16_if_faster,
                       decide_bf16, end_distributed, init_distributed, load_checkpoint,
-                      out_dir_error, range_error, restore_rng, resume_error, rng_state, seed_all,
-                      speed_paths, torchrun_world_size)
+                      out_dir_error, range_error, restore_rng, resume_error, rng_state,
+                      same_on_every_rank, seed_all, seed_of, speed_paths, torchrun_world_size)
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
@@ -164,7 +163,9 @@ def get_parser():
       free=True, help="stop after this many steps (0: --epochs); schedules span --epochs")
     # system
     a("--out-dir", default="out", free=True, help="where ckpt.pt and log.jsonl go")
-    a("--resume", action="store_true", free=True, help="continue from out_dir/ckpt.pt")
+    a("--resume", nargs="?", const="1", default="0", choices=["0", "1", "auto"], free=True,
+      help="continue from out_dir/ckpt.pt (--resume alone: 1); auto: if it exists, else start "
+      "fresh (a run that torchrun --max-restarts brings back resumes itself)")
     a("--ckpt-every", type=int, default=1000, valid=GE1, free=True,
       help="steps between checkpoints (and the end)")
     a("--save-every-rank", action="store_true", free=True,
@@ -228,6 +229,9 @@ def parse_config(argv=None):
     if preset != "none":
         P.set_defaults(**PRESETS[preset])
     cfg = vars(P.parse_args(argv))
+    # what --resume means here: a checkpoint to continue (True) or none (False)
+    ckpt = os.path.join(cfg["out_dir"], "ckpt.pt")
+    cfg["resume"] = os.path.isfile(ckpt) if cfg["resume"] == "auto" else cfg["resume"] == "1"
     if cfg["pred_wd"] is None:
         cfg["pred_wd"] = cfg["wd"]
     return cfg
@@ -447,8 +451,7 @@ def augment(x, aug, view, gen, size, scale, mean, std, crop=True):
 def step_seed(seed, step, rank):
     """Seed of the augmentation RNG for one step of one rank: resume replays the same views, ranks
     differ."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8],
-                          "little") >> 1
+    return seed_of(seed, step, rank)
 
 
 # -----------------------------------------------------------------------------
@@ -868,6 +871,10 @@ def main():
     ddp, ddp_rank, ddp_local_rank, ddp_world_size, device = init_distributed(cfg["device"],
                                                                              cfg["ddp_timeout"])
     master_process = ddp_rank == 0
+    if ddp:  # every rank: one answer to "is there a checkpoint to continue?"
+        same_on_every_rank(cfg["resume"], device, f"--resume: some ranks find a checkpoint in "
+                           f"--out-dir {cfg['out_dir']} and some do not: it must be a folder every "
+                           "node shares")
     seed_all(cfg["seed"])
     ctx, fmt = speed_paths(device.split(":")[0], cfg["bf16"], cfg["channels_last"],
                            cfg["deterministic"], cfg["width"])
@@ -928,7 +935,7 @@ def main():
             monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d)
             if master_process and step == 0:  # the random init (this forward ran before the update)
                 run.write({"step": 0, "epoch": 0.0, "bf16": cfg["bf16"], "loss": loss.item(),
-                           **diagnostics(monitor_stats, None, z1),
+                           **diagnostics(monitor_stats, None, z1), **run.memory(),
                            **({"knn_top1": knn_init} if knn_init is not None else {})})
             step += 1
             run.stepped(step, loss, F_hat)  # every rank: a collective stop if diverged, when due

@@ -159,14 +159,16 @@ def run_baseline(name, cmd, args, env):
 
 
 def sh(cmd, env, log_path, ok=None):
-    """Run one command, its output into log_path. A failure whose last line starts with `ok` returns that line;
-    any other failure stops the suite with one line naming the log."""
+    """Run one command, its output into log_path. A failure whose reason (the script's one "error: " line, else the
+    last line) starts with `ok` returns that line; any other failure stops the suite with one line naming it and the
+    log. The reason is the script's own line, not the last one: under torchrun that is the launcher's banner."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as fh:
         r = subprocess.run([sys.executable if c == "python" else c for c in cmd], stdout=fh, stderr=subprocess.STDOUT,
                            env=env)
     if r.returncode:
-        tail = (open(log_path).read().strip().splitlines() or [""])[-1]
+        lines = open(log_path).read().strip().splitlines() or [""]
+        tail = next((ln for ln in reversed(lines) if ln.startswith("error: ")), lines[-1])
         if ok and tail.startswith(ok):
             return tail
         script_at = next(i for i, c in enumerate(cmd) if c.endswith(".py"))

@@ -513,6 +513,21 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
     assert [p.parent.name for p in (tmp_path / "w").glob("*/s*/ckpt.pt")] == ["s1"]
 
 
+def test_a_failed_torchrun_is_read_from_the_ranks_own_line_not_the_launchers(tmp_path):
+    """A 2-rank run under torchrun at an absurd lr diverges: the suite's runner records it by the ranks' "error:
+    training diverged" line (torchrun's failure banner comes after it, last in the log); any other failure stops the
+    suite with the rank's line too, not the banner."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py")]
+    flags = [*map(str, TINY + ["--fake-size", "256", "--loss", "l2", "--lr", "5", "--max-steps", "60"])]
+    line = R.sh(torchrun + flags + ["--out-dir", str(tmp_path / "a")], dict(os.environ), str(tmp_path / "a.txt"),
+                ok="error: training diverged")
+    assert line.startswith("error: training diverged: the loss (or F_hat) became nan/inf at step "), line
+    assert not (tmp_path / "a.txt").read_text().strip().splitlines()[-1].startswith("error:")  # the banner is last
+    with pytest.raises(RuntimeError, match="must split evenly over 2 DDP ranks"):
+        R.sh(torchrun + flags + ["--batch-size", "33", "--out-dir", str(tmp_path / "b")], dict(os.environ),
+             str(tmp_path / "b.txt"), ok="error: training diverged")
+
+
 def test_reproduce_demo_prints_each_rows_rank_and_knn_and_draws_them(tmp_path):
     """--demo on fake data (its base replaced by a tiny one): the three rows side by side, one line each whose
     numbers are the first and last of that run's committed curve, and the figure."""
