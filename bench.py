@@ -7,6 +7,7 @@ Speed benchmarks. They print numbers; they assert nothing.
     python bench.py --suite roofline --train-flags "..."  # its GFLOP/s against the fp32 matmul rate
     python bench.py --suite precision       # fp32 / bf16 / channels_last / both, 3 runs each,
                                             # and how far bf16 moves DirectPred's Wp
+    python bench.py --suite memory --train-flags "--preset imagenet-lars-300"  # GB a GPU
 
 The prepared GPU run (speed against a DataLoader + torchvision pipeline, Fashion-MNIST at full
 width, the CUDA tests, within a time budget) is python -m paper.gpu; it reuses the timing helpers
@@ -187,6 +188,49 @@ def roofline(flags, dev, steps):
           f"GFLOP/s, {100 * achieved / peak:.0f}% of the matmul rate", flush=True)
 
 
+def saved_bytes(flags, dev, bf16, batch):
+    """Bytes the online forward of both views (train.ssl_loss) keeps for backward at a local batch,
+    counted by autograd's saved-tensor hooks, each storage once, the parameters themselves left
+    out (the target's forward runs under no_grad and keeps nothing)."""
+    step, cfg, ctx, fmt = real_step(flags + ["--bf16", str(int(bf16)), "--batch-size",
+                                             str(batch)], dev)
+    model, target = step.parts[:2]
+    C, H = T.DATASETS[cfg["dataset"]].shape
+    size = cfg["img_size"] or H
+    x = torch.randn(batch, C, size, size, device=dev).contiguous(memory_format=fmt)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+        T.ssl_loss(model, target, x, x, cfg)
+    return sum(seen.values()), cfg, model, target
+
+
+def memory_suite(flags, dev, gpus=(8, 16, 32)):
+    """A run's GPU memory, counted on any device: the activations its online forward saves per
+    image (the slope between batches 2 and 4, so per-batch copies such as bf16 weights are not
+    counted per image), in fp32 and bf16, plus the weights, gradients, optimizer state and EMA
+    target, at the local batch --batch-size gives on 8, 16 and 32 GPUs. A floor: the backward's
+    transient buffers and the allocator's slack come on top."""
+    batch = T.parse_config(flags)["batch_size"]  # the global batch
+    for bf16 in (0, 1):
+        (b2, cfg, model, target), (b4, *_) = (saved_bytes(flags, dev, bf16, b) for b in (2, 4))
+        per_image = (b4 - b2) / 2
+        n = sum(p.numel() for p in model.parameters()) + \
+            sum(p.numel() for p in (target.parameters() if target is not None else []))
+        state = 4 * (n + 2 * sum(p.numel() for p in model.parameters()))  # + grads + momentum
+        fits = ", ".join(f"{g} GPUs: {batch // g} a GPU, "
+                         f"{(per_image * (batch // g) + state) / 1e9:.1f} GB"
+                         for g in gpus if batch % g == 0)
+        print(f"{'bf16' if bf16 else 'fp32'}: {per_image / 1e6:.1f} MB of saved activations an "
+              f"image (two views), {state / 1e9:.2f} GB of weights, gradients, momentum and "
+              f"target; global batch {batch}: {fits}", flush=True)
+
+
 CATEGORIES = [  # (kind of op, substrings of the aten op names it holds); the first match wins
     ("convolutions", ("conv",)), ("BatchNorm", ("batch_norm",)),
     ("matmul (projector, predictor, F)", ("mm", "einsum",
@@ -339,7 +383,7 @@ def precision_suite(args):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="default",
-                   choices=["default", "profile", "step", "roofline", "precision"])
+                   choices=["default", "profile", "step", "roofline", "precision", "memory"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=256, help="default suite")
     p.add_argument("--steps", type=int, default=6,
@@ -353,7 +397,7 @@ if __name__ == "__main__":
     p.add_argument("--widths", default="16,32",
                    help="profile suite: the main job's network at these --width")
     p.add_argument("--train-flags", default=" ".join(MAIN_JOB),
-                   help="step / roofline suites: the run whose step is timed")
+                   help="step / roofline / memory suites: the run measured")
     p.add_argument("--wait", action="store_true",
                    help="step suite: say 'ready' after the warm-up, start on a line of stdin "
                    "(reproduce.py --jobs auto times several side by side)")
@@ -368,6 +412,8 @@ if __name__ == "__main__":
         roofline(args.train_flags.split(), args.device, args.steps)
     elif args.suite == "precision":
         precision_suite(args)
+    elif args.suite == "memory":
+        memory_suite(args.train_flags.split(), args.device)
     else:
         ms = augment_ms(args.device, args.batch_size)
         print(f"augment: batch {args.batch_size}, 2 views, 32 px: {ms:.1f} ms "
