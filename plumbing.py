@@ -104,13 +104,12 @@ def init_distributed(device, timeout=600):
     if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
-    # torchrun --max-restarts keeps its store across restarts: each attempt's keys under its own
-    # prefix, else a restarted rank reads the dead ranks' addresses and cannot connect
     store = next(dist.rendezvous("env://", timeout=datetime.timedelta(seconds=timeout)))[0]
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
-                            store=dist.PrefixStore(f"attempt_{attempt}/", store), rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout),
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        store = attempt_store(store)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", store=store,
+                            rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout),
                             device_id=torch.device(device) if device.startswith("cuda") else None)
 
     def one_line(kind, exc, tb):  # a failed collective: the other ranks stalled or died
@@ -128,6 +127,21 @@ def init_distributed(device, timeout=600):
         os._exit(1)  # no atexit handlers: tearing down a broken process group can hang
     sys.excepthook = one_line
     return True, rank, local_rank, world_size, device
+
+
+def attempt_store(store):
+    """torchrun's own store, as the ranks of one attempt use it. It outlives a --max-restarts
+    restart with the failed attempt's keys in it, so a restarted rank would read the dead ranks'
+    addresses and never connect (pytorch#135712). One node's torchrun numbers the attempts for the
+    whole job: their keys go under the attempt's prefix. Several nodes' torchruns number them each
+    their own way: a restart there stops with one line naming the setting that gives each attempt
+    a fresh store."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt != "0" and os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        raise RunError("torchrun restarted a job of several nodes on its shared store, which still "
+                       "holds the failed attempt's addresses: launch torchrun with "
+                       "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 to restart it")
+    return dist.PrefixStore(f"attempt_{attempt}", store)
 
 
 def same_on_every_rank(flag, device, message):

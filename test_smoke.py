@@ -3,6 +3,7 @@ CPU tests against independent references: hand-computed predictors, a second DDP
 Run (with the paper tooling's tests): python -m pytest -q test_smoke.py paper/test_paper.py
 """
 import copy
+import datetime
 import json
 import math
 import os
@@ -1585,6 +1586,27 @@ def test_a_rank_killed_under_max_restarts_comes_back_and_ends_as_an_uninterrupte
     assert [r["step"] for r in log_lines(tmp_path / "a")] == list(range(65))
 
 
+def test_a_restarted_attempt_keeps_its_keys_apart_and_several_nodes_on_a_shared_store_are_told_how(monkeypatch):
+    """torchrun's shared store outlives a restart: on one node (one torchrun, which numbers the attempts) an
+    attempt's keys go under its own prefix, so the failed attempt's are never read; several nodes' torchruns number
+    their attempts apart, so a restart there stops with one line naming the setting that gives a fresh store."""
+    import torch.distributed as dist
+    base = dist.HashStore()
+    base.set_timeout(datetime.timedelta(seconds=5))  # a missing key fails fast
+    base.set("0/rank_1", "the dead rank's address")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    store = plumbing.attempt_store(base)
+    assert not store.check(["0/rank_1"])
+    store.set("0/rank_1", "the new address")
+    assert base.get("attempt_1/0/rank_1") == b"the new address" and base.get("0/rank_1") == b"the dead rank's address"
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    with pytest.raises(plumbing.RunError, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        plumbing.attempt_store(base)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # a first attempt has no stale keys
+    plumbing.attempt_store(base)
+
+
 def test_two_nodes_of_one_rank_equal_one_node_of_two_ranks(tmp_path):
     """The multi-node form (the README's): two torchrun processes, 1 rank each, meeting through a c10d rendezvous on
     localhost, end with the checkpoint of a --standalone 2-rank run. One thread a rank on both sides (torchrun sets
@@ -1594,7 +1616,7 @@ def test_two_nodes_of_one_rank_equal_one_node_of_two_ranks(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     flags = [*map(str, TINY + ["--fake-size", "256", "--ema", "0.99", "--max-steps", "12"])]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")  # as documented
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes",
                                str(ROOT / "train.py"), *flags, "--out-dir", str(tmp_path / "a")],
