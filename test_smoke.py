@@ -720,13 +720,7 @@ def test_cifar_pickles_and_stl_binaries(tmp_path):
 
 
 def test_imagefolder_of_jpegs_streams(tmp_path):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in ("cat", "dog"):
-            (tmp_path / split / c).mkdir(parents=True)
-            for i in range(12):
-                Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{i}.jpg")
+    jpeg_folder(tmp_path, 12)
     run(["--dataset", "imagefolder", "--data-dir", tmp_path, "--img-size", "32", "--workers", "1", "--width", "4",
          "--proj-hidden", "32", "--proj-dim", "16", "--batch-size", "8", "--max-steps", "4", "--log-every", "1",
          "--out-dir", tmp_path / "out"])
@@ -1503,7 +1497,7 @@ def differing(a, b, name="ckpt"):
 
 def same_run(a, b):
     """Every tensor of two checkpoints (networks, optimizer, DirectPred, diagnostics, RNG) and their step equal; the
-    config may differ in its free flags (--out-dir, --resume, --workers, --max-steps)."""
+    config is left out (its free flags differ: --out-dir, --resume, --workers, --max-steps)."""
     diff = differing({k: v for k, v in a.items() if k != "config"}, {k: v for k, v in b.items() if k != "config"})
     assert not diff, f"{len(diff)} differ: {diff[:8]}"
 
