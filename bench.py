@@ -207,7 +207,7 @@ def saved_bytes(flags, dev, bf16, batch):
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
         T.ssl_loss(model, target, x, x, cfg)
-    return sum(seen.values()), cfg, model, target
+    return sum(seen.values()), model, target
 
 
 def memory_suite(flags, dev, gpus=(8, 16, 32)):
@@ -218,7 +218,7 @@ def memory_suite(flags, dev, gpus=(8, 16, 32)):
     transient buffers and the allocator's slack come on top."""
     batch = T.parse_config(flags)["batch_size"]  # the global batch
     for bf16 in (0, 1):
-        (b2, cfg, model, target), (b4, *_) = (saved_bytes(flags, dev, bf16, b) for b in (2, 4))
+        (b2, model, target), (b4, *_) = (saved_bytes(flags, dev, bf16, b) for b in (2, 4))
         per_image = (b4 - b2) / 2
         n = sum(p.numel() for p in model.parameters()) + \
             sum(p.numel() for p in (target.parameters() if target is not None else []))

@@ -13,6 +13,7 @@ import re
 import shutil
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -1605,7 +1606,6 @@ def test_two_nodes_of_one_rank_equal_one_node_of_two_ranks(tmp_path):
     """The multi-node form (the README's): two torchrun processes, 1 rank each, meeting through a c10d rendezvous on
     localhost, end with the checkpoint of a --standalone 2-rank run. One thread a rank on both sides (torchrun sets
     OMP_NUM_THREADS=1 only with --nproc_per_node > 1; other thread counts sum in another order)."""
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -174,8 +174,8 @@ EVAL_EVERY = {"laptop": 468, "paper": 5000}  # figure): every seed at laptop sca
 
 # paper scale, for planning only: assumed img/s per GPU for one training image (two views, online + target) on an
 # A100 in bf16 (the paper presets run fp32, the authors' precision, unless --base adds --bf16 1); NOT measured with
-# this code (public anchors: a single-file SimCLR ResNet-18 trains a CIFAR-10 epoch in
-# 11.9 s on an A100, ~4200 img/s; ResNet-50 at 224 px costs ~7x ResNet-18 at 32 px with the CIFAR stem)
+# this code (public anchors: a single-file SimCLR ResNet-18 trains a CIFAR-10 epoch in 11.9 s on an A100, ~4200
+# img/s; ResNet-50 at 224 px costs ~7x ResNet-18 at 32 px with the CIFAR stem)
 ASSUMED_IMG_S = {"stl10": 4000, "cifar10": 4000, "imagenet": 550}
 
 
