@@ -28,7 +28,7 @@ import torch
 import plumbing
 import train as T
 from directpred import DirectPred, diagnostics, feature_stats
-from data import load_dataset, normalisation
+from data import DATASETS, load_dataset, normalisation
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the README's main job (DirectPred on Fashion-MNIST, the laptop protocol: ResNet-18 with the
@@ -102,8 +102,8 @@ def real_step(flags, dev):
     in_chans = 1 if cfg["dataset"] == "fashion-mnist" else 3
     model = T.build_model(cfg, in_chans).to(dev)
     target = T.build_target(model, cfg, in_chans)
-    ctx, fmt = plumbing.speed_paths(dev.split(":")[0], cfg["bf16"], cfg["channels_last"],
-                                    width=cfg["width"])
+    ctx, fmt = plumbing.precision_and_layout(dev.split(":")[0], cfg["bf16"], cfg["channels_last"],
+                                             width=cfg["width"])
     model = model.to(memory_format=fmt)
     target = target.to(memory_format=fmt) if target is not None else None
     opt, dp = T.build_optimizer(model, cfg), T.build_directpred(cfg, dev)
@@ -119,7 +119,7 @@ def real_step(flags, dev):
 def views(cfg, dev, fmt):
     """views(k): both augmented views of one fixed batch of random images of the run's dataset
     shape, as train.py's loop makes them at step k (train.augment, its preset and crop scale)."""
-    C, H = T.DATASETS[cfg["dataset"]].shape
+    C, H = DATASETS[cfg["dataset"]].shape
     size = cfg["img_size"] or H
     x = torch.randint(0, 256, (cfg["batch_size"], C, H, H), dtype=torch.uint8, device=dev)
     mean, std = normalisation(cfg["dataset"], dev)
@@ -195,7 +195,7 @@ def saved_bytes(flags, dev, bf16, batch):
     step, cfg, ctx, fmt = real_step(flags + ["--bf16", str(int(bf16)), "--batch-size",
                                              str(batch)], dev)
     model, target = step.parts[:2]
-    C, H = T.DATASETS[cfg["dataset"]].shape
+    C, H = DATASETS[cfg["dataset"]].shape
     size = cfg["img_size"] or H
     x = torch.randn(batch, C, size, size, device=dev).contiguous(memory_format=fmt)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}

@@ -159,8 +159,7 @@ def load_dataset(name, data_dir, split, fake_size=1024):
                 if not os.path.exists(os.path.join(raw, f)) and gz:
                     os.makedirs(raw, exist_ok=True)
                     # unpacked to a temp file, then renamed: a kill never leaves a partial file
-                    # behind, and runs that unpack at once (reproduce.py --jobs on a fresh machine)
-                    # each rename their own complete copy
+                    # behind, and runs that unpack at once each rename their own complete copy
                     tmp = os.path.join(raw, f"{f}.{os.getpid()}.tmp")
                     try:
                         with gzip.open(gz) as src, open(tmp, "wb") as dst:
@@ -228,14 +227,23 @@ def epoch_indices(n, batch_size, epoch, seed, rank, world_size):
     return perm[: steps * batch_size].view(steps, world_size, -1)[:, rank]  # (steps, B_local)
 
 
+def in_memory(data):
+    """Whether a set is in memory, (images, labels) tensors, rather than streamed from files."""
+    return isinstance(data, tuple)
+
+
+def n_images(data):
+    return len(data[0]) if in_memory(data) else len(data)
+
+
 def epoch_batches(data, batch_size, epoch, seed, rank, world_size, device, start=0, workers=8):
     """This rank's batches (x, y) of one epoch, on the device, from batch `start` on. data: (x uint8
     (N, C, H, W), y (N,)) tensors already on the device (indexed in place), or a Dataset streamed
     through a DataLoader (x is then whatever its transform returns, e.g. TwoCrops' (B, 2, C, H,
     W)), each sample's random transform drawn from its own seed (Seeded)."""
-    n = len(data[0]) if isinstance(data, tuple) else len(data)
+    n = n_images(data)
     idx = epoch_indices(n, batch_size, epoch, seed, rank, world_size)[start:]  # (steps, B_local)
-    if isinstance(data, tuple):
+    if in_memory(data):
         for i in idx.to(device):
             yield data[0][i], data[1][i]
         return
@@ -335,7 +343,7 @@ def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_si
     None)."""
     was_training = backbone.training
     backbone.train(bn_pass)
-    if isinstance(data, tuple):
+    if in_memory(data):
         x, y = data
         batches = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
     else:  # an ImageFolder, or a Subset of one (eval_linear's shard of it)
@@ -345,7 +353,7 @@ def extract_features(backbone, data, mean, std, device, ctx, size=None, batch_si
                                                             num_workers=workers,
                                                             pin_memory="cuda" in str(device)))
     feats, labels = [], []
-    n_batches = math.ceil((len(data[0]) if isinstance(data, tuple) else len(data)) / batch_size)
+    n_batches = math.ceil(n_images(data) / batch_size)
     for xb, yb in tqdm(batches, desc, total=n_batches, disable=desc is None, leave=False,
                        dynamic_ncols=True, file=sys.stdout):
         xb = xb.to(device, non_blocking=True).float() / 255  # (pinned when streamed to a GPU)

@@ -2,45 +2,22 @@
 DirectPred: set the linear predictor in closed form instead of training it.
 
 Tian, Chen, Ganguli, "Understanding self-supervised learning dynamics without contrastive pairs",
-ICML 2021 (arXiv 2102.06810), Sec. 5 / Eq. 18, implemented exactly as the authors' code ran it:
+ICML 2021 (arXiv 2102.06810), Sec. 5 / Eq. 18, as the authors' code runs it:
 
-    every step:       F_hat <- rho * F_hat + (1 - rho) * mean_i f_i f_i^T   (f: both views' inputs)
+    every step:       F_hat <- rho F_hat + (1 - rho) mean_i f_i f_i^T   (f: both views' inputs)
     every freq steps: s, U = eigh(F_hat);  s <- max(s, 0) / max(s)
-                      p_j = max(s_j ** a + eps, 1e-4)                       (a = 1/2, eps = 0.1)
-                      (Table 7's offset c > 0 or < 0: p_j = max(s_j - c, 1e-4) ** a, eps = 0)
-                      Wp  = U diag(p) U^T   -> written into the bias-free Linear(d, d) predictor
+                      p_j = max(s_j ** a + eps, 1e-4)                   (a = 1/2, eps = 0.1)
+                      Wp  = U diag(p) U^T   -> into the bias-free Linear(d, d) predictor
 
-Note Eq. 18 prints "+ eps * max_j s_j"; the code adds eps after normalising by the max
-(compute_w_corr in ssl/real-dataset/byol_trainer.py of github.com/facebookresearch/luckmatters at
-commit 671fca5, balance_type "boost_scale"). We follow the code. The first batch initialises F_hat.
-Between two sets (freq > 1) Wp is trained by the ordinary optimizer. Under DDP the batch statistics
-are summed over all ranks (with their sample counts) before the EMA, so every rank builds the same
-F_hat and the same Wp. The two public multi-GPU implementations we know build F_hat from each GPU's
-own batch, so each GPU ends up with its own predictor: github.com/varun1423/solo-learn
-(solo/methods/direct_pred.py, copied from the authors' code) and
-github.com/fmi-basel/implicit-var-reg (solo/methods/directpred.py, Halvagal et al. 2023).
+Eq. 18 prints "+ eps * max_j s_j"; the authors' code (luckmatters@671fca5, ssl/real-dataset,
+byol_trainer.py, compute_w_corr) adds eps after normalising by the max, as here. The first batch
+sets F_hat. Between two sets (freq > 1) the optimizer trains Wp. Under DDP the batch statistics are
+summed over the ranks before the EMA: every rank builds the same F_hat and the same Wp.
 
-Variants, all in the one class:
-- exponent a (a = 1 is DirectSet(1)), offset c inside the root (Table 7: eps = 0, c = +-0.05, +-0.1;
-  floored at 1e-4 inside the root, as compute_w_corr's dyn_eps_inside branch; eps, if also given, is
-  added after the root);
-- center (dyn_zero_mean in the authors' code): EMAs of E[f f^T] and of E[f], and at a set
-  F = F_hat - mu_hat mu_hat^T (the paper finds centering hurts; off by default);
-- mode "directcopy" (Wang, Chen, Du, Tian 2021, arXiv 2110.04947):
-  Wp = F_hat / lambda_max(F_hat) + eps I;
-- mode "optimal" (Table 1, "plug in the optimal solution"), the authors' two branches: with M =
-  F_hat and M2 = C_hat, the EMA of E[z f^T] (z = the target the prediction of f is compared with),
-  and the ridge eps, "solve-as-run": their `solve` branch as it ran: `Q @ (D + eps).pow(-1) @ Q.t()`
-  with D the 1-D vector of eigenvalues is a vector, not a matrix, and the vector `inv @ M2` is
-  copied into every row of Wp (a rank-1 Wp; under the cosine loss it passes no gradient into the
-  network); "solve": the least-squares Wp = M2 (M + eps I)^-1 that branch intends; "minimal-space":
-  their `minimal_space` branch, W with M W + W M + eps W = M2 + M2^T;
-- feature-dependent Wp (Sec. 5, "6 partitions -> 78.20"), as the authors' code ran it
-  (byol_trainer.py above, predictor_reg "partition"): PartitionedPredictor below, n random
-  projections, each splitting the batch in two at its mean, one F_hat per side, a sample's Wp the
-  mean over the projections.
-Also here, at the end: the paper's Fig. 2 diagnostics (eigenvalues of F, alignment of Wp's
-eigenvectors, effective rank), which train.py logs for every predictor, trained or closed form.
+DirectPred below is that rule, with Table 7's two knobs of p_j (the exponent a, an offset c inside
+the root) and the authors' centred F (dyn_zero_mean). Beside it, sharing its pieces: DirectCopy
+(Wang et al., arXiv 2110.04947), OptimalPredictor (Table 1's plug-in rules), PartitionedPredictor
+(Sec. 5's feature-dependent Wp); at the end, the paper's Fig. 2 diagnostics and the collapse rule.
 
 Usage (copy this file; it imports only torch and has no side effects):
     dp = DirectPred(dim=128, rho=0.3, eps=0.1, freq=1).to(device)
@@ -80,40 +57,98 @@ def full_fp32(device_type):
         torch.set_float32_matmul_precision(old)
 
 
-OPTIMAL_RULES = ("solve-as-run", "solve", "minimal-space")  # mode "optimal": the module's docstring
+def global_sum(*tensors):
+    """The tensors summed over the DDP ranks in one all-reduce (as they are without DDP)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensors
+    flat = torch.cat([t.flatten() for t in tensors])
+    dist.all_reduce(flat)
+    return [x.view_as(t) for x, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+def ema_(hat, batch, rho, seen):
+    """hat <- rho hat + (1 - rho) batch in place; the first batch (seen False) sets it."""
+    hat.copy_(torch.where(seen, rho * hat + (1 - rho) * batch, batch))
+
+
+def eq18_p(s, eps, exponent=0.5, offset=0.0):
+    """Eq. 18's p_j from F_hat's eigenvalues s (..., d): clamped at 0, max-normalised, the root."""
+    s = s.clamp(min=0)
+    s = s / s.max(-1, keepdim=True).values.clamp(min=1e-12)  # the top eigenvalue becomes 1
+    if offset:  # Table 7: the offset inside the root, floored before it (dyn_eps_inside)
+        return (s - offset).clamp(min=1e-4).pow(exponent) + eps
+    return (s.pow(exponent) + eps).clamp(min=1e-4)
+
+
+def eq18_wp(F, eps, exponent=0.5, offset=0.0):
+    """Eq. 18: Wp = U diag(p) U^T from the eigendecomposition of F (..., d, d)."""
+    s, U = torch.linalg.eigh(F)  # ascending eigenvalues, orthonormal columns
+    return (U * eq18_p(s, eps, exponent, offset)[..., None, :]) @ U.mT
+
+
+def finite_or_eye(F):
+    """F (..., d, d), or I where it holds nan/inf: eigh would raise on a diverged run's F_hat; the
+    run's divergence guard stops it at its next check, with no host sync here."""
+    eye = torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
+    return torch.where(torch.isfinite(F).flatten(-2).all(-1)[..., None, None], F, eye)
 
 
 class DirectPred(nn.Module):
-    """Running statistics of the predictor input and the rule that turns them into Wp.
+    """F_hat, the EMA of the predictor input's correlation, and Eq. 18's rule that turns it into Wp.
+    An nn.Module only so that .to(), state_dict() and load_state_dict() carry its state; it has no
+    parameters and is not part of the network's forward pass."""
 
-    An nn.Module only so that .to(device), state_dict() and load_state_dict() carry F_hat and the
-    counters; it has no parameters and is never part of the network's forward pass.
-    """
-
-    def __init__(self, dim, rho=0.3, eps=0.1, freq=1, exponent=0.5, offset=0.0, center=False,
-                 mode="direct", partitions=1, optimal_rule="solve-as-run"):
-        """partitions: K sets of statistics (regions), each with its own F_hat and Wp
-        (PartitionedPredictor). optimal_rule: mode "optimal"'s estimator, one of OPTIMAL_RULES (the
-        module's docstring)."""
+    def __init__(self, dim, rho=0.3, eps=0.1, freq=1, exponent=0.5, offset=0.0, center=False):
         super().__init__()
-        assert mode in ("direct", "directcopy", "optimal"), mode
-        assert optimal_rule in OPTIMAL_RULES, optimal_rule
         self.rho, self.eps, self.freq = rho, eps, freq
         self.exponent, self.offset, self.center = exponent, offset, center
-        self.mode, self.K = mode, partitions
-        self.optimal_rule = optimal_rule
-        # (K, d, d) EMA of E[f f^T] per region
-        self.register_buffer("F_hat", torch.zeros(partitions, dim, dim))
+        self.register_buffer("F_hat", torch.zeros(dim, dim))  # (d, d) EMA of E[f f^T]
         if center:
-            self.register_buffer("mu_hat", torch.zeros(partitions, dim))  # (K, d) EMA of E[f]
-        if mode == "optimal":
-            # (K, d, d) EMA of E[z f^T]
-            self.register_buffer("C_hat", torch.zeros(partitions, dim, dim))
-        # a batch has been accumulated
-        self.register_buffer("seen", torch.zeros(partitions, dtype=torch.bool))
-        # batches seen; plain ints so that the hot loop never syncs with the device
-        self.n_updates = 0
-        self.n_sets = 0  # times Wp was written
+            self.register_buffer("mu_hat", torch.zeros(dim))  # (d,) EMA of E[f]
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))  # a batch came in
+        self.n_updates = self.n_sets = 0  # plain ints: the hot loop never syncs with the device
+
+    @torch.no_grad()
+    def update(self, f):
+        """f: (N, d) the local batch's predictor inputs (both views), before backward. In F_hat's
+        precision whatever the autocast and TF32 settings (bf16 sums of f f^T would move Wp)."""
+        with full_fp32(f.device.type):
+            f = f.detach().to(self.F_hat.dtype)
+            self.fold(len(f), F_hat=f.T @ f, **({"mu_hat": f.sum(0)} if self.center else {}))
+        self.n_updates += 1
+
+    def fold(self, n, **sums):
+        """The global batch's means (local sums and count n, summed over the ranks) into the EMAs
+        of the buffers they name."""
+        count, *totals = global_sum(self.F_hat.new_tensor(n), *sums.values())
+        for name, total in zip(sums, totals):
+            ema_(getattr(self, name), total / count, self.rho, self.seen)
+        self.seen.fill_(True)
+
+    def F(self):
+        """The F the rule reads, in float64: F_hat, centred with --center (dyn_zero_mean)."""
+        F = self.F_hat.double()
+        if self.center:
+            F = F - torch.outer(self.mu_hat.double(), self.mu_hat.double())
+        return finite_or_eye(F)
+
+    def rule(self, F):
+        return eq18_wp(F, self.eps, self.exponent, self.offset)
+
+    @torch.no_grad()
+    def compute_Wp(self):
+        with torch.autocast(self.F_hat.device.type, enabled=False):
+            return self.rule(self.F())
+
+    @torch.no_grad()
+    def set_predictor(self, weight):
+        """Once per optimizer step, after it: writes Wp into `weight` (d, d) on updates 1, 1 + freq,
+        1 + 2 freq, ...; returns whether it did."""
+        if (self.n_updates - 1) % self.freq:
+            return False
+        weight.copy_(self.compute_Wp().to(weight.dtype))
+        self.n_sets += 1
+        return True
 
     def get_extra_state(self):  # the counters travel in state_dict() beside F_hat
         return {"n_updates": self.n_updates, "n_sets": self.n_sets}
@@ -121,180 +156,141 @@ class DirectPred(nn.Module):
     def set_extra_state(self, state):
         self.n_updates, self.n_sets = state["n_updates"], state["n_sets"]
 
-    @torch.no_grad()
-    def update(self, f, z=None, region=None):
-        """f: (N, d) raw predictor inputs of the local batch (both views); z: (N, d) the targets f's
-        predictions are compared with (mode "optimal" only); region: (N, K) 0/1, row n counts
-        towards region k's statistics (partitions > 1 only; a row may belong to several regions).
-        Returns F_batch (K, d, d), E[f f^T] per region."""
-        F_batch = self.accumulate(f, z, region)
-        self.n_updates += 1
-        return F_batch
+
+class DirectCopy(DirectPred):
+    """DirectCopy (Wang, Chen, Du, Tian 2021, arXiv 2110.04947): Wp = F_hat / lambda_max + eps I."""
+
+    def rule(self, F):
+        lam_max = torch.linalg.eigvalsh(F)[..., -1].clamp(min=1e-12)[..., None, None]
+        return F / lam_max + self.eps * torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
+
+
+OPTIMAL_RULES = ("solve-as-run", "solve", "minimal-space")
+
+
+class OptimalPredictor(DirectPred):
+    """Table 1's "plug in the optimal solution", the authors' branches of regulate_predictor
+    (byol_trainer.py at luckmatters@671fca5): from M = F_hat, M2 = C_hat (the EMA of E[z f^T], z
+    the target f's prediction is compared with) and the ridge eps,
+    - "solve-as-run": their `solve` branch as it ran: `Q @ (D + eps).pow(-1) @ Q.t()` with D the
+      1-D eigenvalues is a vector, and `weight.copy_(inv @ M2)` writes it into every row (a rank-1
+      Wp, through which the cosine loss passes no gradient into the network);
+    - "solve": the least squares Wp = M2 (M + eps I)^-1 that branch intends;
+    - "minimal-space": their `minimal_space` branch, M W + W M + eps W = M2 + M2^T, and the
+      SGD-trained Wp symmetrised between two sets (their dyn_sym)."""
+
+    def __init__(self, dim, rho=0.3, eps=0.1, freq=1, optimal_rule="solve-as-run"):
+        super().__init__(dim, rho, eps, freq)
+        assert optimal_rule in OPTIMAL_RULES, optimal_rule
+        self.optimal_rule = optimal_rule
+        self.register_buffer("C_hat", torch.zeros(dim, dim))  # (d, d) EMA of E[z f^T]
 
     @torch.no_grad()
-    def accumulate(self, f, z=None, region=None):
-        """update() without the batch counter: tensor work only, so a compiled forward that calls it
-        every step (PartitionedPredictor) keeps one graph instead of recompiling on a changed Python
-        int. In F_hat's precision whatever the autocast and TF32 settings: fp32, or float64 after
-        .double() (an exact reference); under bf16 autocast the sums of f f^T would otherwise be
-        rounded to bf16."""
+    def update(self, f, z):
+        """f, z: (N, d) the predictor inputs and the targets their predictions are compared with."""
         with full_fp32(f.device.type):
-            return self._accumulate(f.detach().to(self.F_hat.dtype), z, region)
+            f, z = (x.detach().to(self.F_hat.dtype) for x in (f, z))
+            self.fold(len(f), F_hat=f.T @ f, C_hat=z.T @ f)
+        self.n_updates += 1
 
-    def _accumulate(self, f, z, region):
-        N, d = f.shape
-        if region is None:  # one region: every row
-            region = torch.ones(N, 1, device=f.device, dtype=f.dtype)
-        member = region.to(f.dtype)  # (N, K)
-        fk = member[:, :, None] * f[:, None]  # (N, K, d): f where the row is in region k, else 0
-        # counts (K,), sums of f f^T (K, d, d)
-        stats = [member.sum(0), torch.einsum("nki,nj->kij", fk, f)]
-        if self.center:
-            stats.append(fk.sum(0))  # (K, d) sums of f
-        if self.mode == "optimal":
-            # (K, d, d) sums of z f^T
-            stats.append(torch.einsum("nj,nki->kji", z.detach().to(f.dtype), fk))
-        flat = torch.cat([s.flatten() for s in stats])
-        # sums and counts over all ranks: the global batch
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flat)
-        # a region without samples gets batch statistics 0, as the authors' code
-        n = flat[:self.K].clamp(min=1)
-        F_batch = flat[self.K:self.K + self.K * d * d].view(self.K, d, d) / n[:, None, None]
-        rest = flat[self.K + self.K * d * d:]
-        self._ema(self.F_hat, F_batch)
-        if self.center:
-            self._ema(self.mu_hat, rest[:self.K * d].view(self.K, d) / n[:, None])
-            rest = rest[self.K * d:]
-        if self.mode == "optimal":
-            self._ema(self.C_hat, rest.view(self.K, d, d) / n[:, None, None])
-        self.seen.fill_(True)
-        return F_batch
-
-    def _ema(self, hat, batch):
-        """hat <- rho hat + (1 - rho) batch in every region; the first batch sets it. A region no
-        sample fell into has batch 0, so its EMA moves toward 0 (the authors' Accumulator.add_list
-        adds a zero matrix)."""
-        first = ~self.seen.view(-1, *[1] * (hat.dim() - 1))
-        hat.copy_(torch.where(first, batch, self.rho * hat + (1 - self.rho) * batch))
-
-    @torch.no_grad()
-    def compute_Wp(self):
-        """Wp from the current statistics, in float64 outside autocast. Returns Wp (K, d, d)."""
-        with torch.autocast(self.F_hat.device.type, enabled=False):
-            F = self.F_hat.double()
-            # dyn_zero_mean: the EMA'd correlation minus the outer product of the EMA'd mean
-            if self.center:
-                F = F - self.mu_hat.double()[:, :, None] * self.mu_hat.double()[:, None, :]
-            eye = torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
-            # a diverged run's nan/inf F_hat would make eigh raise; its Wp is then eps I, and
-            # train.py stops the run (with one line) at its next check, without a host sync here
-            F = torch.where(torch.isfinite(F).flatten(1).all(1)[:, None, None], F, eye)
-            if self.mode == "optimal":
-                return self._optimal(F)
-            if self.mode == "directcopy":  # Wp = F / lambda_max + eps I
-                # (K, 1, 1)
-                lam_max = torch.linalg.eigvalsh(F)[:, -1].clamp(min=1e-12)[:, None, None]
-                return F / lam_max + self.eps * eye
-            s, U = torch.linalg.eigh(F)  # ascending eigenvalues, orthonormal columns U
-            s = s.clamp(min=0)
-            # max-normalise: the top eigenvalue becomes 1
-            s = s / s.max(-1, keepdim=True).values.clamp(min=1e-12)
-            if self.offset:  # Table 7's offset inside the root, floored before it: compute_w_corr's
-                # dyn_eps_inside branch, (s + dyn_eps).clamp(1e-4).pow(1 / 2) with dyn_eps = -c, so
-                # the smallest p_j is 1e-2 there
-                p = (s - self.offset).clamp(min=1e-4).pow(self.exponent) + self.eps
-            else:  # the branch of every other table: the root, then eps, then the floor
-                p = (s.pow(self.exponent) + self.eps).clamp(min=1e-4)
-            return (U * p[:, None, :]) @ U.mT  # U diag(p) U^T
-
-    def _optimal(self, M):
-        """Table 1's plug-in Wp from M = E[f f^T] and M2 = E[z f^T] (EMAs), ridge eps, as the
-        authors' branches of regulate_predictor (byol_trainer.py at luckmatters@671fca5);
-        eigenvalues of M clamped at 0, as theirs."""
-        M2 = self.C_hat.double()  # (K, d, d): rows index the target z, columns the input f
+    def rule(self, M):
+        M2 = self.C_hat.double()  # rows index the target z, columns the input f
         s, Q = torch.linalg.eigh(M)
-        s = s.clamp(min=0)  # (K, d)
-        # M W + W M + eps W = M2 + M2^T, solved in M's eigenbasis
-        if self.optimal_rule == "minimal-space":
-            return Q @ (Q.mT @ (M2 + M2.mT) @ Q / (s[:, :, None] + s[:, None, :] + self.eps)) @ Q.mT
-        inv = 1 / (s + self.eps)  # (K, d)
-        if self.optimal_rule == "solve":  # least squares: Wp (M + eps I) = M2
-            return M2 @ (Q * inv[:, None, :]) @ Q.mT
-        # "solve-as-run": `inv = Q @ inv @ Q.t()` with inv 1-D gives the vector Q (Q inv); `w = inv
-        # @ M2` (their default solve_direction "left") the vector M2^T Q (Q inv); `weight.copy_(w)`
-        # writes w into every row
-        v = torch.einsum("kij,kj->ki", Q, torch.einsum("kij,kj->ki", Q, inv))
-        # (K, d, d), each row w
-        return torch.einsum("kij,ki->kj", M2, v)[:, None, :].expand_as(M2).contiguous()
+        s = s.clamp(min=0)  # as theirs
+        if self.optimal_rule == "minimal-space":  # solved in M's eigenbasis
+            return Q @ (Q.mT @ (M2 + M2.mT) @ Q / (s[:, None] + s[None, :] + self.eps)) @ Q.mT
+        inv = 1 / (s + self.eps)
+        if self.optimal_rule == "solve":
+            return M2 @ (Q * inv) @ Q.mT
+        w = M2.mT @ (Q @ (Q @ inv))  # "solve-as-run": `inv @ M2` of the vector Q (Q inv)
+        return w.expand_as(M2).contiguous()  # ... copied into every row
 
     @torch.no_grad()
     def set_predictor(self, weight):
-        """Call once per optimizer step, after it. Writes Wp into `weight` ((d, d), or (K, d, d) for
-        partitions) on updates 1, 1+freq, 1+2freq, ...; returns whether it did. Between two sets,
-        mode "optimal" with rule "minimal-space" symmetrises the SGD-trained Wp (the authors'
-        dyn_sym); every other rule leaves it."""
-        if (self.n_updates - 1) % self.freq != 0:
-            if self.mode == "optimal" and self.optimal_rule == "minimal-space":
-                weight.copy_(0.5 * (weight + weight.mT))
-            return False
-        weight.copy_(self.compute_Wp().view(weight.shape).to(weight.dtype))
-        self.n_sets += 1
-        return True
+        if super().set_predictor(weight):
+            return True
+        if self.optimal_rule == "minimal-space":
+            weight.copy_(0.5 * (weight + weight.mT))
+        return False
+
+
+CLOSED_FORM = {"direct": DirectPred, "directcopy": DirectCopy, "optimal": OptimalPredictor}
 
 
 class PartitionedPredictor(nn.Module):
-    """Feature-dependent Wp (Sec. 5), as the authors' code ran it: n fixed random projections r_i
-    (d,) of the predictor input f. In each view's batch, f is on the positive side of projection i
-    when r_i . f >= the batch mean of r_i . f. Each projection keeps two EMA correlations, one per
-    side (2n regions of one DirectPred), updated with both views' samples BEFORE predicting; then
-    every side's Wp is set by the DirectPred rule, and a sample's prediction is the mean over the
-    projections of the Wp of its side: p = (1/n) sum_i Wp_{i, side_i(f)} f. The Wp are constants of
-    the step (no parameters, nothing trained): the gradient flows through them into f. Under DDP the
-    thresholds are global-batch means and the statistics are summed over the ranks
-    (DirectPred.update).
-    """
+    """Feature-dependent Wp (Sec. 5), as the authors' code ran it (predictor_reg "partition"): n
+    fixed random projections r_i (d,) of the predictor input f; in each view's batch, f is on the
+    positive side of projection i when r_i . f >= the batch mean of r_i . f. Each side of each
+    projection (2n regions) keeps its own F_hat, updated with both views' samples BEFORE predicting;
+    every side's Wp is Eq. 18 of its F_hat, and a sample's prediction is the mean over the
+    projections of its side's Wp: p = (1/n) sum_i Wp_{i, side_i(f)} f. The Wp are constants of the
+    step (nothing trained): the gradient flows through them into f. Under DDP the thresholds are
+    global-batch means and the statistics global-batch sums. A region no sample fell into has batch
+    statistics 0, so its EMA moves toward 0 (the authors' Accumulator adds a zero matrix)."""
 
     def __init__(self, dim, partitions, rho=0.3, eps=0.1, exponent=0.5, offset=0.0, center=False):
         super().__init__()
-        self.n = partitions
-        # regions: (i, side)
-        self.dp = DirectPred(dim, rho, eps, 1, exponent, offset, center, partitions=2 * partitions)
-        # (d, n), fixed: the r_i, Gaussian
-        self.register_buffer("directions", torch.randn(dim, partitions))
+        self.n, K = partitions, 2 * partitions  # regions: (i, side)
+        self.rho, self.eps, self.exponent, self.offset = rho, eps, exponent, offset
+        self.center = center
+        self.register_buffer("directions", torch.randn(dim, partitions))  # (d, n) the r_i, fixed
+        self.register_buffer("F_hat", torch.zeros(K, dim, dim))
+        if center:
+            self.register_buffer("mu_hat", torch.zeros(K, dim))
+        self.register_buffer("seen", torch.zeros(K, dtype=torch.bool))
 
     @torch.no_grad()
     def sides(self, f):
-        """(N, d) one view's batch -> (N, 2n) 0/1: columns 2i and 2i+1 = positive / negative side of
-        projection i. In fp32 (at least) whatever the autocast and TF32 settings: a bf16 threshold
-        would move samples across it."""
+        """(N, d) one view's batch -> (N, 2n) 0/1: columns 2i, 2i+1 = positive / negative side of
+        projection i. In fp32 at least: a bf16 threshold would move samples across it."""
         dtype = torch.promote_types(f.dtype, torch.float32)
         with full_fp32(f.device.type):
             proj = f.detach().to(dtype) @ self.directions.to(dtype)  # (N, n)
-        # (2, n): sums and counts
-        total = torch.stack([proj.sum(0), torch.full_like(proj[0], len(proj))])
-        # the threshold is the mean over the global batch
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-        pos = proj >= total[0] / total[1]  # (N, n)
+        total, count = global_sum(proj.sum(0), torch.full_like(proj[0], len(proj)))
+        pos = proj >= total / count  # (N, n), against the global batch's mean
         return torch.stack([pos, ~pos], 2).flatten(1).float()  # (N, 2n)
 
+    @torch.no_grad()
+    def accumulate(self, f, member):
+        """f (N, d) both views' inputs, member (N, K) their regions: every region's F_hat (and
+        mu_hat) EMA. Tensor work only: a compiled forward keeps one graph."""
+        with full_fp32(f.device.type):
+            f = f.detach().to(self.F_hat.dtype)
+            member = member.to(f.dtype)
+            fk = member[:, :, None] * f[:, None]  # (N, K, d): f where in region k, else 0
+            sums = [member.sum(0), torch.einsum("nki,nj->kij", fk, f)]  # (K,) counts, (K, d, d)
+            if self.center:
+                sums.append(fk.sum(0))  # (K, d)
+            n, *totals = global_sum(*sums)
+            n = n.clamp(min=1)
+            seen = self.seen.view(-1, 1, 1)
+            ema_(self.F_hat, totals[0] / n[:, None, None], self.rho, seen)
+            if self.center:
+                ema_(self.mu_hat, totals[1] / n[:, None], self.rho, seen[:, :, 0])
+            self.seen.fill_(True)
+
+    def compute_Wp(self):
+        """(2n, d, d): every region's Wp by DirectPred's rule."""
+        with torch.no_grad(), torch.autocast(self.F_hat.device.type, enabled=False):
+            F = self.F_hat.double()
+            if self.center:
+                mu = self.mu_hat.double()
+                F = F - mu[:, :, None] * mu[:, None, :]
+            return eq18_wp(finite_or_eye(F), self.eps, self.exponent, self.offset)
+
     def forward(self, *views):
-        """views: each (N, d), the views of one step (train.py passes both). Returns one prediction
-        (N, d) per view."""
+        """views: each (N, d), the step's views (train.py passes both): a prediction (N, d) each."""
         member = [self.sides(f) for f in views]
         if self.training:  # statistics first, with every view's samples: this batch shapes its Wp
-            # (accumulate, not update: no Python counter, compile-friendly)
-            self.dp.accumulate(torch.cat(views), region=torch.cat(member))
-        # (2n, d, d), every side's Wp by the DirectPred rule
-        Wp = self.dp.compute_Wp().to(views[0].dtype)
+            self.accumulate(torch.cat(views), torch.cat(member))
+        Wp = self.compute_Wp().to(views[0].dtype)  # (2n, d, d)
         return tuple(torch.einsum("nk,kij,nj->ni", m.to(f.dtype), Wp, f) / self.n
                      for m, f in zip(member, views))
 
 
 # -----------------------------------------------------------------------------
 # the paper's Fig. 2 diagnostics of the predictor's input f and of Wp, for any predictor (train.py
-# logs them; its collapse rule reads erank and z_std)
+# logs them), and the collapse rule that reads two of them
 
 
 def effective_rank(eig):
@@ -347,3 +343,40 @@ def diagnostics(stats, Wp, z):
         out["align"] = nnf.cosine_similarity(U, Wp @ U, dim=0).tolist()
         out["asym"] = ((Wp - Wp.T).norm() / Wp.norm().clamp(min=1e-12)).item()
     return out
+
+
+# collapse (Theorem 2), the repository's one rule (why these thresholds: docs/reference.md, "Has my
+# run collapsed?"): the effective rank of the predictor input's centred covariance below 1.3, or
+# z_std below 0.1
+COLLAPSE_ERANK, COLLAPSE_Z_STD = 1.3, 0.1
+
+
+def looks_collapsed(erank, z_std):
+    return erank < COLLAPSE_ERANK or z_std < COLLAPSE_Z_STD
+
+
+class CollapseWatch:
+    """The collapse warning of a run's log lines: a warning once the run has looked collapsed
+    (looks_collapsed) for `lines` log lines in a row, once per streak, and a note when it has looked
+    healthy for as many again (a slow predictor can dip and recover). It warns, never stops a run;
+    why 3 lines: docs/reference.md, "Has my run collapsed?"."""
+
+    def __init__(self, lines=3):
+        self.lines = lines
+        # > 0: low log lines in a row; < 0: healthy ones; a warning standing?
+        self.streak, self.warned = 0, False
+
+    def line(self, step, erank, z_std, d):
+        """What to print for this log line (d: the dimension erank is out of), or None."""
+        low = looks_collapsed(erank, z_std)
+        self.streak = max(self.streak, 0) + 1 if low else min(self.streak, 0) - 1
+        if self.streak == self.lines and not self.warned:
+            self.warned = True
+            return (f"warning: step {step}: the run looks collapsed: effective rank {erank:.2f} of "
+                    f"{d}, z_std {z_std:.3f} for {self.streak} log lines in a row "
+                    "(docs/reference.md, 'has my run collapsed?', lists what to try)")
+        if self.streak == -self.lines and self.warned:
+            self.warned = False
+            return (f"note: step {step}: the run recovered: effective rank {erank:.2f}, z_std "
+                    f"{z_std:.3f} for {-self.streak} log lines in a row")
+        return None

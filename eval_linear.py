@@ -55,8 +55,8 @@ from tqdm import tqdm
 
 import plumbing
 import train as T
-from data import (epoch_batches, extract_features, knn_eval, load_split, normalisation,
-                  split_val_error)
+from data import (DATASETS, epoch_batches, extract_features, in_memory, knn_eval, load_split,
+                  n_images, normalisation, split_val_error)
 
 # -----------------------------------------------------------------------------
 # config (None = the protocol's default: PROTOCOLS below); each range is checked after those are
@@ -73,7 +73,7 @@ P.add_argument("--baseline", default="none",
                "the same with its BN statistics re-estimated on the training images; pixels = raw "
                "pixels (no network); supervised = the checkpoint's network trained with labels "
                "(same augmentations and budget)")
-P.add_argument("--dataset", default=None, choices=list(T.DATASETS),
+P.add_argument("--dataset", default=None, choices=list(DATASETS),
                help="default: the checkpoint's")
 P.add_argument("--data-dir", default=None, help="default: the checkpoint's")
 P.add_argument("--split", default=None, choices=["test", "val"],
@@ -137,10 +137,10 @@ def shard_features(backbone, data, rank, world_size, **kw):
     gathers and returns (features, labels) of the whole split; the other ranks return None."""
     if world_size == 1:
         return extract_features(backbone, data, **kw)
-    n = len(data[0]) if isinstance(data, tuple) else len(data)
+    n = n_images(data)
     per = math.ceil(n / world_size)
     a, b = min(n, rank * per), min(n, (rank + 1) * per)
-    part = (data[0][a:b], data[1][a:b]) if isinstance(data, tuple) else \
+    part = (data[0][a:b], data[1][a:b]) if in_memory(data) else \
         torch.utils.data.Subset(data, range(a, b))
     f, y = extract_features(backbone, part, **kw)  # (b - a, D), (b - a,)
     # labels ride along as a last column (exact below 2^24)
@@ -177,20 +177,16 @@ def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, worker
     preset, crop scale, jitter), optimizer settings, lr schedule, batch size and step count
     (--epochs and --max-steps of the run). Returns (the trained backbone, the number of steps)."""
     backbone = model.backbone.to(device).to(memory_format=fmt).train()
-    n_cls = int(data[1].max()) + 1 if isinstance(data, tuple) else len(data.classes)
+    n_cls = int(data[1].max()) + 1 if in_memory(data) else len(data.classes)
     head = nn.Linear(backbone.dim, n_cls).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
-    optimizer = (torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
-                                 weight_decay=cfg["wd"])
-                 if cfg["optimizer"] == "sgd" else T.LARS(params, lr=cfg["lr"],
-                                                          momentum=cfg["momentum"],
-                                                          weight_decay=cfg["wd"]))
+    optimizer = T.optimizer_for([dict(params=params, lr_mult=1.0, weight_decay=cfg["wd"])], cfg)
     aug = T.aug_of(cfg)
     # streamed: one crop in the workers, the colour ops on the device
-    if not isinstance(data, tuple):
+    if not in_memory(data):
         data.transform = TV.Compose([TV.RandomResizedCrop(size, scale=(cfg["crop_min"], 1.0)),
                                      TV.PILToTensor()])
-    n = len(data[0]) if isinstance(data, tuple) else len(data)
+    n = n_images(data)
     steps_per_epoch = n // cfg["batch_size"]
     if steps_per_epoch == 0:
         raise plumbing.RunError("--baseline supervised: the run's --batch-size "
@@ -206,7 +202,7 @@ def train_supervised(model, data, cfg, size, mean, std, device, ctx, fmt, worker
                                   workers=workers):
             gen.manual_seed(T.step_seed(cfg["seed"], step, 0))
             x = T.augment(x, aug, 0, gen, size, (cfg["crop_min"], 1.0), mean, std,
-                          crop=isinstance(data, tuple))
+                          crop=in_memory(data))
             for g in optimizer.param_groups:
                 g["lr"] = T.lr_at(step, cfg, total, steps_per_epoch)
             with ctx:
@@ -280,9 +276,9 @@ def probe_augmented(args, head, optimizer, backbone, feats, train_data, dataset,
     test_f = feats[1][0] if rank == 0 else None
     # under torchrun the head's gradients are averaged over ranks
     ddp_head = DDP(head) if ddp else head
-    if T.DATASETS[dataset].streamed:
+    if DATASETS[dataset].streamed:
         train_data.transform = TV.Compose([TV.RandomResizedCrop(size), TV.PILToTensor()])
-    n = len(train_data[0]) if isinstance(train_data, tuple) else len(train_data)
+    n = n_images(train_data)
     steps_per_epoch = n // args.batch_size
     if steps_per_epoch == 0:
         raise plumbing.RunError(f"--batch-size {args.batch_size} is larger than the {n} training "
@@ -295,7 +291,7 @@ def probe_augmented(args, head, optimizer, backbone, feats, train_data, dataset,
                                   device, workers=args.workers):
             gen.manual_seed(T.step_seed(args.seed, step, rank))
             x = T.augment(x, NO_COLOR, 0, gen, size, (0.08, 1.0), kw["mean"], kw["std"],
-                          crop=not T.DATASETS[dataset].streamed)
+                          crop=not DATASETS[dataset].streamed)
             with torch.no_grad(), kw["ctx"]:
                 f = backbone(x.contiguous(memory_format=fmt))
             for g in optimizer.param_groups:
@@ -409,12 +405,12 @@ def probe_data(args, cfg, dataset, device):
     """The labelled train split the probe is fitted on and the split it reports on (on the device
     where they fit), the crop size, the channels and the classes."""
     split = args.split or (cfg.get("split", "test") if cfg else "test")
-    if split == "val" and not T.DATASETS[dataset].val:
+    if split == "val" and not DATASETS[dataset].val:
         raise plumbing.RunError(split_val_error())
     data_dir = args.data_dir or (cfg["data_dir"] if cfg else "data")
     splits = [load_split(dataset, data_dir, role, split, cfg["fake_size"] if cfg else 1024)
               for role in ("train", "eval")]
-    streamed = T.DATASETS[dataset].streamed
+    streamed = DATASETS[dataset].streamed
     if not streamed:
         splits = [(x.to(device), y.to(device)) for x, y in splits]
     size = args.img_size or (cfg["img_size"] if cfg else 0) or \
@@ -467,8 +463,8 @@ def main():
     dataset = args.dataset or cfg["dataset"]
     outs = [result_path(args, b, dataset) if master_process else None for b in args.baselines]
     splits, split, size, in_chans, n_cls = probe_data(args, cfg, dataset, device)
-    ctx, fmt = plumbing.speed_paths(device.split(":")[0], args.bf16, args.channels_last,
-                                    width=cfg["width"] if cfg else 64)
+    ctx, fmt = plumbing.precision_and_layout(device.split(":")[0], args.bf16, args.channels_last,
+                                             width=cfg["width"] if cfg else 64)
     kw = dict(mean=normalisation(dataset, device)[0], std=normalisation(dataset, device)[1],
               device=device, ctx=ctx, size=size, fmt=fmt)
 

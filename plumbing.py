@@ -3,9 +3,9 @@ What a training run needs besides the method and its data: flags that declare th
 for a bad one), DDP start-up with a timeout and a clean exit, the precision and memory-format
 choice, seeds and RNG state, atomic checkpoints and what a resume checks, and the run's upkeep (Run:
 the out-dir lock, the log and W&B, the progress bar, the stop on Ctrl-C / SIGTERM, the divergence
-guard, the collapse warning, img/s, saving a checkpoint). Nothing in this file knows the method (no
-model, no loss) or a dataset. Every failure it handles ends in one line on stderr naming the flag or
-path, never a traceback.
+guard, img/s, saving a checkpoint). Nothing in this file knows the method (no model, no loss, no
+statistic of it) or a dataset. Every failure it handles ends in one line on stderr naming the flag
+or path, never a traceback.
 
 """
 import argparse
@@ -25,6 +25,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
@@ -156,10 +158,10 @@ def same_on_every_rank(flag, device, message):
 def end_distributed():
     """The last line of a torchrun job, on every rank once its work is written: leave the process
     group, then exit 0 at once. gloo's worker threads can outlive destroy_process_group, and at
-    random (about 1 run in 40 on 2 CPU cores, torch 2.14) the interpreter's teardown then aborts a
-    rank that has finished ("terminate called without an active exception", exit -6), so torchrun
-    reports a completed run as failed; os._exit skips that teardown. Callers close their own files
-    first (nothing else is lost: stdout/stderr are flushed here)."""
+    random the interpreter's teardown then aborts a rank that has finished ("terminate called
+    without an active exception", exit -6), so torchrun reports a completed run as failed; os._exit
+    skips that teardown. Callers close their own files first (nothing else is lost: stdout/stderr
+    are flushed here)."""
     dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -177,7 +179,12 @@ def cpu_has_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0, width=64):
+def native_bf16():
+    """Whether this GPU computes bf16 natively (pre-Ampere GPUs emulate it, slower)."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def precision_and_layout(device_type, bf16="auto", channels_last="auto", deterministic=0, width=64):
     """--bf16 / --channels-last ('auto': on where measured faster, docs/reference.md, Speed) and
     --deterministic for this device. width: the network's --width. Returns (ctx: bf16 autocast or a
     null context, fmt: the memory format of the networks and their inputs)."""
@@ -196,7 +203,7 @@ def speed_paths(device_type, bf16="auto", channels_last="auto", deterministic=0,
             torch.use_deterministic_algorithms(True, warn_only=True)
     if bf16 == "auto":  # CUDA: native bf16 only (pre-Ampere GPUs emulate it, slower); a CPU: fp32
         # here, and train.py turns bf16 on where bf16_if_faster measures it faster for the network
-        bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        bf16 = device_type == "cuda" and native_bf16()
     if channels_last == "auto":  # faster on a CPU from width 16 (docs/reference.md, Speed); below,
         # oneDNN's 1x1 stride-2 weight gradient in channels_last fails (oneDNN issue 6035)
         channels_last = device_type == "cuda" or width >= 16
@@ -242,7 +249,7 @@ def decide_bf16(saved, device_type, measure):
         return saved, (f"--bf16 auto: {'bf16' if saved == '1' else 'fp32'}, reused from the "
                        f"checkpoint (decided at the run's start)")
     if device_type == "cuda":  # native bf16 only (pre-Ampere GPUs emulate it, slower)
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        native = native_bf16()
         which = "bf16 (native on this GPU)" if native else "fp32 (this GPU emulates bf16)"
         return str(int(native)), f"--bf16 auto: {which}"
     if not cpu_has_bf16():
@@ -252,7 +259,137 @@ def decide_bf16(saved, device_type, measure):
 
 
 # -----------------------------------------------------------------------------
-# seeds, checkpoints, the out-dir, the log, signals, divergence, the collapse warning
+# the run's flags and state: what train.py's main() asks of the upkeep
+
+
+def add_run_flags(P):
+    """The run's own flags, after the method's in --help: where it writes, resuming, logging and
+    checkpoints, the device and DDP, precision and speed, W&B. None changes what is computed."""
+    a = P.add_argument
+    a("--out-dir", default="out", free=True, help="where ckpt.pt and log.jsonl go")
+    a("--resume", nargs="?", const="1", default="0", choices=["0", "1", "auto"], free=True,
+      help="continue from out_dir/ckpt.pt (--resume alone: 1); auto: if it exists, else start "
+      "fresh (a run that torchrun --max-restarts brings back resumes itself)")
+    a("--ckpt-every", type=int, default=1000, valid=GE1, free=True,
+      help="steps between checkpoints (and the end)")
+    a("--save-every-rank", action="store_true", free=True,
+      help="each DDP rank also writes ckpt_rank{r}.pt")
+    a("--log-every", type=int, default=50, valid=GE1, free=True,
+      help="steps between log.jsonl lines (and step 0)")
+    a("--log-early", type=int, default=200, valid=GE0, free=True,
+      help="log every 10th step up to N (early collapse)")
+    a("--eval-every", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = off)"), free=True,
+      help="steps between kNN monitors (k=200, t=0.1; rank 0); 0 = off")
+    a("--seed", type=int, default=0, valid=GE0,
+      help="seeds the init, the batch order and the augmentations")
+    a("--device", default="auto", choices=["auto", "cpu", "cuda"], free=True,
+      help="auto = cuda if available")
+    a("--ddp-timeout", type=float, default=600, valid=(lambda v: v > 0, "> 0 seconds"), free=True,
+      help="seconds a DDP collective waits for a stalled rank, then stops")
+    a("--bf16", default="auto", choices=["auto", "0", "1"], free=True,
+      help="bf16 autocast of the networks (the loss, F_hat and its eigh stay fp32); auto = on GPUs "
+      "with native bf16, on a CPU where timed passes find it faster (decided once per run: a "
+      "resume reuses it)")
+    a("--channels-last", default="auto", choices=["auto", "0", "1"], free=True,
+      help="channels_last memory format for the convolutions; auto = on CUDA, and on CPUs for "
+      "--width >= 16 (faster; narrower nets hit a oneDNN bug)")
+    a("--deterministic", type=int, default=0, choices=[0, 1], free=True,
+      help="CUDA: deterministic cuDNN / cuBLAS kernels, no autotuning, no TF32, so that two runs "
+      "(and a resume) give the same bits, at a speed cost; the CPU is already")
+    a("--compile", type=int, default=0, choices=[0, 1], free=True,
+      help="torch.compile the online network")
+    a("--wandb-project", default="", free=True,
+      help="also log to W&B under this project (rank 0; pip install wandb); empty = off")
+    a("--wandb-run-name", default="", free=True, help="the W&B run's name (empty: W&B picks one)")
+
+
+def resolve_resume(cfg):
+    """--resume 0 / 1 / auto -> whether there is a checkpoint to continue (auto: if one exists)."""
+    ckpt = os.path.join(cfg["out_dir"], "ckpt.pt")
+    cfg["resume"] = os.path.isfile(ckpt) if cfg["resume"] == "auto" else cfg["resume"] == "1"
+
+
+def flags_error(cfg, P, world_size):
+    """The first flag out of its range, a global --batch-size that does not split over the DDP
+    ranks, or a flag set for a --predictor it means nothing for, as one line; or None."""
+    err = range_error(cfg, P.valid)
+    if err:
+        return err
+    if cfg["batch_size"] % world_size or cfg["batch_size"] // world_size < 2:
+        return (f"--batch-size {cfg['batch_size']} must split evenly over {world_size} DDP ranks, "
+                ">= 2 each")
+    defaults = vars(P.parse_args([]))  # a flag left at its default is never an error
+    for k, predictors in P.needs.items():
+        if cfg["predictor"] not in predictors and cfg[k] != defaults[k]:
+            flag, which = k.replace("_", "-"), " or ".join(predictors)
+            return f"--{flag} is an option of --predictor {which} only"
+    return None
+
+
+def to_device_layout(online, target, ddp, sync_bn, device, fmt, master_process):
+    """The networks as the run holds them: SyncBatchNorm under DDP on CUDA (global-batch BN), in
+    the run's memory format. Returns (online, target)."""
+    if ddp and sync_bn and "cuda" in device:
+        online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
+        target = nn.SyncBatchNorm.convert_sync_batchnorm(target) if target is not None else None
+    elif ddp and sync_bn and master_process:
+        print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch "
+              "statistics")
+    online = online.to(memory_format=fmt)
+    return online, target.to(memory_format=fmt) if target is not None else None
+
+
+def load_run(cfg, P, n_train, device, **state):
+    """--resume: the checkpoint's state into this run's (each of `state`, by name: a module or an
+    optimizer, or None; the RNG), or one line naming the flag that differs. Returns the checkpoint,
+    its tensors moved to the device."""
+    path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    ckpt = load_checkpoint(path, "--resume")
+    err = resume_error(ckpt, cfg, vars(P.parse_args([])), P.free, n_train, path)
+    if err:
+        raise RunError(err)
+    for name, obj in state.items():
+        if obj is not None:
+            obj.load_state_dict(ckpt[name])
+    restore_rng(ckpt["rng"], "cuda" if "cuda" in device else "cpu")
+    stats = ckpt.get("monitor_stats")
+    return dict(ckpt, monitor_stats=tuple(t.to(device) for t in stats) if stats else None)
+
+
+def run_state(step, cfg, n_train, device, extra, **state):
+    """Everything a resume needs: each of `state` by name (its state_dict, or None), the step, the
+    config, `extra` (the run's other records) and the RNG."""
+    return {**{name: obj.state_dict() if obj is not None else None for name, obj in state.items()},
+            "step": step, "config": cfg, **extra, "n_train": n_train,
+            "rng": rng_state("cuda" if "cuda" in device else "cpu")}
+
+
+def choose_bf16(cfg, saved, online, target, loss_fn, shape, device, fmt, ddp):
+    """--bf16 auto, decided once per run and recorded in its config as "0" / "1" (the checkpoint,
+    the log's first record): timed at the start on a CPU with bf16 instructions (loss_fn(online,
+    target, x) on a batch of `shape` from its own RNG), reused by every --resume, so a run never
+    switches precision midway. Every rank calls it (under DDP rank 0's choice wins). Returns (the
+    autocast context, the line saying how it was decided)."""
+    device_type = "cuda" if "cuda" in device else "cpu"
+    x = torch.rand(*shape, generator=torch.Generator(device).manual_seed(0), device=device)
+    cfg["bf16"], line = decide_bf16(saved, device_type, lambda: bf16_if_faster(
+        online, target, loss_fn, x.contiguous(memory_format=fmt), ddp))
+    return (torch.autocast(device_type,
+                           dtype=torch.bfloat16) if cfg["bf16"] == "1" else nullcontext()), line
+
+
+def wrap(online, cfg, ddp, local_rank, device, master_process):
+    """The online network as the loop calls it: compiled (--compile 1), then DDP under torchrun."""
+    if cfg["compile"] and ddp and cfg["sync_bn"] and "cuda" in device and master_process:
+        print("warning: --compile 1 with DDP and SyncBatchNorm: the graph breaks at every "
+              "SyncBatchNorm, and the combination has failed in PyTorch (docs/reference.md, "
+              "When something goes wrong); --sync-bn 0 compiles whole")
+    model = torch.compile(online) if cfg["compile"] else online
+    return DDP(model, device_ids=[local_rank] if "cuda" in device else None) if ddp else model
+
+
+# -----------------------------------------------------------------------------
+# seeds, checkpoints, the out-dir, the log, signals, divergence
 
 
 def save_checkpoint(obj, path):
@@ -417,19 +554,22 @@ def stop_after_the_step_on_signal():
 
 
 class DivergenceGuard:
-    """Never train on, or save, a diverged run. The first step whose loss or F_hat became nan/inf is
-    kept on the device, so the step itself never waits for the host; it is read (one sync) at
-    logging and checkpoint steps only. A diverged run stops with one line naming the step, --lr and
-    the last good checkpoint (last_ckpt, which the caller updates). on_stop: called first (e.g. to
-    close a progress bar)."""
+    """Never train on, or save, a diverged run. The first step whose loss (or a watched tensor,
+    named in the line) became nan/inf is kept on the device, so the step itself never waits for the
+    host; it is read (one sync) at logging and checkpoint steps only. A diverged run stops with one
+    line naming the step, --lr and the last good checkpoint (last_ckpt, which the caller updates).
+    on_stop: called first (e.g. to close a progress bar)."""
 
     def __init__(self, device, lr, last_ckpt, on_stop=lambda: None):
         self.bad = torch.zeros((), dtype=torch.long, device=device)  # first bad step + 1 (0: none)
         self.lr, self.last_ckpt, self.on_stop = lr, last_ckpt, on_stop
+        self.watched = []  # the names of the tensors record() watched
 
-    def record(self, step, loss, F_hat=None):
-        finite = torch.isfinite(loss.detach()) & \
-            (torch.isfinite(F_hat).all() if F_hat is not None else True)
+    def record(self, step, loss, **watched):
+        finite = torch.isfinite(loss.detach())
+        for t in watched.values():
+            finite = finite & torch.isfinite(t).all()
+        self.watched = list(watched)
         self.bad = torch.where((self.bad == 0) & ~finite, step + 1, self.bad)
 
     def stop(self, what):
@@ -445,7 +585,8 @@ class DivergenceGuard:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         bad = bad.item()  # the one host sync
         if bad:
-            self.stop(f"the loss (or F_hat) became nan/inf at step {bad}")
+            what = "".join(f" (or {name})" for name in self.watched)
+            self.stop(f"the loss{what} became nan/inf at step {bad}")
 
     def stop_if_nonfinite(self, step, *state_dicts):
         """Weights or buffers about to be saved that are nan/inf (e.g. BatchNorm running statistics
@@ -455,72 +596,40 @@ class DivergenceGuard:
             self.stop(f"{bad} became nan/inf by step {step}")
 
 
-# the collapse warning: printed when a run has looked collapsed (train.looks_collapsed) for
-# COLLAPSE_INTERVALS log lines in a row, and a note when it recovers for as many (why 3:
-# docs/reference.md, "Has my run collapsed?"). It warns, never stops a run
-COLLAPSE_INTERVALS = 3
-
-
-class CollapseWatch:
-    """The collapse warning of train.py's log lines: a warning once a run has looked collapsed
-    (looks_collapsed(erank, z_std), train.py's rule) for COLLAPSE_INTERVALS log lines in a row, once
-    per streak, and a note when it has looked healthy for as many again (a slow predictor can dip
-    and recover)."""
-
-    def __init__(self, looks_collapsed):
-        self.looks_collapsed = looks_collapsed
-        # > 0: low log lines in a row; < 0: healthy ones; a warning standing?
-        self.streak, self.warned = 0, False
-
-    def line(self, step, erank, z_std, d):
-        """What to print for this log line (d: the dimension erank is out of), or None."""
-        low = self.looks_collapsed(erank, z_std)
-        self.streak = max(self.streak, 0) + 1 if low else min(self.streak, 0) - 1
-        if self.streak == COLLAPSE_INTERVALS and not self.warned:
-            self.warned = True
-            return (f"warning: step {step}: the run looks collapsed: effective rank {erank:.2f} of "
-                    f"{d}, z_std {z_std:.3f} for {self.streak} log lines in a row "
-                    "(docs/reference.md, 'has my run collapsed?', lists what to try)")
-        if self.streak == -COLLAPSE_INTERVALS and self.warned:
-            self.warned = False
-            return (f"note: step {step}: the run recovered: effective rank {erank:.2f}, z_std "
-                    f"{z_std:.3f} for {-self.streak} log lines in a row")
-        return None
-
-
 # -----------------------------------------------------------------------------
 # the run's upkeep, in one object: train.py's loop calls it at the points it names
 
 
 class Run:
     """Everything a training run does besides the method: the out-dir's lock, the log (log.jsonl and
-    W&B), the progress bar, the stop on Ctrl-C / SIGTERM, the divergence guard, the collapse
-    warning, img/s and the checkpoint. Each method's docstring starts with who calls it: "every
+    W&B), the progress bar, the stop on Ctrl-C / SIGTERM, the divergence guard, img/s and the
+    checkpoint. Each method's docstring starts with who calls it: "every
     rank" (all ranks at the same steps: a collective under DDP, or state each rank keeps) or "rank
     0" (the others may call it; it does nothing there)."""
 
-    def __init__(self, cfg, rank, ddp, device, step, max_steps, looks_collapsed):
-        """every rank: the signal stop and the divergence guard (the first step whose loss or F_hat
-        went nan/inf, kept on the device). Rank 0 also takes the out-dir's lock and opens the log
-        (W&B with --wandb-project)."""
-        self.cfg, self.master, self.rank, self.ddp = cfg, rank == 0, rank, ddp
-        self.max_steps = max_steps
+    def __init__(self, out_dir, step, max_steps, *, resume, rank, ddp, device, lr, batch_size,
+                 log_every, log_early, ckpt_every, save_every_rank, wandb_project="",
+                 wandb_run_name="", config=None):
+        """every rank: the signal stop and the divergence guard (the first step whose watched
+        tensors went nan/inf, kept on the device). Rank 0 also takes the out-dir's lock and opens
+        the log (W&B with wandb_project, logging `config`). lr: named by a divergence's line."""
+        self.out_dir, self.master, self.rank, self.ddp = out_dir, rank == 0, rank, ddp
+        self.max_steps, self.batch_size = max_steps, batch_size
+        self.log_every, self.log_early = log_every, log_early
+        self.ckpt_every, self.save_every_rank = ckpt_every, save_every_rank
         self.cuda = str(device).startswith("cuda")
-        self.ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        os.makedirs(cfg["out_dir"], exist_ok=True)
+        self.ckpt_path = os.path.join(out_dir, "ckpt.pt")
+        os.makedirs(out_dir, exist_ok=True)
         self.lock = self.log = self.bar = None
         if self.master:
             # one run per out_dir, held until the process ends
-            self.lock = refuse_busy_out_dir(cfg["out_dir"])
-            self.log = RunLog(cfg["out_dir"], cfg["resume"], step, cfg["wandb_project"],
-                              cfg["wandb_run_name"], cfg)
+            self.lock = refuse_busy_out_dir(out_dir)
+            self.log = RunLog(out_dir, resume, step, wandb_project, wandb_run_name, config)
         # Ctrl-C / SIGTERM: checkpoint after this step, then stop
         self.stop = stop_after_the_step_on_signal()
-        self.guard = DivergenceGuard(device, cfg["lr"],
-                                     f"step {step} in {self.ckpt_path}" if cfg["resume"]
+        self.guard = DivergenceGuard(device, lr, f"step {step} in {self.ckpt_path}" if resume
                                      else "none written", on_stop=self.close_bar)
-        self.collapse = CollapseWatch(looks_collapsed)
-        # img/s: steps since step0 over time less evals
+        # img/s: steps since the last log line over its time, the kNN monitor's left out
         self.step0, self.t0, self.t_eval = step, time.time(), 0.0
 
     def open_bar(self, step):
@@ -547,24 +656,24 @@ class Run:
     def log_due(self, step):
         """every rank: whether `step` gets a log line (every --log-every, every 10th up to
         --log-early, the last)."""
-        early = step <= self.cfg["log_early"] and step % 10 == 0
-        return step % self.cfg["log_every"] == 0 or early or step == self.max_steps
+        early = step <= self.log_early and step % 10 == 0
+        return step % self.log_every == 0 or early or step == self.max_steps
 
     def ckpt_due(self, step):
         """every rank: whether the loop saves after `step` (every --ckpt-every, the last, or a
         signal came)."""
-        return step % self.cfg["ckpt_every"] == 0 or step == self.max_steps or bool(self.stop)
+        return step % self.ckpt_every == 0 or step == self.max_steps or bool(self.stop)
 
-    def stepped(self, step, loss, F_hat=None):
-        """every rank, after each optimizer step: the divergence guard records it on the device (no
-        host sync), the bar moves, and before the first log line it shows the loss at steps 1, 2, 4,
-        8, ... (few host syncs). At log and checkpoint steps it stops a diverged run: a collective
-        under DDP, the worst rank decides."""
-        self.guard.record(step - 1, loss, F_hat)
+    def after_step(self, step, loss, **watched):
+        """every rank, after each optimizer step: the divergence guard records whether the loss and
+        the watched tensors stayed finite, on the device (no host sync); the bar moves, and before
+        the first log line it shows the loss at steps 1, 2, 4, 8, ... (few host syncs). At log and
+        checkpoint steps it stops a diverged run: a collective under DDP, the worst rank decides."""
+        self.guard.record(step - 1, loss, **watched)
         self.bar.update(1)
-        if self.master and step < self.cfg["log_every"] and step & (step - 1) == 0:
+        if self.master and step < self.log_every and step & (step - 1) == 0:
             self.bar.set_postfix(loss=f"{loss.item():.4f}")
-        if self.log_due(step) or step % self.cfg["ckpt_every"] == 0:
+        if self.log_due(step) or step % self.ckpt_every == 0:
             self.guard.stop_if_diverged(sync_ranks=self.ddp)
 
     def write(self, rec):
@@ -573,37 +682,33 @@ class Run:
             self.log.write(rec)
 
     def img_per_s(self, step):
-        """rank 0, at a log line: images per second since the last one, the kNN monitor's time left
-        out."""
+        """rank 0, at a log line: images per second since the last call (or the start), the kNN
+        monitor's time left out; the next interval starts now."""
         if self.cuda:
             torch.cuda.synchronize()
-        imgs = (step - self.step0) * self.cfg["batch_size"] / (time.time() - self.t0 - self.t_eval)
-        self.step0 = step
+        now = time.time()
+        imgs = (step - self.step0) * self.batch_size / (now - self.t0 - self.t_eval)
+        self.step0, self.t0, self.t_eval = step, now, 0.0
         return imgs
 
     def memory(self):
         """rank 0, at a log line: the peak GPU memory so far ({} on a CPU)."""
         return {"mem_gb": torch.cuda.max_memory_allocated() / 1e9} if self.cuda else {}
 
-    def show(self, rec):
-        """rank 0, after a log line is written: the bar's numbers and the collapse warning, when it
-        is due; the next interval's clock starts here (after the diagnostics)."""
-        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.3g}",
-                             img_s=f"{rec['img_per_s']:.0f}", z_std=f"{rec['z_std']:.2f}",
-                             rank=f"{rec['erank']:.1f}",
-                             **({"knn": f"{rec['knn_top1']:.4f}"} if "knn_top1" in rec else {}))
-        alarm = self.collapse.line(rec["step"], rec["erank"], rec["z_std"], len(rec["F_eig"]))
-        if alarm:  # on stdout (stderr carries errors alone)
-            self.bar.write(alarm)
-        self.t0, self.t_eval = time.time(), 0.0
+    def show(self, numbers, line=None):
+        """rank 0: the bar's numbers ({name: text}) and, if given, a line above the bar (on stdout:
+        stderr carries errors alone)."""
+        self.bar.set_postfix(**numbers)
+        if line:
+            self.bar.write(line)
 
     def save(self, state, *checked):
         """every rank, when ckpt_due: the checkpoint, atomically, by rank 0 (and by every rank with
         --save-every-rank, as ckpt_rank{r}.pt); never a diverged run's. state: everything a resume
         needs; checked: the state dicts that must hold no nan/inf."""
         paths = [self.ckpt_path] if self.master else []
-        if self.cfg["save_every_rank"]:
-            paths.append(os.path.join(self.cfg["out_dir"], f"ckpt_rank{self.rank}.pt"))
+        if self.save_every_rank:
+            paths.append(os.path.join(self.out_dir, f"ckpt_rank{self.rank}.pt"))
         for path in paths:
             self.guard.stop_if_diverged()
             self.guard.stop_if_nonfinite(state["step"], *checked)

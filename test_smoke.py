@@ -31,7 +31,8 @@ import plumbing
 import train as T
 from data import (FMNIST_SYSTEM_DIR, extract_features, knn_eval, load_dataset, load_split, normalisation,
                   val_mask)
-from directpred import DirectPred, PartitionedPredictor, diagnostics, effective_rank, feature_stats
+from directpred import (COLLAPSE_ERANK, CollapseWatch, DirectCopy, DirectPred, OptimalPredictor,
+                        PartitionedPredictor, diagnostics, effective_rank, feature_stats)
 
 ROOT = Path(__file__).resolve().parent
 # fp32 pinned (--bf16 0): runs compared with each other or with an fp32 reference must not depend on whether this
@@ -88,8 +89,8 @@ Q = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(0)
 
 LAM = torch.tensor([4.0, 1.0, 0.25, 0.0, -0.1], dtype=torch.float64)  # one negative eigenvalue, to be clamped
 
-def wp_from(F, **kw):
-    dp = DirectPred(5, **kw).double()  # F_hat in float64: sqrt would magnify fp32 rounding of the zero eigenvalue
+def wp_from(F, cls=DirectPred, **kw):
+    dp = cls(5, **kw).double()  # F_hat in float64: sqrt would magnify fp32 rounding of the zero eigenvalue
     dp.F_hat.copy_(F)
     dp.n_updates = 1
     W = torch.zeros(5, 5, dtype=torch.float64)
@@ -106,7 +107,7 @@ def wp_from(F, **kw):
     # with dyn_eps = -c: s - c = [0.9, 0.15, -0.0375, -0.1, -0.1] -> the floor gives sqrt(1e-4) = 1e-2, not 1e-4
     (dict(eps=0.0, offset=0.1), [0.9 ** 0.5, 0.15 ** 0.5, 1e-2, 1e-2, 1e-2]),
     (dict(eps=0.0, offset=-0.1), [1.1 ** 0.5, 0.35 ** 0.5, 0.1625 ** 0.5, 0.1 ** 0.5, 0.1 ** 0.5]),  # c < 0: no floor
-    (dict(eps=0.1, mode="directcopy"), [1.1, 0.35, 0.1625, 0.1, 0.075]),  # F / lambda_max + eps I, no clamp
+    (dict(eps=0.1, cls=DirectCopy), [1.1, 0.35, 0.1625, 0.1, 0.075]),  # F / lambda_max + eps I, no clamp
 ])
 def test_directpred_matches_hand_computed_predictor(kw, p_hand):
     F = Q @ torch.diag(LAM) @ Q.T
@@ -127,7 +128,7 @@ def test_directpred_ema_and_freq_with_sgd_in_between():
         dp.update(f)
         F_t = f.double().T @ f.double() / 8
         F_ref = F_t if F_ref is None else rho * F_ref + (1 - rho) * F_t
-        torch.testing.assert_close(dp.F_hat[0].double(), F_ref, atol=1e-6, rtol=0)
+        torch.testing.assert_close(dp.F_hat.double(), F_ref, atol=1e-6, rtol=0)
         ((pred(torch.randn(8, 4)) - torch.randn(8, 4)) ** 2).mean().backward()
         opt.step()
         opt.zero_grad()
@@ -179,9 +180,9 @@ def test_directpred_ddp_F_hat_is_the_global_batch_one(tmp_path):
             F_ref = f.T @ f / 12 if F_ref is None else 0.3 * F_ref + 0.7 * f.T @ f / 12
             mu_ref = f.mean(0) if mu_ref is None else 0.3 * mu_ref + 0.7 * f.mean(0)
         for rank in got:
-            torch.testing.assert_close(rank[center][0][0].double(), F_ref, atol=1e-5, rtol=0)
+            torch.testing.assert_close(rank[center][0].double(), F_ref, atol=1e-5, rtol=0)
             if center:  # --center: the mean's EMA over the global batch too
-                torch.testing.assert_close(rank[center][2][0].double(), mu_ref, atol=1e-5, rtol=0)
+                torch.testing.assert_close(rank[center][2].double(), mu_ref, atol=1e-5, rtol=0)
         assert torch.equal(got[0][center][0], got[1][center][0]) and torch.equal(got[0][center][1], got[1][center][1])
 
 
@@ -199,10 +200,10 @@ def test_directpred_statistics_stay_fp32_under_bf16_autocast():
         dp = DirectPred(16)
         dp.update(torch.cat(views))
     ref(*[v.double() for v in views])
-    assert pp.dp.F_hat.dtype == dp.F_hat.dtype == torch.float32
-    torch.testing.assert_close(pp.dp.F_hat.double(), ref.dp.F_hat, rtol=1e-6, atol=1e-6)
+    assert pp.F_hat.dtype == dp.F_hat.dtype == torch.float32
+    torch.testing.assert_close(pp.F_hat.double(), ref.F_hat, rtol=1e-6, atol=1e-6)
     f = torch.cat(views).double()
-    torch.testing.assert_close(dp.F_hat[0].double(), f.T @ f / len(f), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dp.F_hat.double(), f.T @ f / len(f), rtol=1e-6, atol=1e-6)
 
 
 def test_bf16_rounding_of_the_predictor_input_moves_wp_by_less_than_1e_3():
@@ -365,7 +366,7 @@ def train_py_run(online, target, cfg, views, model=None, shard=slice(None)):
     if dp is not None:
         F_hat, Wp = dp.F_hat, pred.weight
     elif cfg["partitions"] > 1:
-        F_hat, Wp = pred.dp.F_hat, pred.dp.compute_Wp()
+        F_hat, Wp = pred.F_hat, pred.compute_Wp()
     else:
         F_hat, Wp = None, getattr(pred, "weight", None)
     return dict(online=online.state_dict(), target=target.state_dict() if target is not None else None,
@@ -377,7 +378,7 @@ def assert_matches_reference(got, ref):
     close = dict(atol=1e-10, rtol=0)
     assert got["online"].keys() == net.state_dict().keys()
     for k, v in net.state_dict().items():
-        if k.startswith("predictor.dp."):  # the partitioned predictor's own statistics: compared as F_hat below
+        if k in ("predictor.F_hat", "predictor.seen"):  # the partitioned predictor's statistics: as F_hat below
             continue
         torch.testing.assert_close(got["online"][k], v, **close, msg=lambda m: f"online {k}: {m}")
     assert (got["target"] is None) == (tgt is None)
@@ -386,7 +387,7 @@ def assert_matches_reference(got, ref):
         for k, v in tgt.state_dict().items():
             torch.testing.assert_close(got["target"][k], v, **close, msg=lambda m: f"target {k}: {m}")
     if F_hat[0] is not None:
-        torch.testing.assert_close(got["F_hat"], torch.stack(F_hat), **close)
+        torch.testing.assert_close(got["F_hat"], torch.stack(F_hat).view_as(got["F_hat"]), **close)
     if Wp is not None:
         torch.testing.assert_close(got["Wp"].view_as(Wp), Wp, **close)
 
@@ -504,7 +505,7 @@ def test_every_predictor_trains(tmp_path, predictor, ema):
     ckpt = load(tmp_path / "ckpt.pt")
     assert (ckpt["target"] is None) == (ema == "0")
     if predictor == "direct":  # Wp = U diag(p) U^T was just written: symmetric, with F_hat's eigenvectors
-        Wp, F_hat = ckpt["online"]["predictor.weight"].double(), ckpt["directpred"]["F_hat"][0].double()
+        Wp, F_hat = ckpt["online"]["predictor.weight"].double(), ckpt["directpred"]["F_hat"].double()
         U = torch.linalg.eigh(F_hat).eigenvectors
         assert (Wp - Wp.T).norm() < 1e-6 * Wp.norm() and torch.cosine_similarity(U, Wp @ U, dim=0).min() > 0.999
         assert min(logs[-1]["align"]) > 0.5  # the log's F is the running statistic of every predictor, not F_hat
@@ -866,11 +867,11 @@ def test_centering_is_the_authors_dyn_zero_mean_by_hand():
         F_ref = f.T @ f / 8 if F_ref is None else 0.3 * F_ref + 0.7 * f.T @ f / 8
         mu_ref = f.mean(0) if mu_ref is None else 0.3 * mu_ref + 0.7 * f.mean(0)
         dp.update(f)
-    torch.testing.assert_close(dp.F_hat[0], F_ref)
-    torch.testing.assert_close(dp.mu_hat[0], mu_ref)
+    torch.testing.assert_close(dp.F_hat, F_ref)
+    torch.testing.assert_close(dp.mu_hat, mu_ref)
     s, U = torch.linalg.eigh(F_ref - torch.outer(mu_ref, mu_ref))
     p = (s.clamp(min=0) / s.max()).sqrt() + 0.1
-    torch.testing.assert_close(dp.compute_Wp()[0], U @ torch.diag(p) @ U.T)
+    torch.testing.assert_close(dp.compute_Wp(), U @ torch.diag(p) @ U.T)
 
 
 def authors_optimal(M, M2, reg, rule):
@@ -898,14 +899,14 @@ def test_optimal_plug_in_is_the_authors_branch_by_hand(rule):
     """--predictor optimal: M = the EMA of E[f f^T], M2 = the EMA of E[z f^T] (z: the target each f's prediction is
     compared with, as the authors' cum_cross_corr: (E[z2 f1^T] + E[z1 f2^T]) / 2), ridge --eps; Wp by each rule."""
     g = torch.Generator().manual_seed(1)
-    dp = DirectPred(4, rho=0.3, eps=0.1, mode="optimal", optimal_rule=rule).double()
+    dp = OptimalPredictor(4, rho=0.3, eps=0.1, optimal_rule=rule).double()
     M = M2 = None
     for t in range(3):
         f1, f2, z1, z2 = (torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(4))
         dp.update(torch.cat([f1, f2]), torch.cat([z2, z1]))  # train_step's order: z2 is f1's target
         Mb, M2b = (f1.T @ f1 + f2.T @ f2) / 12, (z2.T @ f1 / 6 + z1.T @ f2 / 6) / 2
         M, M2 = (Mb, M2b) if M is None else (0.3 * M + 0.7 * Mb, 0.3 * M2 + 0.7 * M2b)
-    torch.testing.assert_close(dp.C_hat[0], M2)
+    torch.testing.assert_close(dp.C_hat, M2)
     W = torch.zeros(4, 4, dtype=torch.float64)
     assert dp.set_predictor(W)
     torch.testing.assert_close(W, authors_optimal(M, M2, 0.1, rule))
@@ -937,13 +938,14 @@ def test_partition_regions_by_hand():
     """Regions: one F_hat each, a row may count in several; the first batch sets every region (one without samples
     to 0), and later a region without samples decays toward 0 (the authors' Accumulator adds a zero matrix)."""
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [1.0, -1.0]])
-    dp = DirectPred(2, rho=0.5, partitions=3)
-    dp.update(f, region=torch.tensor([[1, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]]))
+    dp = PartitionedPredictor(2, 1, rho=0.5)  # 2 regions; a third made for the test
+    dp.F_hat, dp.seen = torch.zeros(3, 2, 2), torch.zeros(3, dtype=torch.bool)
+    dp.accumulate(f, torch.tensor([[1, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]]))
     F0, F2 = torch.tensor([[5 / 3, 4 / 3], [4 / 3, 5 / 3]]), torch.tensor([[2.5, 1.5], [1.5, 2.5]])
     torch.testing.assert_close(dp.F_hat[0], F0)
     torch.testing.assert_close(dp.F_hat[2], F2)
     assert not dp.F_hat[1].any()
-    dp.update(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), region=torch.tensor([[0, 1, 0], [1, 0, 0]]))
+    dp.accumulate(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), torch.tensor([[0, 1, 0], [1, 0, 0]]))
     torch.testing.assert_close(dp.F_hat[0], 0.5 * F0 + 0.5 * torch.diag(torch.tensor([0.0, 9.0])))
     torch.testing.assert_close(dp.F_hat[1], 0.5 * torch.tensor([[4.0, 0.0], [0.0, 0.0]]))
     torch.testing.assert_close(dp.F_hat[2], 0.5 * F2)
@@ -1016,8 +1018,8 @@ def test_flag_combinations_train(tmp_path, flags):
     if "mlp" in flags:
         assert torch.equal(pred["3.weight"], pred["0.weight"].T)
     if "--partitions" in flags:  # 3 projections x 2 sides, each side's F_hat seen and symmetric
-        F = pred["dp.F_hat"]
-        assert F.shape == (6, 16, 16) and pred["dp.seen"].all() and torch.allclose(F, F.mT, atol=1e-6)
+        F = pred["F_hat"]
+        assert F.shape == (6, 16, 16) and pred["seen"].all() and torch.allclose(F, F.mT, atol=1e-6)
 
 
 def test_lars_keeps_one_momentum_buffer_and_matches_the_formula():
@@ -1087,7 +1089,7 @@ def test_a_collapsing_run_prints_one_warning_line(tmp_path):
                     "--max-steps", "16", "--out-dir", tmp_path])
     warn = [line for line in r.stdout.splitlines() if "looks collapsed" in line]
     assert len(warn) == 1 and "effective rank" in warn[0] and "z_std" in warn[0], r.stdout[-2000:]
-    assert log_lines(tmp_path)[-1]["step"] == 16 and log_lines(tmp_path)[-1]["erank"] < T.COLLAPSE_ERANK
+    assert log_lines(tmp_path)[-1]["step"] == 16 and log_lines(tmp_path)[-1]["erank"] < COLLAPSE_ERANK
 
 
 def test_the_collapse_warning_fires_once_per_streak_and_notes_a_recovery():
@@ -1096,7 +1098,7 @@ def test_the_collapse_warning_fires_once_per_streak_and_notes_a_recovery():
     in a row, and a new warning for a new streak."""
     L1, L2, H = (1.1, 0.5), (4.0, 0.05), (4.0, 0.5)  # low rank; low z_std; neither
     seq = [L1, L2, H, L1, L2, L1, L1, L1, H, H, L1, H, H, H, H, L2, L2, L2]
-    watch = plumbing.CollapseWatch(T.looks_collapsed)
+    watch = CollapseWatch()
     said = {i: watch.line(i, *v, 16) for i, v in enumerate(seq)}
     said = {i: s.split(":")[0] for i, s in said.items() if s}
     assert said == {5: "warning", 13: "note", 17: "warning"}, said
@@ -1649,7 +1651,7 @@ def test_tf32_settings_leave_the_legacy_readers_working():
     before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     try:
         for det, tf32 in ((0, True), (1, False)):
-            plumbing.speed_paths("cuda", bf16="0", channels_last="0", deterministic=det)
+            plumbing.precision_and_layout("cuda", bf16="0", channels_last="0", deterministic=det)
             assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
             with full_fp32("cuda"):
                 assert torch.backends.cuda.matmul.allow_tf32 is False
@@ -1667,7 +1669,7 @@ def test_tf32_settings_leave_the_legacy_readers_working():
 # precision and speed paths on the CPU (bf16 autocast, channels_last, compile)
 
 
-def test_speed_paths_change_the_layout_not_the_numbers():
+def test_precision_and_layout_change_the_layout_not_the_numbers():
     """The speed paths are layouts, not other computations: one step's loss and every gradient of the laptop
     network (width 16, where --channels-last auto turns channels_last on) in channels_last equal the contiguous
     layout's to fp32 rounding; --bf16 1 is autocast to bf16 and moves the loss by bf16's rounding only (< 2%)."""
@@ -1675,7 +1677,7 @@ def test_speed_paths_change_the_layout_not_the_numbers():
     x1, x2 = torch.rand(2, 8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     out = {}
     for name, (bf16, cl) in {"fp32": ("0", "0"), "cl": ("0", "auto"), "bf16": ("1", "0")}.items():
-        ctx, fmt = plumbing.speed_paths("cpu", bf16, cl, width=cfg["width"])
+        ctx, fmt = plumbing.precision_and_layout("cpu", bf16, cl, width=cfg["width"])
         torch.manual_seed(0)
         online = T.build_model(cfg, 1).to(memory_format=fmt)
         with ctx:
@@ -1943,9 +1945,9 @@ def test_eval_linear_under_torchrun_shards_the_features_so_no_rank_waits(tmp_pat
 
 
 SNIPPET_CHECK = """
-F_prev, f = dp.F_hat[0].clone().double(), torch.cat([online(x1), online(x2)]).detach().double()
+F_prev, f = dp.F_hat.clone().double(), torch.cat([online(x1), online(x2)]).detach().double()
 dp.update(f.float())  # one more update: the EMA by hand, from the batch's f
-assert torch.allclose(dp.F_hat[0].double(), 0.3 * F_prev + 0.7 * f.T @ f / len(f), atol=1e-5)
+assert torch.allclose(dp.F_hat.double(), 0.3 * F_prev + 0.7 * f.T @ f / len(f), atol=1e-5)
 s, U = torch.linalg.eigh(F_prev)  # the Wp of the last step, by the rule, from the F_hat it was set from
 s = s.clamp(min=0) / s.clamp(min=0).max()
 assert torch.allclose(predictor.weight.double(), U @ torch.diag(s.sqrt() + 0.1) @ U.T, atol=1e-5)

@@ -12,38 +12,34 @@ Resume where a run stopped (same flags, plus --resume):
 
 Papers: Tian, Chen, Ganguli, ICML 2021 (arXiv 2102.06810), "Understanding self-supervised learning
 dynamics without contrastive pairs" (DirectPred); Grill et al. 2020 (BYOL); Chen & He 2021
-(SimSiam). The file reads top to bottom: config, augmentation, model, loss and optimizer, the step,
-starting a run, then main(), the training loop. The datasets are data.py's; DDP, checkpoints and the
-run's upkeep (the log, the bar, the guards) plumbing.py's; the predictor's rule and the Fig. 2
-diagnostics directpred.py's. eval_linear.py imports the model and augmentation from here, so
-importing this file trains nothing.
+(SimSiam). The file reads top to bottom: the method's flags, augmentation, model, loss and
+optimizer, the step, then main(), the training loop. The datasets are data.py's; the run's own
+flags, DDP, resuming, precision, checkpoints and upkeep (the log, the bar, the guards)
+plumbing.py's; the closed-form predictors, the Fig. 2 diagnostics and the collapse rule
+directpred.py's. eval_linear.py imports the model and augmentation from here, so importing this file
+trains nothing.
 """
 import argparse
 import copy
 import math
-import os
 import sys
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 # "F" is the paper's correlation matrix, so functional gets another name
 import torch.nn.functional as nnf
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import DATASETS, KnnMonitor, epoch_batches, normalisation, split_val_error, train_set
-from directpred import OPTIMAL_RULES, DirectPred, PartitionedPredictor, diagnostics, feature_stats
-from plumbing import (GE0, GE1, GE2, GT0, UNIT, ArgumentParser, Run, RunError, bf16_if_faster,
-                      decide_bf16, end_distributed, init_distributed, load_checkpoint,
-                      out_dir_error, range_error, restore_rng, resume_error, rng_state,
-                      same_on_every_rank, seed_all, seed_of, speed_paths, torchrun_world_size)
+from directpred import (CLOSED_FORM, OPTIMAL_RULES, CollapseWatch, OptimalPredictor,
+                        PartitionedPredictor, diagnostics, feature_stats)
+from plumbing import (GE0, GE1, GE2, GT0, UNIT, ArgumentParser, Run, RunError, add_run_flags,
+                      choose_bf16, end_distributed, flags_error, init_distributed, load_run,
+                      out_dir_error, precision_and_layout, resolve_resume, run_state,
+                      same_on_every_rank, seed_all, seed_of, to_device_layout, torchrun_world_size,
+                      wrap)
 
 # -----------------------------------------------------------------------------
 # config: one flag per knob; flag name == config key == checkpoint["config"] key
-
-
-# the predictors set in closed form (directpred.py)
-CLOSED_FORM = ("direct", "directcopy", "optimal")
 
 
 def get_parser():
@@ -104,12 +100,12 @@ def get_parser():
       help="Wp <- (Wp + Wp^T)/2 after every step; mlp: tie layer 2 = layer 1^T (Table 3)")
     a("--pred-lr-ratio", type=float, default=1.0, valid=GT0,
       help="predictor lr = ratio x lr (alpha_p, Fig. 6)")
-    a("--rho", type=float, default=0.3, valid=UNIT, needs=CLOSED_FORM,
+    a("--rho", type=float, default=0.3, valid=UNIT, needs=tuple(CLOSED_FORM),
       help="DirectPred: EMA rate of F_hat (F_hat <- rho F_hat + (1-rho) F)")
-    a("--eps", type=float, default=0.1, valid=GE0, needs=CLOSED_FORM,
+    a("--eps", type=float, default=0.1, valid=GE0, needs=tuple(CLOSED_FORM),
       help="DirectPred: added to p_j after max-normalisation (directcopy: to the diagonal; "
       "optimal: the ridge added to E[f f^T]'s eigenvalues)")
-    a("--freq", type=int, default=1, valid=GE1, needs=CLOSED_FORM,
+    a("--freq", type=int, default=1, valid=GE1, needs=tuple(CLOSED_FORM),
       help="DirectPred: set Wp each freq steps, else SGD")
     a("--exponent", type=float, default=0.5, valid=GT0, needs=("direct",),
       help="DirectPred: p_j = s_j^a; 1: DirectSet")
@@ -161,42 +157,7 @@ def get_parser():
       help="passes over the data (paper: 100; Table 8: 300, 500)")
     a("--max-steps", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = run --epochs)"),
       free=True, help="stop after this many steps (0: --epochs); schedules span --epochs")
-    # system
-    a("--out-dir", default="out", free=True, help="where ckpt.pt and log.jsonl go")
-    a("--resume", nargs="?", const="1", default="0", choices=["0", "1", "auto"], free=True,
-      help="continue from out_dir/ckpt.pt (--resume alone: 1); auto: if it exists, else start "
-      "fresh (a run that torchrun --max-restarts brings back resumes itself)")
-    a("--ckpt-every", type=int, default=1000, valid=GE1, free=True,
-      help="steps between checkpoints (and the end)")
-    a("--save-every-rank", action="store_true", free=True,
-      help="each DDP rank also writes ckpt_rank{r}.pt")
-    a("--log-every", type=int, default=50, valid=GE1, free=True,
-      help="steps between log.jsonl lines (and step 0)")
-    a("--log-early", type=int, default=200, valid=GE0, free=True,
-      help="log every 10th step up to N (early collapse)")
-    a("--eval-every", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = off)"), free=True,
-      help="steps between kNN monitors (k=200, t=0.1; rank 0); 0 = off")
-    a("--seed", type=int, default=0, valid=GE0,
-      help="seeds the init, the batch order and the augmentations")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda"], free=True,
-      help="auto = cuda if available")
-    a("--ddp-timeout", type=float, default=600, valid=(lambda v: v > 0, "> 0 seconds"), free=True,
-      help="seconds a DDP collective waits for a stalled rank, then stops")
-    a("--bf16", default="auto", choices=["auto", "0", "1"], free=True,
-      help="bf16 autocast of the networks (the loss, F_hat and its eigh stay fp32); auto = on GPUs "
-      "with native bf16, on a CPU where timed passes find it faster (decided once per run: a "
-      "resume reuses it)")
-    a("--channels-last", default="auto", choices=["auto", "0", "1"], free=True,
-      help="channels_last memory format for the convolutions; auto = on CUDA, and on CPUs for "
-      "--width >= 16 (faster; narrower nets hit a oneDNN bug)")
-    a("--deterministic", type=int, default=0, choices=[0, 1], free=True,
-      help="CUDA: deterministic cuDNN / cuBLAS kernels, no autotuning, no TF32, so that two runs "
-      "(and a resume) give the same bits, at a speed cost; the CPU is already")
-    a("--compile", type=int, default=0, choices=[0, 1], free=True,
-      help="torch.compile the online network")
-    a("--wandb-project", default="", free=True,
-      help="also log to W&B under this project (rank 0; pip install wandb); empty = off")
-    a("--wandb-run-name", default="", free=True, help="the W&B run's name (empty: W&B picks one)")
+    add_run_flags(P)  # the run's own: out-dir, resume, logs, device, precision (plumbing.py)
     return P
 
 
@@ -230,9 +191,7 @@ def parse_config(argv=None):
     if preset != "none":
         P.set_defaults(**PRESETS[preset])
     cfg = vars(P.parse_args(argv))
-    # what --resume means here: a checkpoint to continue (True) or none (False)
-    ckpt = os.path.join(cfg["out_dir"], "ckpt.pt")
-    cfg["resume"] = os.path.isfile(ckpt) if cfg["resume"] == "auto" else cfg["resume"] == "1"
+    resolve_resume(cfg)  # --resume auto: True where out_dir holds a checkpoint
     if cfg["pred_wd"] is None:
         cfg["pred_wd"] = cfg["wd"]
     return cfg
@@ -242,23 +201,16 @@ def config_error(cfg, P, world_size=None):
     """The first out-of-range flag or meaningless combination of flags, as one line naming the flag,
     or None (checked before any work). P: get_parser(); world_size: the DDP ranks (None: torchrun's,
     1 without it)."""
-    defaults = vars(P.parse_args([]))  # a flag left at its default is never an error
-    err = range_error(cfg, P.valid)
+    world_size = world_size or torchrun_world_size()
+    err = flags_error(cfg, P, world_size)  # ranges, the batch over the ranks, --predictor's flags
     if err:
         return err
-    world_size = world_size or torchrun_world_size()
-    if cfg["batch_size"] % world_size or cfg["batch_size"] // world_size < 2:
-        return (f"--batch-size {cfg['batch_size']} must split evenly over {world_size} DDP ranks, "
-                ">= 2 each")
+    defaults = vars(P.parse_args([]))  # a flag left at its default is never an error
     # rank 0 alone: 1.28M images
     if world_size > 1 and cfg["eval_every"] and DATASETS[cfg["dataset"]].streamed:
         return (f"--eval-every runs on rank 0 only; on --dataset {cfg['dataset']} under DDP the "
                 "other ranks would wait past --ddp-timeout. Evaluate the checkpoint with "
                 "eval_linear.py instead")
-    for k, predictors in P.needs.items():
-        if cfg["predictor"] not in predictors and cfg[k] != defaults[k]:
-            flag, which = k.replace("_", "-"), " or ".join(predictors)
-            return f"--{flag} is an option of --predictor {which} only"
     if cfg["partitions"] > 1 and (cfg["freq"] != 1 or cfg["pred_bias"]):
         return ("--partitions > 1 sets every side's Wp at every step (no --freq, no --pred-bias), "
                 "as the authors' code")
@@ -509,8 +461,8 @@ ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4,
 
 class ResNet(nn.Module):
     """torchvision's ResNet without fc (state dict keys match torchvision.models.resnetXX, fc
-    aside). stem 'cifar': 3x3 stride-1 conv1 and no maxpool, for 32 px images (the ImageNet stem
-    costs ~10 points there)."""
+    aside). stem 'cifar': 3x3 stride-1 conv1 and no maxpool, for 32 px images (where the ImageNet
+    stem's downsampling loses accuracy)."""
 
     def __init__(self, arch="resnet18", width=64, stem="imagenet", in_chans=3):
         super().__init__()
@@ -600,18 +552,24 @@ def build_directpred(cfg, device):
     """The closed-form predictor's state (F_hat; directpred.py) for --predictor direct / directcopy
     / optimal, or None (trained predictors; --partitions > 1 keeps one per side inside its
     PartitionedPredictor)."""
-    if cfg["predictor"] not in ("direct", "directcopy", "optimal") or cfg["partitions"] > 1:
+    if cfg["predictor"] not in CLOSED_FORM or cfg["partitions"] > 1:
         return None
-    return DirectPred(cfg["proj_dim"], cfg["rho"], cfg["eps"], cfg["freq"], cfg["exponent"],
-                      cfg["offset"], bool(cfg["center"]), mode=cfg["predictor"],
-                      optimal_rule=cfg["optimal_rule"]).to(device)
+    d, rho, eps, freq = cfg["proj_dim"], cfg["rho"], cfg["eps"], cfg["freq"]
+    if cfg["predictor"] == "optimal":
+        return OptimalPredictor(d, rho, eps, freq, cfg["optimal_rule"]).to(device)
+    return CLOSED_FORM[cfg["predictor"]](d, rho, eps, freq, cfg["exponent"], cfg["offset"],
+                                         bool(cfg["center"])).to(device)
+
+
+def trunk_parameters(online):
+    """The online network's parameters without its predictor's: backbone and projector."""
+    return [p for n, p in online.named_parameters() if not n.startswith("predictor.")]
 
 
 def ema_pairs(target, online):
-    """What the EMA update lerps: (the target's tensors, the online net's without its predictor), or
-    two empty lists for SimSiam (no target network)."""
-    return (list(target.parameters()) if target is not None else [],
-            [p for n, p in online.named_parameters() if not n.startswith("predictor.")])
+    """What the EMA update lerps: (the target's tensors, the online net's trunk), or two empty lists
+    for SimSiam (no target network)."""
+    return (list(target.parameters()) if target is not None else [], trunk_parameters(online))
 
 
 def symmetrize_predictor(predictor):
@@ -667,10 +625,15 @@ def build_optimizer(online, cfg):
     """SGD or LARS with two groups: the trunk (backbone + projector; weight decay --wd) and the
     predictor (lr x --pred-lr-ratio, weight decay --pred-wd). Each group's lr_mult scales the
     scheduled lr."""
-    trunk = [p for n, p in online.named_parameters() if not n.startswith("predictor.")]
-    groups = [dict(params=trunk, lr_mult=1.0, weight_decay=cfg["wd"]),
-              dict(params=list(online.predictor.parameters()), lr_mult=cfg["pred_lr_ratio"],
-                   weight_decay=cfg["pred_wd"])]
+    trunk = dict(params=trunk_parameters(online), lr_mult=1.0, weight_decay=cfg["wd"])
+    predictor = dict(params=list(online.predictor.parameters()), lr_mult=cfg["pred_lr_ratio"],
+                     weight_decay=cfg["pred_wd"])
+    return optimizer_for([trunk, predictor], cfg)
+
+
+def optimizer_for(groups, cfg):
+    """--optimizer on parameter groups that carry their weight decay and lr_mult (empty ones
+    dropped): SGD (the paper's runs) or LARS (BYOL's ImageNet), momentum --momentum."""
     groups = [g for g in groups if g["params"]]
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
@@ -727,22 +690,24 @@ def tau_at(step, cfg, total_steps):
 # the step: the paper's order in one function (train.py's loop and bench.py call it)
 
 
-def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, tau, ema):
+def train_step(model, raw_model, target, directpred, optimizer, x1, x2, cfg, ctx, lr, tau,
+               ema_tensors):
     """One optimizer step, in the order of the paper (Tian et al. 2021, Sec. 4) and the authors'
     code: the online and target forwards of both views (ssl_loss); DirectPred's statistics of the
     raw predictor inputs, before backward; backward (through Wp into the trunk) and the optimizer
     step; --sym-wp; Wp set in closed form after the step, so the new Wp is used from the next step
     on; the EMA target last, keyed to optimizer steps. model: the online network as called (compiled
-    and/or DDP-wrapped); raw_model: the same module unwrapped; dp: DirectPred or None; lr: the
-    scheduled lr (each parameter group takes lr x its lr_mult); ema: (target tensors, online
-    tensors), target <- tau target + (1 - tau) online. Every rank calls it (dp.update all-reduces
-    F). Returns (loss, z1, z2) for the caller's diagnostics."""
+    and/or DDP-wrapped); raw_model: the same module unwrapped; directpred: a closed-form predictor's
+    state or None; lr: the scheduled lr (each parameter group takes lr x its lr_mult); ema_tensors:
+    (target tensors, online tensors), target <- tau target + (1 - tau) online. Every rank calls it
+    (directpred.update all-reduces F). Returns (loss, z1, z2) for the caller's diagnostics."""
     with ctx:
         loss, z1, z2, t1, t2 = ssl_loss(model, target, x1, x2, cfg)
     # F = E[f f^T] over both views' f (2B, d), summed over the DDP ranks: one F_hat, one Wp
-    if dp is not None:
-        targets = torch.cat([t2, t1]) if cfg["predictor"] == "optimal" else None  # each f's target
-        dp.update(torch.cat([z1, z2]), targets)
+    if isinstance(directpred, OptimalPredictor):  # Table 1's plug-in also needs each f's target
+        directpred.update(torch.cat([z1, z2]), torch.cat([t2, t1]))
+    elif directpred is not None:
+        directpred.update(torch.cat([z1, z2]))
     optimizer.zero_grad(set_to_none=True)
     for g in optimizer.param_groups:
         g["lr"] = lr * g["lr_mult"]  # the predictor's group: alpha_p x lr (Fig. 6)
@@ -751,88 +716,17 @@ def train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr, ta
     if cfg["sym_wp"]:
         symmetrize_predictor(raw_model.predictor)
     # every freq steps: Wp <- U diag(p) U^T (eigh of F_hat), used from the next step on
-    if dp is not None:
-        dp.set_predictor(raw_model.predictor.weight)
+    if directpred is not None:
+        directpred.set_predictor(raw_model.predictor.weight)
     # under no_grad, else each step chains one more autograd node per weight (a leak)
     if target is not None:
         with torch.no_grad():
-            torch._foreach_lerp_(*ema, 1 - tau)
+            torch._foreach_lerp_(*ema_tensors, 1 - tau)
     return loss, z1, z2
 
 
-# collapse (Theorem 2), the repository's one rule (paper/results/claims-v2/PLAN.md, rule 5; why
-# these thresholds: docs/reference.md, "Has my run collapsed?"): the effective rank of the predictor
-# input's centred covariance below 1.3, or z_std below 0.1
-COLLAPSE_ERANK, COLLAPSE_Z_STD = 1.3, 0.1
-looks_collapsed = lambda erank, z_std: erank < COLLAPSE_ERANK or z_std < COLLAPSE_Z_STD
-
-
 # -----------------------------------------------------------------------------
-# starting a run: its networks, a resume, the precision, the wrapping; the loop's two views; what a
-# checkpoint holds
-
-
-def build_run(cfg, in_chans, device, ddp, master_process, fmt):
-    """The online network, its EMA target (never wrapped in DDP), DirectPred's state and the
-    optimizer, on the device in the run's memory format; SyncBatchNorm under DDP on CUDA. Returns
-    (online, target, dp, optimizer)."""
-    online = build_model(cfg, in_chans).to(device)
-    target = build_target(online, cfg, in_chans)
-    if ddp and cfg["sync_bn"] and "cuda" in device:
-        online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
-        target = nn.SyncBatchNorm.convert_sync_batchnorm(target) if target is not None else None
-    elif ddp and cfg["sync_bn"] and master_process:
-        print("note: SyncBatchNorm needs CUDA; on CPU each rank normalises with its own batch "
-              "statistics")
-    online = online.to(memory_format=fmt)
-    target = target.to(memory_format=fmt) if target is not None else None
-    return online, target, build_directpred(cfg, device), build_optimizer(online, cfg)
-
-
-def resume(cfg, P, online, target, dp, optimizer, n_train, device):
-    """--resume: the checkpoint's state into this run's (every tensor, the optimizer, the RNG), or
-    one line naming the flag that differs. Returns (step, knn_init, monitor_stats, the precision
-    --bf16 auto chose at the start)."""
-    path = os.path.join(cfg["out_dir"], "ckpt.pt")
-    ckpt = load_checkpoint(path, "--resume")
-    err = resume_error(ckpt, cfg, vars(P.parse_args([])), P.free, n_train, path)
-    if err:
-        raise RunError(err)
-    online.load_state_dict(ckpt["online"])
-    if target is not None:
-        target.load_state_dict(ckpt["target"])
-    if dp is not None:
-        dp.load_state_dict(ckpt["directpred"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    stats = ckpt.get("monitor_stats")
-    stats = tuple(t.to(device) for t in stats) if stats else None
-    restore_rng(ckpt["rng"], "cuda" if "cuda" in device else "cpu")
-    return ckpt["step"], ckpt.get("knn_init"), stats, ckpt["config"]["bf16"]
-
-
-def choose_bf16(cfg, saved, online, target, shape, device, fmt, ddp):
-    """--bf16 auto, decided once per run and recorded in its config as "0" / "1" (the checkpoint,
-    the log's first record): timed at the start on a CPU with bf16 instructions (on a batch of
-    `shape` from its own RNG), reused by every --resume, so a run never switches precision midway.
-    Every rank calls it (under DDP rank 0's choice wins). Returns (the autocast context, the line
-    saying how it was decided)."""
-    device_type = "cuda" if "cuda" in device else "cpu"
-    x = torch.rand(*shape, generator=torch.Generator(device).manual_seed(0), device=device)
-    loss = lambda o, t, v: ssl_loss(o, t, v, v, cfg)[0]
-    cfg["bf16"], line = decide_bf16(saved, device_type, lambda: bf16_if_faster(
-        online, target, loss, x.contiguous(memory_format=fmt), ddp))
-    return (torch.autocast(device_type,
-                           dtype=torch.bfloat16) if cfg["bf16"] == "1" else nullcontext()), line
-
-
-def wrap(online, cfg, ddp, local_rank, device, master_process):
-    """The online network as the loop calls it: compiled (--compile 1), then DDP under torchrun."""
-    if cfg["compile"] and ddp and cfg["sync_bn"] and "cuda" in device and master_process:
-        print("warning: --compile 1 with DDP and SyncBatchNorm: dynamo breaks the graph at every "
-              "SyncBatchNorm (pytorch#161302) and the combination has failed (pytorch#107372); "
-              "--sync-bn 0 compiles whole")
-    model = torch.compile(online) if cfg["compile"] else online
-    return DDP(model, device_ids=[local_rank] if "cuda" in device else None) if ddp else model
+# the loop's two views and its progress bar
 
 
 def two_views(x, cfg, aug, gen, size, mean, std, fmt):
@@ -845,16 +739,11 @@ def two_views(x, cfg, aug, gen, size, mean, std, fmt):
                  .contiguous(memory_format=fmt) for v in (0, 1))
 
 
-def checkpoint(raw_model, target, optimizer, dp, step, cfg, knn_init, n_train, monitor_stats,
-               device):
-    """Everything a resume needs: the networks, the optimizer, DirectPred's state, the step, the
-    config, the kNN at random init, the collapse diagnostics' statistics and the RNG."""
-    return {"online": raw_model.state_dict(),
-            "target": target.state_dict() if target is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "directpred": dp.state_dict() if dp is not None else None, "step": step, "config": cfg,
-            "knn_init": knn_init, "n_train": n_train, "monitor_stats": monitor_stats,
-            "rng": rng_state("cuda" if "cuda" in device else "cpu")}
+def bar_numbers(rec):
+    """What the progress bar shows of a log record."""
+    return dict(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.3g}", img_s=f"{rec['img_per_s']:.0f}",
+                z_std=f"{rec['z_std']:.2f}", rank=f"{rec['erank']:.1f}",
+                **({"knn": f"{rec['knn_top1']:.4f}"} if "knn_top1" in rec else {}))
 
 
 # -----------------------------------------------------------------------------
@@ -877,8 +766,8 @@ def main():
                            f"--out-dir {cfg['out_dir']} and some do not: it must be a folder every "
                            "node shares")
     seed_all(cfg["seed"])
-    ctx, fmt = speed_paths(device.split(":")[0], cfg["bf16"], cfg["channels_last"],
-                           cfg["deterministic"], cfg["width"])
+    ctx, fmt = precision_and_layout(device.split(":")[0], cfg["bf16"], cfg["channels_last"],
+                                    cfg["deterministic"], cfg["width"])
 
     # --- data: small sets on the device as one uint8 tensor, ImageNet-size sets streamed
     train_data, n_train, in_chans, size = train_set(cfg, device)
@@ -889,41 +778,51 @@ def main():
     max_steps = min(cfg["max_steps"], total_steps) if cfg["max_steps"] > 0 else total_steps
     aug, (mean, std) = aug_of(cfg), normalisation(cfg["dataset"], device)
 
-    # --- model and optimizer: online network, EMA target, DirectPred's state
-    online, target, dp, optimizer = build_run(cfg, in_chans, device, ddp, master_process, fmt)
+    # --- model and optimizer: online network, EMA target (never in DDP), DirectPred's state
+    raw_model = build_model(cfg, in_chans).to(device)  # saved unwrapped: no "module." in its keys
+    raw_model, target = to_device_layout(raw_model, build_target(raw_model, cfg, in_chans), ddp,
+                                         cfg["sync_bn"], device, fmt, master_process)
+    directpred, optimizer = build_directpred(cfg, device), build_optimizer(raw_model, cfg)
+    state = dict(online=raw_model, target=target, optimizer=optimizer, directpred=directpred)
 
     # --- resume, precision, compile and DDP
-    step, knn_init, monitor_stats, saved_bf16 = 0, None, None, None  # monitor_stats: collapse's
-    if cfg["resume"]:
-        step, knn_init, monitor_stats, saved_bf16 = resume(cfg, P, online, target, dp, optimizer,
-                                                           n_train, device)
+    ckpt = load_run(cfg, P, n_train, device, **state) if cfg["resume"] else {}
+    step, knn_init = ckpt.get("step", 0), ckpt.get("knn_init")
+    monitor_stats = ckpt.get("monitor_stats")  # the collapse diagnostics' running statistics
     if cfg["bf16"] == "auto":  # every rank
         B = cfg["batch_size"] // ddp_world_size  # the local batch
-        ctx, line = choose_bf16(cfg, saved_bf16, online, target, (B, in_chans, size, size),
-                                device, fmt, ddp)
+        ctx, line = choose_bf16(cfg, ckpt["config"]["bf16"] if ckpt else None, raw_model, target,
+                                lambda o, t, v: ssl_loss(o, t, v, v, cfg)[0],
+                                (B, in_chans, size, size), device, fmt, ddp)
         if master_process:
             print(line)
-    raw_model = online  # what gets saved: no "_orig_mod." or "module." in the keys
-    model = wrap(online, cfg, ddp, ddp_local_rank, device, master_process)
-    ema = ema_pairs(target, raw_model)
-    # DirectPred's F_hat (partitioned: its regions'), watched for nan/inf; None: a trained Wp
-    F_hat = dp.F_hat if dp is not None else \
-        getattr(getattr(raw_model.predictor, "dp", None), "F_hat", None)
-    knn = None  # rank 0's kNN monitor
+    model = wrap(raw_model, cfg, ddp, ddp_local_rank, device, master_process)  # as the loop calls
+    ema_tensors = ema_pairs(target, raw_model)
+    # DirectPred's F_hat (partitioned: its regions'), watched for nan/inf beside the loss
+    F_hat = directpred.F_hat if directpred is not None else getattr(raw_model.predictor, "F_hat",
+                                                                     None)
+    watched = {"F_hat": F_hat} if F_hat is not None else {}
+    knn_monitor = None  # rank 0's kNN monitor
     if cfg["eval_every"] and master_process:
-        knn = KnnMonitor(cfg, train_data, device, mean, std, ctx, size, fmt)
+        knn_monitor = KnnMonitor(cfg, train_data, device, mean, std, ctx, size, fmt)
 
     # --- the training loop
-    run = Run(cfg, ddp_rank, ddp, device, step, max_steps, looks_collapsed)  # every rank
+    run = Run(cfg["out_dir"], step, max_steps, resume=cfg["resume"], rank=ddp_rank, ddp=ddp,
+              device=device, lr=cfg["lr"], batch_size=cfg["batch_size"],
+              log_every=cfg["log_every"], log_early=cfg["log_early"],
+              ckpt_every=cfg["ckpt_every"], save_every_rank=cfg["save_every_rank"],
+              wandb_project=cfg["wandb_project"], wandb_run_name=cfg["wandb_run_name"],
+              config=cfg)  # every rank
+    collapse = CollapseWatch()  # rank 0: the warning when the log lines look collapsed
     if master_process:
         B = cfg["batch_size"] // ddp_world_size
         print(f"{cfg['dataset']}: {n_train} images, {steps_per_epoch} steps/epoch, steps {step} "
               f"-> {max_steps}, {ddp_world_size} rank(s) x batch {B}, device {device}")
     run.open_bar(step)
-    if knn is not None and step == 0:  # the same network at random init: the baseline to beat
-        knn_init = run.knn(knn, raw_model.backbone)
+    if knn_monitor is not None and step == 0:  # the network at random init: the baseline to beat
+        knn_init = run.knn(knn_monitor, raw_model.backbone)
     gen = torch.Generator(device=device)  # the views' RNG, reseeded from (seed, step, rank)
-    rec = {}
+    knn_last = None
     while step < max_steps:
         epoch, k = divmod(step, steps_per_epoch)
         for x, _ in epoch_batches(train_data, cfg["batch_size"], epoch, cfg["seed"], ddp_rank,
@@ -931,33 +830,34 @@ def main():
             gen.manual_seed(step_seed(cfg["seed"], step, ddp_rank))
             x1, x2 = two_views(x, cfg, aug, gen, size, mean, std, fmt)
             lr, tau = lr_at(step, cfg, total_steps, steps_per_epoch), tau_at(step, cfg, total_steps)
-            loss, z1, z2 = train_step(model, raw_model, target, dp, optimizer, x1, x2, cfg, ctx, lr,
-                                      tau, ema)  # every rank
+            loss, z1, z2 = train_step(model, raw_model, target, directpred, optimizer, x1, x2, cfg,
+                                      ctx, lr, tau, ema_tensors)  # every rank
             monitor_stats = feature_stats(monitor_stats, torch.cat([z1, z2]))  # (2B, d)
             if master_process and step == 0:  # the random init (this forward ran before the update)
                 run.write({"step": 0, "epoch": 0.0, "bf16": cfg["bf16"], "loss": loss.item(),
                            **diagnostics(monitor_stats, None, z1), **run.memory(),
                            **({"knn_top1": knn_init} if knn_init is not None else {})})
             step += 1
-            run.stepped(step, loss, F_hat)  # every rank: a collective stop if diverged, when due
-            rec = {"step": step, "epoch": step / steps_per_epoch}
-            if knn is not None and (step % cfg["eval_every"] == 0 or step == max_steps):
-                rec["knn_top1"] = run.knn(knn, raw_model.backbone)
+            run.after_step(step, loss, **watched)  # every rank: stops a diverged run, when due
+            rec = {}
+            if knn_monitor is not None and (step % cfg["eval_every"] == 0 or step == max_steps):
+                rec["knn_top1"] = knn_last = run.knn(knn_monitor, raw_model.backbone)
             if master_process and run.log_due(step):
                 Wp = getattr(raw_model.predictor, "weight", None)  # linear predictors only
                 rec.update(loss=loss.item(), lr=lr, tau=tau, img_per_s=run.img_per_s(step),
                            **diagnostics(monitor_stats, Wp, z1), **run.memory())
-                run.show(rec)
-            if master_process and len(rec) > 2:
-                run.write(rec)
+                run.show(bar_numbers(rec), collapse.line(step, rec["erank"], rec["z_std"],
+                                                         len(rec["F_eig"])))
+            if master_process and rec:
+                run.write({"step": step, "epoch": step / steps_per_epoch, **rec})
             if run.ckpt_due(step):  # every rank: ckpt.pt on rank 0 (--save-every-rank: each rank's)
-                state = checkpoint(raw_model, target, optimizer, dp, step, cfg, knn_init, n_train,
-                                   monitor_stats, device)
-                run.save(state, state["online"], state["target"] or {})
+                saved = run_state(step, cfg, n_train, device, dict(
+                    knn_init=knn_init, monitor_stats=monitor_stats), **state)
+                run.save(saved, saved["online"], saved["target"] or {})
             run.stop_if_signalled(step)  # every rank
             if step >= max_steps:
                 break
-    run.close(step, knn_init, rec.get("knn_top1"))
+    run.close(step, knn_init, knn_last)
     if ddp:  # leave the process group and exit 0, past gloo's random abort at interpreter exit
         end_distributed()
 

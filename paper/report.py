@@ -12,7 +12,8 @@ import statistics
 
 from paper import stats
 from paper.rows import CLAIMS, CURVES, PAPER_LR_WD, ROWS, paper_effect, paper_text, row, row_flags, runs_row
-from train import looks_collapsed, parse_config
+from directpred import looks_collapsed
+from train import parse_config
 
 def read_log(path):
     return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
@@ -324,7 +325,7 @@ def lead_figure(runs, rows, out_dir, name, title, base=None):
                 "(centered; 1 = collapsed)")
     axes[1].set(xlabel="step", ylabel="kNN top-1 (%), test images", title="kNN monitor (k = 200): step 0 = random init")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7, frameon=False)
-    from train import COLLAPSE_ERANK  # the one collapse rule's rank threshold
+    from directpred import COLLAPSE_ERANK  # the one collapse rule's rank threshold
     axes[0].axhline(COLLAPSE_ERANK, color="0.35", ls=":", lw=1)
     axes[0].annotate(f"collapse rule: rank < {COLLAPSE_ERANK}", (0.99, COLLAPSE_ERANK), xycoords=("axes fraction", "data"),
                      fontsize=6, va="bottom", ha="right", color="0.25")

@@ -572,7 +572,7 @@ else:  # imported by reproduce.py (a run's dataset, the Debian data folder): the
     spec = importlib.util.spec_from_file_location("real_train", os.environ["REAL_TRAIN"])
     real = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(real)
-    parse_config, looks_collapsed = real.parse_config, real.looks_collapsed
+    parse_config = real.parse_config
 '''
 
 TORCHRUN = r'''#!/usr/bin/env python3

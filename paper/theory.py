@@ -39,7 +39,7 @@ import sys
 import numpy as np
 import torch
 
-from directpred import DirectPred, diagnostics, effective_rank
+from directpred import CLOSED_FORM, diagnostics, effective_rank
 from plumbing import GE0, GE1, GE2, GT0, UNIT, ArgumentParser, RunError, range_error
 from train import cosine_loss, l2_loss
 
@@ -250,7 +250,7 @@ def init_weights(cfg, gen):
         Wp = 0.5 * (Wp + Wp.T)
     dp = None
     if cfg["predictor"] in ("direct", "directcopy"):
-        dp = DirectPred(n2, cfg["rho"], cfg["eps"], cfg["freq"], mode=cfg["predictor"]).double()
+        dp = CLOSED_FORM[cfg["predictor"]](n2, cfg["rho"], cfg["eps"], cfg["freq"]).double()
     train_wp = cfg["predictor"] == "linear" or (dp is not None and cfg["freq"] > 1)  # freq 1: Wp is never learned
     Wp.requires_grad_(train_wp)
     Wa = W.detach().clone() if cfg["ema"] > 0 else None  # the EMA target starts as a copy (BYOL)

@@ -15,7 +15,7 @@ import statistics
 from paper import stats
 from paper.report import load_results, run_config
 from paper.rows import CLAIMS, PAPER_LR_WD, paper_effect, row, runs_row
-from train import looks_collapsed
+from directpred import looks_collapsed
 
 ALPHA = 0.05  # one-sided, every test
 MARGIN = 1.0  # "about equal": +-1 point of linear top-1

@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))  # the repository: paper.*
 
 from paper.report import fmt, load_results, mean_std  # noqa: E402
-from train import COLLAPSE_ERANK, COLLAPSE_Z_STD, looks_collapsed  # noqa: E402  the repository's one collapse rule
+from directpred import COLLAPSE_ERANK, COLLAPSE_Z_STD, looks_collapsed  # noqa: E402  the repository's one collapse rule
 
 ROWS = [("pred-direct", "DirectPred (`--predictor direct`)"),
         ("pred-mlp", "2-layer predictor, trained (`--predictor mlp --pred-lr-ratio 10`)"),
