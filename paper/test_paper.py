@@ -646,3 +646,48 @@ def test_reproduce_on_3_gpus_one_run_per_gpu_imagenet_on_all_and_a_killed_suite_
     assert any(overlap(a, b) for a in trains for b in trains if a is not b), "no two runs side by side"
 
 
+
+
+# -----------------------------------------------------------------------------
+# paper/bao.py: Bao's claim's verdicts from result files built by hand
+
+
+def test_bao_verdicts_and_the_l2_threshold_from_hand_made_results(tmp_path):
+    """A sweep made by hand (paper/results/bao/PLAN.md's 20 rows x 5 seeds and the baselines): the L2 loss's erank
+    falls along the grid, sooner with crop-min 0.2; the cosine loss keeps its spread; the L2 loss ends collapsed by
+    the rule at the largest D; the cosine loss learns, the L2 loss at the largest D falls below the init. The
+    threshold is checked against the log-linear interpolation by hand: crop 0.7 crosses r0 / 2 = 20 two thirds of
+    the way from D = 0.3 (erank 30) to D = 1 (15), crop 0.2 five ninths of the way from D = 0.03 (30) to 0.3 (12)."""
+    from paper import bao as B
+    l2_erank = {"0.7": [40, 38, 30, 15, 4], "0.2": [40, 30, 12, 6, 3]}
+    for s in range(5):
+        for crop in B.CROPS:
+            for i, wd in enumerate(B.GRID):
+                for loss in B.LOSSES:
+                    erank = l2_erank[crop][i] if loss == "l2" else 25.0
+                    z_std = 0.05 if loss == "l2" and i == 4 else 0.9
+                    top1 = 0.80 if loss == "cosine" else (0.50 if i == 4 else 0.78)
+                    RP.write_json(str(tmp_path / B.row_id(loss, wd, crop) / f"s{s}.json"), dict(
+                        row=B.row_id(loss, wd, crop), seed=s, final_erank=erank,
+                        final_z_std=z_std + 0.001 * s, linear_top1=top1 + 0.001 * s, knn_top1=top1))
+        for name, top1 in (("random", 0.70), ("random-bn", 0.60)):
+            RP.write_json(str(tmp_path / "baselines" / f"{name}-s{s}.json"),
+                          dict(baseline=f"{name}-s{s}", linear_top1=top1, knn_top1=top1))
+    recs = {r["claim"]: r for r in B.verdicts(str(tmp_path))}
+    assert sum(len(r["holm"]) for r in recs.values()) == 18  # 9 contrasts x 2 directions
+    assert recs["B1 (crop-min 0.7)"]["verdict"] == recs["B1 (crop-min 0.2)"]["verdict"] == \
+        "holds: the L2 loss collapses"
+    assert recs["B1 (crop-min 0.7)"]["counts"] == (0, 5)
+    assert recs["B2a (crop-min 0.7)"]["verdict"] == recs["B2a (crop-min 0.2)"]["verdict"] == "holds"
+    D = lambda wd: 0.001 * wd * 2340
+    mild = math.exp(math.log(D(0.128)) + (2 / 3) * (math.log(D(0.427)) - math.log(D(0.128))))
+    strong = math.exp(math.log(D(0.0128)) + (5 / 9) * (math.log(D(0.128)) - math.log(D(0.0128))))
+    for s, (a, b) in recs["B2b"]["thresholds"].items():
+        assert a[0] == pytest.approx(mild, rel=1e-12) and b[0] == pytest.approx(strong, rel=1e-12)
+        assert not a[1] and not b[1]
+    assert recs["B2b"]["verdict"] == "holds"
+    assert recs["B3 (cosine, D 0.000936)"]["verdict"] == recs["B3 (cosine, D 3)"]["verdict"] == "holds"
+    assert recs["B3 (l2, D 0.000936)"]["verdict"] == "holds" and recs["B3 (l2, D 3)"]["verdict"] == "opposite"
+    assert B.threshold([10, 9, 8, 7, 6]) == (3 * D(1.28), True)  # never below r0 / 2: censored at 3 x the largest D
+    text = B.verdicts_markdown(str(tmp_path))
+    assert text.count("| holds") == 8 and "| opposite |" in text

@@ -28,14 +28,18 @@ def results_of(results):
     {"init": max of the two linear top-1s, "random": random-s, "random-bn": random-bn-s} (top-1 as fractions)."""
     runs, base = load_results(results)
     runs = {rid: {s: v for s, v in got.items() if "diverged" not in v} for rid, got in runs.items()}
+    return runs, inits_of(base)
+
+
+def inits_of(base):
+    """{seed: init} from the baselines' results ({name: result}), as results_of."""
     inits = {}
     for name, v in base.items():
         for prefix in ("random-bn-s", "random-s"):
             if name.startswith(prefix) and name[len(prefix):].isdigit():
                 inits.setdefault(int(name[len(prefix):]), {})[prefix[:-2]] = v
                 break
-    inits = {s: dict(b, init=max(x["linear_top1"] for x in b.values())) for s, b in inits.items() if len(b) == 2}
-    return runs, inits
+    return {s: dict(b, init=max(x["linear_top1"] for x in b.values())) for s, b in inits.items() if len(b) == 2}
 
 
 def points(d):
