@@ -1022,6 +1022,25 @@ def test_flag_combinations_train(tmp_path, flags):
         assert F.shape == (6, 16, 16) and pred["seen"].all() and torch.allclose(F, F.mT, atol=1e-6)
 
 
+def test_the_authors_linear_head_is_batchnorm_then_a_linear_layer_with_bias(tmp_path):
+    """--linear-bn 1 --pred-bias 1: the linear predictor as the authors' default config builds it (MLPHead without a
+    hidden layer: BatchNorm1d without affine, then Linear with a bias), checked against the formula by hand; it
+    trains, and its Wp is the one the log's diagnostics read."""
+    cfg = tiny_cfg("--predictor", "linear", "--linear-bn", "1", "--pred-bias", "1")
+    pred = tiny_model(cfg).predictor.train()
+    f = torch.randn(8, cfg["proj_dim"], generator=torch.Generator().manual_seed(0)) * 3 + 1
+    by_hand = (f - f.mean(0)) / (f.var(0, unbiased=False) + 1e-5).sqrt() @ pred.linear.weight.T + pred.linear.bias
+    torch.testing.assert_close(pred(f), by_hand, atol=1e-5, rtol=0)
+    assert not pred.bn.affine and pred.weight is pred.linear.weight and not list(pred.bn.parameters())
+    assert config_error(tiny_cfg("--predictor", "mlp", "--linear-bn", "1")) == \
+        "--linear-bn is an option of --predictor linear only"
+    run(TINY + ["--predictor", "linear", "--linear-bn", "1", "--pred-bias", "1", "--max-steps", "3",
+                "--out-dir", tmp_path])
+    ckpt, logs = load(tmp_path / "ckpt.pt"), log_lines(tmp_path)
+    assert {"predictor.bn.running_mean", "predictor.linear.weight", "predictor.linear.bias"} <= set(ckpt["online"])
+    assert "align" in logs[-1] and all(np.isfinite(r["loss"]) for r in logs)
+
+
 def test_lars_keeps_one_momentum_buffer_and_matches_the_formula():
     """LARS (You et al. 2017): d = g + wd p, scaled by the trust ratio 0.001 ||p|| / ||d||, mu = m mu + d, p -= lr mu;
     the momentum buffer is allocated once, not every step."""

@@ -96,6 +96,9 @@ def get_parser():
       "none, their symmetric branch's comment)")
     a("--pred-bias", type=int, default=0, choices=[0, 1],
       help="bias in the linear predictor (Table 2)")
+    a("--linear-bn", type=int, default=0, choices=[0, 1], needs=("linear",),
+      help="BatchNorm (affine per --bn-affine) on the trained linear predictor's input: the linear "
+      "head the authors' default config builds (with --pred-bias 1; docs/fidelity.md)")
     a("--sym-wp", type=int, default=0, choices=[0, 1],
       help="Wp <- (Wp + Wp^T)/2 after every step; mlp: tie layer 2 = layer 1^T (Table 3)")
     a("--pred-lr-ratio", type=float, default=1.0, valid=GT0,
@@ -501,6 +504,22 @@ def mlp(d_in, d_hidden, d_out, bn_affine, bn=True):
                          nn.Linear(d_hidden, d_out))
 
 
+class BNLinear(nn.Module):
+    """BatchNorm, then Linear: the trained linear predictor as the authors' default config builds it
+    (an MLP head without a hidden layer). weight: the Linear's, Wp."""
+
+    def __init__(self, d, bias, bn_affine):
+        super().__init__()
+        self.bn, self.linear = nn.BatchNorm1d(d, affine=bool(bn_affine)), nn.Linear(d, d, bias=bias)
+
+    @property
+    def weight(self):
+        return self.linear.weight
+
+    def forward(self, f):
+        return self.linear(self.bn(f))
+
+
 class SiameseNet(nn.Module):
     """Online branch: backbone -> projector (f, the predictor's input) -> predictor (p). Both views
     in one call, so that one DDP forward covers the whole step; each view keeps its own BN batch
@@ -528,6 +547,8 @@ def build_model(cfg, in_chans):
         predictor = nn.Identity()
     elif cfg["predictor"] == "mlp":  # the 2-layer baseline, trained
         predictor = mlp(d, cfg["pred_hidden"], d, cfg["bn_affine"], bn=bool(cfg["pred_bn"]))
+    elif cfg["linear_bn"]:  # the authors' default linear head: BN, then Wp
+        predictor = BNLinear(d, bias, cfg["bn_affine"])
     elif cfg["partitions"] > 1:  # feature-dependent Wp, set in closed form inside the forward pass
         predictor = PartitionedPredictor(d, cfg["partitions"], cfg["rho"], cfg["eps"],
                                          cfg["exponent"], cfg["offset"], bool(cfg["center"]))
