@@ -350,7 +350,12 @@ def load_run(cfg, P, n_train, device, **state):
         raise RunError(err)
     for name, obj in state.items():
         if obj is not None:
-            obj.load_state_dict(ckpt[name])
+            try:
+                obj.load_state_dict(ckpt[name])
+            except (RuntimeError, KeyError, ValueError) as e:  # another layout: one line
+                why = " ".join(str(e).split())[:300]
+                raise RunError(f"--resume: {path} holds {name} in another layout than this "
+                               f"train.py builds (written by another version?): {why}")
     restore_rng(ckpt["rng"], "cuda" if "cuda" in device else "cpu")
     stats = ckpt.get("monitor_stats")
     return dict(ckpt, monitor_stats=tuple(t.to(device) for t in stats) if stats else None)

@@ -1430,6 +1430,18 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(tmp_path, sig):
     assert [r["step"] for r in log_lines(tmp_path / "a")] == list(range(0, 41))  # no duplicate after the resume
 
 
+def test_a_checkpoint_in_another_layout_is_refused_in_one_line(tmp_path):
+    """A checkpoint whose state a module cannot load (here DirectPred's F_hat as (1, d, d), the layout before the
+    closed-form predictors were split into their own classes) stops --resume with one line naming the path, the
+    state and the mismatch, not a traceback."""
+    flags = TINY + ["--max-steps", "2", "--out-dir", tmp_path]
+    run(flags)
+    ckpt = load(tmp_path / "ckpt.pt")
+    ckpt["directpred"]["F_hat"] = ckpt["directpred"]["F_hat"][None]
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    one_line_error(run(flags + ["--max-steps", "4", "--resume"], expect_ok=False), "holds directpred in another layout")
+
+
 def test_resume_after_a_kill_drops_log_lines_past_the_checkpoint_and_a_second_run_is_locked_out(tmp_path):
     flags = TINY + ["--ckpt-every", "10", "--epochs", "100"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, flags + ["--out-dir", tmp_path])],
