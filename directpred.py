@@ -120,7 +120,7 @@ class DirectPred(nn.Module):
     def fold(self, n, **sums):
         """The global batch's means (local sums and count n, summed over the ranks) into the EMAs
         of the buffers they name."""
-        count, *totals = global_sum(self.F_hat.new_tensor(n), *sums.values())
+        count, *totals = global_sum(self.F_hat.new_full((), n), *sums.values())  # (no host copy)
         for name, total in zip(sums, totals):
             ema_(getattr(self, name), total / count, self.rho, self.seen)
         self.seen.fill_(True)
