@@ -93,6 +93,16 @@ def finite_or_eye(F):
     return torch.where(torch.isfinite(F).flatten(-2).all(-1)[..., None, None], F, eye)
 
 
+def centred_F(F_hat, mu_hat=None):
+    """The F the rules read, in float64: F_hat (..., d, d), minus mu_hat mu_hat^T where the mean
+    (..., d) is given (--center, the authors' dyn_zero_mean), I where it is not finite."""
+    F = F_hat.double()
+    if mu_hat is not None:
+        mu = mu_hat.double()
+        F = F - mu[..., :, None] * mu[..., None, :]
+    return finite_or_eye(F)
+
+
 class DirectPred(nn.Module):
     """F_hat, the EMA of the predictor input's correlation, and Eq. 18's rule that turns it into Wp.
     An nn.Module only so that .to(), state_dict() and load_state_dict() carry its state; it has no
@@ -126,11 +136,8 @@ class DirectPred(nn.Module):
         self.seen.fill_(True)
 
     def F(self):
-        """The F the rule reads, in float64: F_hat, centred with --center (dyn_zero_mean)."""
-        F = self.F_hat.double()
-        if self.center:
-            F = F - torch.outer(self.mu_hat.double(), self.mu_hat.double())
-        return finite_or_eye(F)
+        """The F the rule reads (float64, centred with --center)."""
+        return centred_F(self.F_hat, self.mu_hat if self.center else None)
 
     def rule(self, F):
         return eq18_wp(F, self.eps, self.exponent, self.offset)
@@ -272,11 +279,8 @@ class PartitionedPredictor(nn.Module):
     def compute_Wp(self):
         """(2n, d, d): every region's Wp by DirectPred's rule."""
         with torch.no_grad(), torch.autocast(self.F_hat.device.type, enabled=False):
-            F = self.F_hat.double()
-            if self.center:
-                mu = self.mu_hat.double()
-                F = F - mu[:, :, None] * mu[:, None, :]
-            return eq18_wp(finite_or_eye(F), self.eps, self.exponent, self.offset)
+            F = centred_F(self.F_hat, self.mu_hat if self.center else None)
+            return eq18_wp(F, self.eps, self.exponent, self.offset)
 
     def forward(self, *views):
         """views: each (N, d), the step's views (train.py passes both): a prediction (N, d) each."""

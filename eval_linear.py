@@ -85,34 +85,27 @@ P.add_argument("--img-size", type=int, default=0, valid=(lambda v: v == 0 or v >
                "or >= 8 pixels"),
                help="image size the backbone sees (0 = the checkpoint's --img-size; if that is 0 "
                "too: in-memory sets as stored, streamed sets 224)")
-P.add_argument("--epochs", type=int, default=None, valid=plumbing.GE1,
+P.add_argument("--epochs", type=int, default=None, valid=plumbing.at_least(1),
                help="epochs of the linear head (fast / paper: 50, augmented: 90)")
-P.add_argument("--batch-size", type=int, default=None, valid=plumbing.GE1,
+P.add_argument("--batch-size", type=int, default=None, valid=plumbing.at_least(1),
                help="global batch (fast: 256, paper: 128, augmented: 4096)")
-P.add_argument("--lr", type=float, default=None, valid=plumbing.GT0,
+P.add_argument("--lr", type=float, default=None, valid=plumbing.POSITIVE,
                help="head lr (fast / paper: 3e-4, augmented: 0.1 x batch / 256)")
-P.add_argument("--wd", type=float, default=None, valid=plumbing.GE0,
+P.add_argument("--wd", type=float, default=None, valid=plumbing.at_least(0),
                help="head weight decay (fast / paper: 1e-3, augmented: 0)")
 P.add_argument("--optimizer", default=None, choices=["adam", "sgd", "lars"],
                help="fast / paper: adam, augmented: lars")
-P.add_argument("--knn-k", type=int, default=200, valid=plumbing.GE1,
+P.add_argument("--knn-k", type=int, default=200, valid=plumbing.at_least(1),
                help="kNN: neighbours that vote")
-P.add_argument("--knn-t", type=float, default=0.1, valid=plumbing.GT0,
+P.add_argument("--knn-t", type=float, default=0.1, valid=plumbing.POSITIVE,
                help="kNN: temperature of the votes' weights exp(sim / t)")
-P.add_argument("--workers", type=int, default=8, valid=plumbing.GE0,
+P.add_argument("--workers", type=int, default=8, valid=plumbing.at_least(0),
                help="DataLoader workers (streamed sets only)")
-P.add_argument("--seed", type=int, default=0, valid=plumbing.GE0,
+P.add_argument("--seed", type=int, default=0, valid=plumbing.at_least(0),
                help="seeds the head's init and batch order (and --baseline random(-bn)'s and "
                "supervised's network: the seed of the train.py run gives its very init)")
-P.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-               help="auto = cuda if available")
-P.add_argument("--bf16", default="auto", choices=["auto", "0", "1"],
-               help="bf16 autocast of the backbone; auto = on CUDA GPUs with native bf16, fp32 on "
-               "a CPU")
-P.add_argument("--channels-last", default="auto", choices=["auto", "0", "1"], help="as train.py's")
-P.add_argument("--ddp-timeout", type=float, default=600, valid=(lambda v: v > 0, "> 0 seconds"),
-               help="seconds a DDP collective may wait for a stalled or dead rank before the job "
-                    "stops (torchrun)")
+plumbing.add_device_flags(P, "bf16 autocast of the backbone; auto = on CUDA GPUs with native "
+                          "bf16, fp32 on a CPU")
 P.add_argument("--out", default="",
                help="JSON result file (default: next to the checkpoint; --baseline pixels: out/)")
 PROTOCOLS = {  # lr None: 0.1 x batch / 256

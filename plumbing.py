@@ -64,9 +64,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise RunError(message)
 
 
-# valid= ranges
-GE0, GE1, GE2 = (lambda v: v >= 0, ">= 0"), (lambda v: v >= 1, ">= 1"), (lambda v: v >= 2, ">= 2")
-GT0, UNIT = (lambda v: v > 0, "> 0"), (lambda v: 0 <= v < 1, "in [0, 1)")
+# valid= ranges: (test, what it must be)
+POSITIVE, FRACTION = (lambda v: v > 0, "> 0"), (lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def at_least(k):
+    return (lambda v: v >= k, f">= {k}")
 
 
 def range_error(cfg, ranges):
@@ -270,29 +273,21 @@ def add_run_flags(P):
     a("--resume", nargs="?", const="1", default="0", choices=["0", "1", "auto"], free=True,
       help="continue from out_dir/ckpt.pt (--resume alone: 1); auto: if it exists, else start "
       "fresh (a run that torchrun --max-restarts brings back resumes itself)")
-    a("--ckpt-every", type=int, default=1000, valid=GE1, free=True,
+    a("--ckpt-every", type=int, default=1000, valid=at_least(1), free=True,
       help="steps between checkpoints (and the end)")
     a("--save-every-rank", action="store_true", free=True,
       help="each DDP rank also writes ckpt_rank{r}.pt")
-    a("--log-every", type=int, default=50, valid=GE1, free=True,
+    a("--log-every", type=int, default=50, valid=at_least(1), free=True,
       help="steps between log.jsonl lines (and step 0)")
-    a("--log-early", type=int, default=200, valid=GE0, free=True,
+    a("--log-early", type=int, default=200, valid=at_least(0), free=True,
       help="log every 10th step up to N (early collapse)")
     a("--eval-every", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = off)"), free=True,
       help="steps between kNN monitors (k=200, t=0.1; rank 0); 0 = off")
-    a("--seed", type=int, default=0, valid=GE0,
+    a("--seed", type=int, default=0, valid=at_least(0),
       help="seeds the init, the batch order and the augmentations")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda"], free=True,
-      help="auto = cuda if available")
-    a("--ddp-timeout", type=float, default=600, valid=(lambda v: v > 0, "> 0 seconds"), free=True,
-      help="seconds a DDP collective waits for a stalled rank, then stops")
-    a("--bf16", default="auto", choices=["auto", "0", "1"], free=True,
-      help="bf16 autocast of the networks (the loss, F_hat and its eigh stay fp32); auto = on GPUs "
-      "with native bf16, on a CPU where timed passes find it faster (decided once per run: a "
-      "resume reuses it)")
-    a("--channels-last", default="auto", choices=["auto", "0", "1"], free=True,
-      help="channels_last memory format for the convolutions; auto = on CUDA, and on CPUs for "
-      "--width >= 16 (faster; narrower nets hit a oneDNN bug)")
+    add_device_flags(P, "bf16 autocast of the networks (the loss, F_hat and its eigh stay fp32); "
+                     "auto = on GPUs with native bf16, on a CPU where timed passes find it faster "
+                     "(decided once per run: a resume reuses it)")
     a("--deterministic", type=int, default=0, choices=[0, 1], free=True,
       help="CUDA: deterministic cuDNN / cuBLAS kernels, no autotuning, no TF32, so that two runs "
       "(and a resume) give the same bits, at a speed cost; the CPU is already")
@@ -301,6 +296,20 @@ def add_run_flags(P):
     a("--wandb-project", default="", free=True,
       help="also log to W&B under this project (rank 0; pip install wandb); empty = off")
     a("--wandb-run-name", default="", free=True, help="the W&B run's name (empty: W&B picks one)")
+
+
+def add_device_flags(P, bf16_help):
+    """Where and how a run computes (train.py's and eval_linear.py's): the device, the DDP timeout,
+    bf16 (bf16_help: what auto means there) and the memory format."""
+    a = P.add_argument
+    a("--device", default="auto", choices=["auto", "cpu", "cuda"], free=True,
+      help="auto = cuda if available")
+    a("--ddp-timeout", type=float, default=600, valid=(lambda v: v > 0, "> 0 seconds"), free=True,
+      help="seconds a DDP collective waits for a stalled rank, then stops")
+    a("--bf16", default="auto", choices=["auto", "0", "1"], free=True, help=bf16_help)
+    a("--channels-last", default="auto", choices=["auto", "0", "1"], free=True,
+      help="channels_last memory format for the convolutions; auto = on CUDA, and on CPUs for "
+      "--width >= 16 (faster; narrower nets hit a oneDNN bug)")
 
 
 def resolve_resume(cfg):

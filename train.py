@@ -32,7 +32,7 @@ import torch.nn.functional as nnf
 from data import DATASETS, KnnMonitor, epoch_batches, normalisation, split_val_error, train_set
 from directpred import (CLOSED_FORM, OPTIMAL_RULES, CollapseWatch, OptimalPredictor,
                         PartitionedPredictor, diagnostics, feature_stats)
-from plumbing import (GE0, GE1, GE2, GT0, UNIT, ArgumentParser, Run, RunError, add_run_flags,
+from plumbing import (FRACTION, POSITIVE, ArgumentParser, Run, RunError, add_run_flags, at_least,
                       choose_bf16, end_distributed, flags_error, init_distributed, load_run,
                       out_dir_error, precision_and_layout, resolve_resume, run_state,
                       same_on_every_rank, seed_all, seed_of, to_device_layout, torchrun_world_size,
@@ -66,20 +66,21 @@ def get_parser():
       help="augmentation preset (AUG); auto = by dataset")
     a("--crop-min", type=float, default=0.08, valid=(lambda v: 0 < v <= 1, "in (0, 1]"),
       help="RandomResizedCrop minimum area fraction")
-    a("--jitter", type=float, default=1.0, valid=GE0,
+    a("--jitter", type=float, default=1.0, valid=at_least(0),
       help="SimCLR colour strength s x preset ranges; 0 = none")
-    a("--workers", type=int, default=8, valid=GE0, free=True,
+    a("--workers", type=int, default=8, valid=at_least(0), free=True,
       help="DataLoader workers per rank (streamed sets only)")
-    a("--fake-size", type=int, default=1024, valid=GE2, help="number of images of --dataset fake")
+    a("--fake-size", type=int, default=1024, valid=at_least(2),
+      help="number of images of --dataset fake")
     # model
     a("--arch", default="resnet18", choices=list(ARCHS),
       help="backbone (the paper: resnet18; Table 9: resnet50)")
-    a("--width", type=int, default=64, valid=GE1,
+    a("--width", type=int, default=64, valid=at_least(1),
       help="channels of the first ResNet stage (64 = standard)")
     a("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
       help="cifar = 3x3 stride-1 conv1, no maxpool")
-    a("--proj-hidden", type=int, default=512, valid=GE1, help="projector hidden size")
-    a("--proj-dim", type=int, default=128, valid=GE1,
+    a("--proj-hidden", type=int, default=512, valid=at_least(1), help="projector hidden size")
+    a("--proj-dim", type=int, default=128, valid=at_least(1),
       help="projector output size d (the predictor is d x d)")
     a("--bn-affine", type=int, default=0, choices=[0, 1],
       help="affine BN in projector/predictor MLPs (paper: 0)")
@@ -89,7 +90,7 @@ def get_parser():
     a("--predictor", default="direct", choices=["none", "linear", "mlp", *CLOSED_FORM],
       help="none = identity; linear/mlp = trained; direct/directcopy/optimal = closed form "
            "(directpred.py)")
-    a("--pred-hidden", type=int, default=512, valid=GE1,
+    a("--pred-hidden", type=int, default=512, valid=at_least(1),
       help="hidden size of the 2-layer (mlp) predictor")
     a("--pred-bn", type=int, default=1, choices=[0, 1], needs=("mlp",),
       help="BatchNorm between the 2-layer predictor's layers (1: the authors' default MLP head; 0: "
@@ -101,16 +102,16 @@ def get_parser():
       "head the authors' default config builds (with --pred-bias 1; docs/fidelity.md)")
     a("--sym-wp", type=int, default=0, choices=[0, 1],
       help="Wp <- (Wp + Wp^T)/2 after every step; mlp: tie layer 2 = layer 1^T (Table 3)")
-    a("--pred-lr-ratio", type=float, default=1.0, valid=GT0,
+    a("--pred-lr-ratio", type=float, default=1.0, valid=POSITIVE,
       help="predictor lr = ratio x lr (alpha_p, Fig. 6)")
-    a("--rho", type=float, default=0.3, valid=UNIT, needs=tuple(CLOSED_FORM),
+    a("--rho", type=float, default=0.3, valid=FRACTION, needs=tuple(CLOSED_FORM),
       help="DirectPred: EMA rate of F_hat (F_hat <- rho F_hat + (1-rho) F)")
-    a("--eps", type=float, default=0.1, valid=GE0, needs=tuple(CLOSED_FORM),
+    a("--eps", type=float, default=0.1, valid=at_least(0), needs=tuple(CLOSED_FORM),
       help="DirectPred: added to p_j after max-normalisation (directcopy: to the diagonal; "
       "optimal: the ridge added to E[f f^T]'s eigenvalues)")
-    a("--freq", type=int, default=1, valid=GE1, needs=tuple(CLOSED_FORM),
+    a("--freq", type=int, default=1, valid=at_least(1), needs=tuple(CLOSED_FORM),
       help="DirectPred: set Wp each freq steps, else SGD")
-    a("--exponent", type=float, default=0.5, valid=GT0, needs=("direct",),
+    a("--exponent", type=float, default=0.5, valid=POSITIVE, needs=("direct",),
       help="DirectPred: p_j = s_j^a; 1: DirectSet")
     a("--offset", type=float, default=0.0, valid=(lambda v: v < 1,
                                                   "< 1 (the eigenvalues are max-normalised to 1)"),
@@ -121,11 +122,11 @@ def get_parser():
     a("--optimal-rule", default="solve-as-run", choices=list(OPTIMAL_RULES), needs=("optimal",),
       help="Table 1's plug-in: the authors' solve branch as it ran (a rank-1 Wp), the least "
       "squares it intends, or their minimal_space branch (directpred.py)")
-    a("--partitions", type=int, default=1, valid=GE1, needs=("direct",),
+    a("--partitions", type=int, default=1, valid=at_least(1), needs=("direct",),
       help="DirectPred: feature-dependent Wp (Sec. 5): n random projections split the batch at "
       "their mean, one F_hat per side (the authors' code); 1 = one Wp")
     # target and loss
-    a("--ema", type=float, default=0.996, valid=UNIT,
+    a("--ema", type=float, default=0.996, valid=FRACTION,
       help="target EMA momentum tau; 0 = SimSiam (target = online net)")
     a("--ema-schedule", default="const", choices=["const", "cosine"],
       help="const (paper) or cosine to 1 (BYOL)")
@@ -143,20 +144,20 @@ def get_parser():
     # optimisation
     a("--optimizer", default="sgd", choices=["sgd", "lars"],
       help="sgd (the paper's runs) or lars (BYOL's ImageNet)")
-    a("--lr", type=float, default=0.03, valid=GT0,
+    a("--lr", type=float, default=0.03, valid=POSITIVE,
       help="used as given: scale it yourself (base x batch / 256)")
     a("--lr-schedule", default="const", choices=["const", "cosine"],
       help="const (paper) or cosine decay")
-    a("--warmup-epochs", type=float, default=0.0, valid=GE0, help="linear lr warmup")
-    a("--momentum", type=float, default=0.9, valid=UNIT, help="SGD / LARS momentum")
-    a("--wd", type=float, default=4e-4, valid=GE0,
+    a("--warmup-epochs", type=float, default=0.0, valid=at_least(0), help="linear lr warmup")
+    a("--momentum", type=float, default=0.9, valid=FRACTION, help="SGD / LARS momentum")
+    a("--wd", type=float, default=4e-4, valid=at_least(0),
       help="trunk weight decay eta_s (paper: 4e-4, all weights)")
-    a("--pred-wd", type=float, default=None, valid=GE0,
+    a("--pred-wd", type=float, default=None, valid=at_least(0),
       help="predictor weight decay eta_p (Table 5); default: --wd")
     a("--batch-size", type=int, default=128, valid=(lambda v: v >= 2,
                                                     ">= 2 (BatchNorm needs two samples)"),
       help="global batch size, split evenly over DDP ranks")
-    a("--epochs", type=int, default=100, valid=GE1,
+    a("--epochs", type=int, default=100, valid=at_least(1),
       help="passes over the data (paper: 100; Table 8: 300, 500)")
     a("--max-steps", type=int, default=0, valid=(lambda v: v >= 0, ">= 0 (0 = run --epochs)"),
       free=True, help="stop after this many steps (0: --epochs); schedules span --epochs")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from directpred import CLOSED_FORM, diagnostics, effective_rank
-from plumbing import GE0, GE1, GE2, GT0, UNIT, ArgumentParser, RunError, range_error
+from plumbing import FRACTION, POSITIVE, ArgumentParser, RunError, at_least, range_error
 from train import cosine_loss, l2_loss
 
 # -----------------------------------------------------------------------------
@@ -54,24 +54,24 @@ def get_parser():
       help="a run of the matrix model, a plot of a log.jsonl, or one of the figures")
     a("log", nargs="?", default=None, help="plot: the log.jsonl of a train.py or theory.py run")
     # model and data
-    a("--n1", type=int, default=20, valid=GE1, help="input dimension (x)")
-    a("--n2", type=int, default=10, valid=GE1, help="output dimension (f = W x), the predictor is n2 x n2")
-    a("--sigma2", type=float, default=0.5, valid=GE0, help="augmentation noise variance: X' = sigma2 I (Lemma 1)")
+    a("--n1", type=int, default=20, valid=at_least(1), help="input dimension (x)")
+    a("--n2", type=int, default=10, valid=at_least(1), help="output dimension (f = W x), the predictor is n2 x n2")
+    a("--sigma2", type=float, default=0.5, valid=at_least(0), help="augmentation noise variance: X' = sigma2 I (Lemma 1)")
     a("--data-cov", default="", help="non-isotropic data: the n1 diagonal entries of X, comma-separated "
       "(Appendix D); default: X = I")
     a("--aug-cov", default="", help="non-isotropic augmentation: the n1 diagonal entries of X' (default sigma2 I)")
-    a("--w-init", type=float, default=1.0, valid=GT0, help="W(0) entries ~ N(0, w_init^2 / n1)")
-    a("--wp-init", type=float, default=0.1, valid=GE0, help="Wp(0) entries ~ N(0, wp_init^2 / n2) (trained predictors)")
+    a("--w-init", type=float, default=1.0, valid=POSITIVE, help="W(0) entries ~ N(0, w_init^2 / n1)")
+    a("--wp-init", type=float, default=0.1, valid=at_least(0), help="Wp(0) entries ~ N(0, wp_init^2 / n2) (trained predictors)")
     # predictor, target, loss: as train.py
     a("--predictor", default="linear", choices=["none", "linear", "direct", "directcopy"],
       help="none: Wp = I; linear: trained; direct/directcopy: set in closed form (directpred.py)")
     a("--sym-wp", type=int, default=0, choices=[0, 1], help="Wp <- (Wp + Wp^T)/2 after every step (Table 3)")
-    a("--pred-lr-ratio", type=float, default=1.0, valid=(GT0[0], "> 0 (alpha_p)"),
+    a("--pred-lr-ratio", type=float, default=1.0, valid=(POSITIVE[0], "> 0 (alpha_p)"),
       help="alpha_p: the predictor's relative learning rate (Fig. 6)")
-    a("--rho", type=float, default=0.3, valid=UNIT, help="DirectPred: EMA rate of F_hat")
-    a("--eps", type=float, default=0.1, valid=GE0, help="DirectPred: added to p_j after max-normalisation")
-    a("--freq", type=int, default=1, valid=GE1, help="DirectPred: set Wp every freq steps, gradient steps in between")
-    a("--ema", type=float, default=0.0, valid=UNIT,
+    a("--rho", type=float, default=0.3, valid=FRACTION, help="DirectPred: EMA rate of F_hat")
+    a("--eps", type=float, default=0.1, valid=at_least(0), help="DirectPred: added to p_j after max-normalisation")
+    a("--freq", type=int, default=1, valid=at_least(1), help="DirectPred: set Wp every freq steps, gradient steps in between")
+    a("--ema", type=float, default=0.0, valid=FRACTION,
       help="target EMA momentum gamma_a (0 = SimSiam: Wa = W); 1 - ema = lr * beta")
     a("--stop-grad", type=int, default=1, choices=[0, 1], help="0: gradient also flows through the target "
       "(needs --ema 0; Theorem 2)")
@@ -79,14 +79,14 @@ def get_parser():
     a("--symmetric", type=int, default=0, choices=[0, 1], help="sum both pairings (train.py); 0: Lemma 1's one")
     # optimisation
     a("--mode", default="flow", choices=["flow", "sgd"], help="flow: expected gradient; sgd: sampled mini-batches")
-    a("--lr", type=float, default=0.01, valid=GT0, help="Euler step / SGD learning rate alpha (t = step * lr)")
-    a("--wd", type=float, default=0.0, valid=(GE0[0], ">= 0 (eta)"),
+    a("--lr", type=float, default=0.01, valid=POSITIVE, help="Euler step / SGD learning rate alpha (t = step * lr)")
+    a("--wd", type=float, default=0.0, valid=(at_least(0)[0], ">= 0 (eta)"),
       help="weight decay eta (continuous time; the step applies lr * eta)")
-    a("--steps", type=int, default=3000, valid=GE1)
-    a("--batch-size", type=int, default=256, valid=GE2, help="sgd: samples per step")
-    a("--mc-samples", type=int, default=8192, valid=GE2, help="flow with the cosine loss: the fixed Monte-Carlo sample")
-    a("--seed", type=int, default=0, valid=GE0)
-    a("--log-every", type=int, default=50, valid=GE1, help="steps between log records")
+    a("--steps", type=int, default=3000, valid=at_least(1))
+    a("--batch-size", type=int, default=256, valid=at_least(2), help="sgd: samples per step")
+    a("--mc-samples", type=int, default=8192, valid=at_least(2), help="flow with the cosine loss: the fixed Monte-Carlo sample")
+    a("--seed", type=int, default=0, valid=at_least(0))
+    a("--log-every", type=int, default=50, valid=at_least(1), help="steps between log records")
     a("--out-dir", default="out/theory", help="figures (PNG) and simulate's log.jsonl")
     return P
 
