@@ -200,7 +200,7 @@ def get_parser():
                    "the paper's data and models (GPUs)")
     P.add_argument("--rows", default="all", help="comma-separated row ids or groups (" + ", ".join(GROUPS) + "), or all")
     P.add_argument("--seeds", default=None, help="comma-separated training seeds. Default: at laptop scale each row's "
-                   "own (3 where a claim rests on it, else 1); at paper scale 0,1,2,3,4 for the STL-10 / CIFAR-10 rows "
+                   "own (ROWS: 5 where a claim rests on it, else 1); at paper scale 0,1,2,3,4 for the STL-10 / CIFAR-10 rows "
                    "(the paper's 5 seeds) and 0 for the ImageNet rows (Table 9 gives single numbers; one 300-epoch "
                    "ResNet-50 run is ~194 GPU-hours at the assumed throughput)")
     P.add_argument("--gpus", default="auto", help="GPUs to use, as CUDA_VISIBLE_DEVICES names them (e.g. 0,1,2,3): "

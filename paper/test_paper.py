@@ -7,7 +7,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -403,6 +402,67 @@ def test_v2_verdicts_follow_the_plan_on_hand_made_results(tmp_path):
     assert not gate["passes"]
     assert all(r["untestable"] for r in recs if r["kind"] != "collapse")
     assert [r["verdict"] for r in recs if r["kind"] == "collapse" and r["seeds"]] == ["holds"]
+
+
+def test_v3_verdicts_exempt_nothing_and_name_what_c1_shows(tmp_path, monkeypatch):
+    """paper/results/claims-v3/PLAN.md's rules on hand-made result files (5 seeds, points of linear top-1), read
+    from two folders merged seed by seed, the first folder's t1-optimal not read (NOT_READ): C2 (v2's rule 6, the
+    basin) now gets a verdict: holds (+5 on every seed); C3b and C13b are judged, on the new rows; C13 reads the
+    second folder's t1-optimal (DirectPred +8 above it: holds; the first folder's, 10 points above DirectPred, would
+    be the opposite); C1 holds with 3 of 5 runs at the collapse rule: the weaker form, with the count; with all 5
+    there: "holds: collapses"; C10 alone untestable; the family is every other contrast's hypotheses. The sizing:
+    n is the smallest n >= 5 where the power rule's inequality holds (checked on both sides of n), a row takes the
+    largest n of its contrasts, and the rows v2 ran at seeds 5-9 run new seeds from 10."""
+    V3 = importlib.import_module("paper.verdicts3")
+    one, two = tmp_path / "one", tmp_path / "two"
+    direct = (0.70, 0.71, 0.72, 0.705, 0.715)
+    for s, d in enumerate(direct):
+        put_result(one, "pred-direct", s, d)
+        put_result(one, "pred-mlp", s, d + 0.01 + 0.001 * s)
+        put_result(one, "t1-optimal", s, d + 0.10)  # not read
+        put_result(two, "t1-optimal", s, d - 0.08 + 0.002 * s)
+        put_result(two, "t1-optimal-solve", s, d - 0.05 - 0.003 * s)
+        put_result(two, "pred-linear-authors", s, d - 0.02 + 0.001 * s)
+        put_result(one, "t3-1l-noema-reg", s, 0.65 + 0.002 * s)
+        put_result(one, "t3-1l-noema-sym", s, 0.60 + 0.001 * s)
+        put_result(one, "pred-none", s, 0.6, rank=(1.2, 2.5, 1.1, 3.0, 1.25)[s], z=0.2)
+        for name, top1 in ((f"random-bn-s{s}", 0.60), (f"random-s{s}", d - 0.04 - 0.001 * s)):
+            RP.write_json(str(one / "baselines" / f"{name}.json"), dict(baseline=name, linear_top1=top1,
+                                                                         knn_top1=top1))
+    monkeypatch.setattr(V3, "NOT_READ", {str(one): ("t1-optimal",)})
+    recs, (passes, _) = V3.verdicts([str(one), str(two)])
+    by = {(r["claim"], r["contrast"].split(" - ")[-1].split(":")[0]): r for r in recs}
+    assert passes
+    c2 = by[("C2", "t3-1l-noema-sym")]
+    assert c2["untestable"] is None and c2["verdict"] == "holds" and c2["d"] == pytest.approx([5, 5.1, 5.2, 5.3, 5.4])
+    assert by[("C3b", "pred-linear-authors")]["verdict"] == "holds"
+    assert by[("C13", "t1-optimal")]["d"] == pytest.approx([8.0, 7.8, 7.6, 7.4, 7.2])
+    assert by[("C13", "t1-optimal")]["verdict"] == "holds" and by[("C13b", "t1-optimal-solve")]["verdict"] == "holds"
+    assert "as the authors' code ran it" in by[("C13", "t1-optimal")]["text"]
+    c1 = next(r for r in recs if r["contrast"].startswith("pred-none"))
+    assert c1["verdict"] == ("holds in the weaker form: loses spread against DirectPred (3 of 5 collapsed by the "
+                             "rule)")
+    assert [r["claim"] for r in recs if r["untestable"]] == ["C10"]
+    tested = [r for r in recs if not r["untestable"] and len(r["seeds"]) > 1]
+    assert V3.family_size(recs) == sum(3 if r["kind"] == "equal" else 2 for r in recs if r["claim"] != "C10")
+    assert all(r["holm"] for r in tested)
+    for s in range(5):
+        put_result(one, "pred-none", s, 0.6, rank=1.1, z=0.2)
+    c1 = next(r for r in V3.verdicts([str(one), str(two)])[0] if r["contrast"].startswith("pred-none"))
+    assert c1["verdict"] == "holds: collapses"
+    rule = lambda n, sd, m, q: stats_t(1 - 0.05 / m, n - 1) + stats_t(q, n - 1) <= math.sqrt(n) / sd
+    for sd, m in ((0.5, 1), (1.0, 48), (1.7, 48), (0.1, 48)):
+        n = V3.n_for(sd, 1.0, m)
+        assert rule(n, sd, m, 0.8) and (n == 5 or not rule(n - 1, sd, m, 0.8)), (sd, m, n)
+    assert V3.n_for(0.1, 1.0, 48) == 5 and V3.n_for(1.0, 1.0, 48, equal=True) > V3.n_for(1.0, 1.0, 48)
+    assert V3.schedule({"pred-direct": 7, "t1-optimal-solve": 7}) == {"pred-direct": [10, 11],
+                                                                       "t1-optimal-solve": [5, 6, 7, 8, 9, 10, 11]}
+    assert V3.schedule({"pred-direct": 7, "t1-optimal-solve": 7}, cap_n=6)["t1-optimal-solve"] == [5, 6, 7, 8, 9, 10]
+
+
+def stats_t(q, df):
+    """Student's t quantile, from scipy directly (the test's reference for paper.stats.t_ppf)."""
+    return importlib.import_module("scipy.stats").t.ppf(q, df)
 
 
 def put_result(folder, rid, seed, lin, rank=20.0, z=0.9):

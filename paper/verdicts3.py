@@ -1,0 +1,323 @@
+"""
+The v3 verdicts of the laptop claims, as paper/results/claims-v3/PLAN.md says: v2's tests and words
+(paper/verdicts.py: paired by seed, Student's t and the exact sign-flip test, Holm over one family, direction first,
+"learns" against the stronger random init, one collapse rule), with every contrast of rows.CLAIMS_V3 tested and in
+the family but C10 (ImageNet only), C1's verdict naming what it shows, and three columns beside each verdict that
+decide nothing: whether each row learns (rule 1), the regime gate, and the run's budget beside the paper's. The
+confirmation's size comes from a power rule fixed before its first run (`sizes`, CONFIRMATION.md).
+
+    python -m paper.verdicts3 exploratory              # seeds 0-4: the v3 report (--write FILE)
+    python -m paper.verdicts3 confirmation             # the confirmation's seeds, judged alone
+    python -m paper.verdicts3 size --pair-speedup X    # CONFIRMATION.md's numbers from the seed 0-4 results
+"""
+import argparse
+import math
+import shlex
+import statistics
+
+from directpred import looks_collapsed
+from paper import stats
+from paper.report import load_results, run_config
+from paper.rows import CLAIMS_V3, PAPER_LR_WD, row, runs_row
+from paper.verdicts import (ALPHA, PAPER_STEPS, contrast as v2_contrast, hypotheses, inits_of, judge, learns,
+                            mean_ci, p_cell, points)
+
+# where each set of seeds is read from: folders merged seed by seed (a later folder's file wins), without the rows
+# NOT_READ names for a folder (../claims' t1-optimal ran an estimator neither of the authors' rules: its README)
+EXPLORATORY = ("paper/results/claims", "paper/results/claims-v3/exploratory")
+CONFIRMATION = ("paper/results/claims-v2", "paper/results/claims-v3/confirmation")
+NOT_READ = {"paper/results/claims": ("t1-optimal",)}
+POWER = 0.8  # the confirmation's power at a true difference of DELTA (one-sided, at ALPHA / m)
+DELTA = {"points": 1.0, "rank": 1.0, "z_std": 0.05, "align": 0.05}  # the difference each contrast is sized for
+CAP_HOURS = 12.0  # the confirmation's runs, two side by side, on the 2-core machine
+
+
+def load(folders):
+    """({row id: {seed: result}} without diverged runs, {seed: init}) from result folders, merged seed by seed."""
+    runs, base = {}, {}
+    for folder in folders:
+        got, b = load_results(folder)
+        for rid, res in got.items():
+            if rid not in NOT_READ.get(folder, ()):
+                runs.setdefault(rid, {}).update(res)
+        base.update(b)
+    runs = {rid: {s: v for s, v in got.items() if "diverged" not in v} for rid, got in runs.items()}
+    return runs, inits_of(base)
+
+
+def rows_of(c):
+    """The row ids a contrast reads (their runs' rows), "random" aside."""
+    ids = [c[k] for k in ("collapse", "align", "a", "b") if k in c and c[k] != "random"]
+    return [runs_row(row(rid), "laptop") or rid for rid in ids]
+
+
+def budget(res):
+    """(steps, summed lr x wd) of one result's run, from its command."""
+    cfg = run_config(shlex.split(res["command"]))
+    return res["steps"], res["steps"] * cfg["lr"] * cfg["wd"]
+
+
+def budget_cell(c, runs):
+    """The budget column: each row's steps and summed lr x wd beside the paper's STL-10 run."""
+    parts = []
+    for rid in dict.fromkeys(rows_of(c)):
+        if runs.get(rid):
+            steps, lrwd = budget(next(iter(runs[rid].values())))
+            parts.append(f"{rid}: {steps:,} steps, lr x wd {lrwd:.3f}")
+    return "; ".join(parts) + f" (the paper: {PAPER_STEPS:,}, {PAPER_LR_WD:.2f})" if parts else ""
+
+
+def contrast(c, runs, inits):
+    """One contrast's record (v2's: kind, d, seeds, knn, magnitude), with no exemption but C10's (untestable:
+    ImageNet only), and whether each of its rows learns (rule 1), beside."""
+    rec = v2_contrast({k: v for k, v in c.items() if k != "basin"}, runs, inits)
+    rec["claim"] = c["claim"]
+    if c["claim"] != "C10":
+        rec["untestable"] = None  # v2's rules 6 and (b) withheld verdicts; v3 withholds none but C10's
+    gain = lambda rid: points({s: v["linear_top1"] - inits[s]["init"] for s, v in runs.get(rid, {}).items()
+                               if s in inits})
+    rec["learns"] = {rid: ("yes" if learns(g) else "no") if len(g := gain(rid)) > 1 else f"n = {len(g)}"
+                     for rid in dict.fromkeys(rows_of(c))}
+    rec["budget"] = budget_cell(c, runs)
+    return rec
+
+
+def c1_word(r, runs):
+    """Rule 2 of v3: C1's "holds" says what was shown, by the count of the row's runs at the collapse rule."""
+    rid = rows_of(dict(collapse=r["row"]))[0]
+    res = runs.get(rid, {})
+    k = sum(looks_collapsed(res[s]["final_erank"], res[s]["final_z_std"]) for s in r["seeds"])
+    if k == len(r["seeds"]):
+        return "holds: collapses"
+    return f"holds in the weaker form: loses spread against DirectPred ({k} of {len(r['seeds'])} collapsed by the rule)"
+
+
+def gate_of(runs, inits):
+    """The regime gate (rule 1 on pred-direct), printed beside every verdict: (passes, its gains)."""
+    g = points({s: v["linear_top1"] - inits[s]["init"] for s, v in runs.get("pred-direct", {}).items() if s in inits})
+    return learns(g), g
+
+
+def verdicts(folders):
+    """(contrast records with tests and verdicts, the gate) of a set of seeds: every tested contrast's hypotheses in
+    one Holm family; C10's measured verdict as if its hypotheses joined it."""
+    runs, inits = load(folders)
+    recs = []
+    for c in CLAIMS_V3:
+        r = contrast(c, runs, inits)
+        r["row"] = c.get("collapse")
+        r["hyp"] = hypotheses(r["kind"], r["d"]) if len(r["seeds"]) > 1 else {}
+        recs.append(r)
+    family = [(i, h) for i, r in enumerate(recs) if not r["untestable"] for h in r["hyp"]]
+    for i, r in enumerate(recs):
+        fam = family if not r["untestable"] else family + [(i, h) for h in r["hyp"]]
+        adj_t = stats.holm([recs[j]["hyp"][h][0] for j, h in fam])
+        adj_f = stats.holm([recs[j]["hyp"][h][1] for j, h in fam])
+        r["holm"] = {h: (adj_t[k], adj_f[k]) for k, (j, h) in enumerate(fam) if j == i}
+        r["verdict"] = judge(r)
+        if r["kind"] == "collapse" and r["verdict"] == "holds":
+            r["verdict"] = c1_word(r, runs)
+    return recs, gate_of(runs, inits)
+
+
+# -----------------------------------------------------------------------------
+# the confirmation's size (PLAN.md, "The confirmation"): 80% power at ALPHA / m for a true difference of DELTA
+
+
+def family_size(recs):
+    """m: the hypotheses of every tested contrast (two for a direction, three for "about equal")."""
+    return sum(3 if r["kind"] == "equal" else 2 for r in recs if not r["untestable"])
+
+
+def n_for(s, delta, m, equal=False):
+    """The smallest n >= 5 with t(1 - ALPHA/m, n-1) + t(q, n-1) <= delta sqrt(n) / s, q = POWER (TOST at a true
+    difference of 0: 0.9, each of the two one-sided tests at half the miss rate); None above 10,000."""
+    q = 0.9 if equal else POWER
+    for n in range(5, 10_001):
+        if s == 0 or stats.t_ppf(1 - ALPHA / m, n - 1) + stats.t_ppf(q, n - 1) <= delta * math.sqrt(n) / s:
+            return n
+    return None
+
+
+def power_at(s, delta, m, n, equal=False):
+    """The power the sizing rule gives at n seeds (its normal-shift approximation, inverted): the one-sided test at
+    ALPHA / m finds a true difference of delta (TOST: both sides, at a true difference of 0)."""
+    if n < 2 or s == 0:
+        return float(n >= 2)
+    shift = delta * math.sqrt(n) / s - stats.t_ppf(1 - ALPHA / m, n - 1)
+    p = stats.t_cdf(shift, n - 1)
+    return 1 - 2 * (1 - p) if equal else p
+
+
+def contrast_sizes(recs, m):
+    """Per tested contrast: (record, {measure: (s, delta, n)}) from its paired differences."""
+    out = []
+    for r in recs:
+        if r["untestable"] or len(r["seeds"]) < 2:
+            continue
+        if r["kind"] == "collapse":
+            measures = {"rank": r["d"][0], "z_std": r["d"][1]}
+        else:
+            measures = {"align" if r["claim"] == "C11" else "points": r["d"]}
+        out.append((r, {k: (statistics.stdev(d), DELTA[k], n_for(statistics.stdev(d), DELTA[k], m,
+                                                                  r["kind"] == "equal")) for k, d in measures.items()}))
+    return out
+
+
+def sizes(folders=EXPLORATORY, pair_speedup=None):
+    """The confirmation's plan from the seed 0-4 results: per contrast its s and n, per row its n (the largest of its
+    contrasts'), the seconds a run of each row took (train + probe, the mean of its seed 0-4 files), and the cap.
+    pair_speedup: the wall time of two runs one after the other over the same two side by side, measured on this
+    machine (bench or paper.reproduce --jobs auto) before the first confirmation run."""
+    recs, _ = verdicts(folders)
+    runs, _ = load(folders)
+    m = family_size(recs)
+    per = contrast_sizes(recs, m)
+    row_n = {}
+    for r, ms in per:
+        n = max(x[2] or 10_000 for x in ms.values())
+        for rid in contrast_rows(r):
+            row_n[rid] = max(row_n.get(rid, 5), n)
+    seconds = {rid: statistics.mean(v["train_seconds"] + v["probe_seconds"] for v in runs[rid].values())
+               for rid in row_n if rid in runs}
+    return dict(m=m, per=per, row_n=row_n, seconds=seconds, pair_speedup=pair_speedup, recs=recs)
+
+
+def contrast_rows(r):
+    """The rows a record's contrast runs (C7's random init aside: the baselines come with every seed)."""
+    c = next(c for c in CLAIMS_V3 if c["claim"] == r["claim"] and c["text"] == r["text"])
+    return list(dict.fromkeys(rows_of(c)))
+
+
+V2_CONFIRMED = ("pred-none", "thm2-no-stop-grad", "pred-direct", "pred-mlp", "pred-linear", "t1-optimal")  # 5-9 run
+
+
+def schedule(row_n, cap_n=None):
+    """{row: seeds to run} for the confirmation: seeds 5 .. 5 + n - 1, capped at cap_n; the rows v2 ran at seeds 5-9
+    keep those (their new seeds start at 10)."""
+    out = {}
+    for rid, n in row_n.items():
+        n = min(n, cap_n) if cap_n else n
+        seeds = list(range(5, 5 + n))
+        out[rid] = [s for s in seeds if not (rid in V2_CONFIRMED and s <= 9)]
+    return out
+
+
+def hours(plan, seconds, pair_speedup, baseline_seconds):
+    """The wall hours of a schedule: each run's seconds (its row's seed 0-4 mean), two side by side (divided by
+    pair_speedup), plus the two baseline probes of every new seed."""
+    runs = sum(seconds[rid] * len(seeds) for rid, seeds in plan.items())
+    new_seeds = {s for seeds in plan.values() for s in seeds if s > 9}
+    return (runs + 2 * baseline_seconds * len(new_seeds)) / pair_speedup / 3600
+
+
+# -----------------------------------------------------------------------------
+# the tables
+
+
+def value_cell(r):
+    if r["kind"] == "collapse":
+        return f"rank {mean_ci(r['d'][0])}; z_std {mean_ci(r['d'][1])}"
+    return mean_ci(r["d"])
+
+
+def status(r):
+    return f"untestable here: {r['untestable']} (measured: {r['verdict']})" if r["untestable"] else r["verdict"]
+
+
+def markdown(folders, power=None):
+    """Every contrast's full v3 record. power: {claim text: (m, [(s, delta, sized n) per measure])} from the
+    exploratory seeds (the confirmation's report prints the power of a contrast run below its sized n)."""
+    recs, (passes, g) = verdicts(folders)
+    gate = f"gate {'passes' if passes else 'fails'}"
+    lines = ["| claim | the paper | contrast | per seed | mean [95% interval] | p: t raw / Holm; sign-flip raw / Holm | "
+             "kNN, mean [95% interval] | verdict | magnitude | rows learn (rule 1); the gate | budget |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in recs:
+        seeds = r.get("detail", "") if r["kind"] == "collapse" else ", ".join(f"{x:+.2f}" for x in r["d"])
+        verdict = status(r)
+        if power and r["text"] in power:  # a contrast run below its sized n: its power at the n it got
+            m, measures = power[r["text"]]
+            n_sized = max(x[2] or 10_000 for x in measures)
+            if 2 <= len(r["seeds"]) < n_sized:
+                pw = min(power_at(s_, delta, m, len(r["seeds"]), r["kind"] == "equal") for s_, delta, _ in measures)
+                verdict += f" (n = {len(r['seeds'])} of the sized {n_sized}: power {pw:.2f})"
+        learn = ", ".join(f"{k}: {v}" for k, v in r["learns"].items())
+        lines.append(f"| {r['claim']} | {r['text']} | {r['contrast']} | {seeds} | {value_cell(r)} | {p_cell(r)} | "
+                     f"{mean_ci(r.get('knn', []))} | {verdict} | {r.get('magnitude', '')} | {learn}; {gate} | "
+                     f"{r['budget']} |")
+    return "\n".join(lines)
+
+
+def report(folders, title, note="", power=None):
+    recs, (passes, g) = verdicts(folders)
+    count = {}
+    for r in recs:
+        k = "untestable" if r["untestable"] else r["verdict"].split(":")[0].split(" (")[0]
+        count[k] = count.get(k, 0) + 1
+    parts = [f"# {title}", "",
+             f"Generated by `python -m paper.verdicts3` from the result files of {', '.join(folders)} (merged seed by "
+             "seed; not read: " + (", ".join(f"{f}/{r}" for f in folders for r in NOT_READ.get(f, ())) or "none") +
+             "), under the rules of paper/results/claims-v3/PLAN.md. Linear "
+             "top-1 of the fast probe on the 10k test images, paired by seed, in points." + (f" {note}" if note else ""),
+             "", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(count.items())) + f" (of {len(recs)}).", "",
+             f"The regime gate (DirectPred above the stronger random init, rule 1): {mean_ci(g)}, "
+             f"**{'passes' if passes else 'fails'}**; it withholds no verdict under v3.", "",
+             markdown(folders, power), ""]
+    return "\n".join(parts)
+
+
+def size_markdown(folders=EXPLORATORY, pair_speedup=1.0, baseline_seconds=40.0):
+    """CONFIRMATION.md's numbers: each contrast's s and n, each row's n and seeds, the cap's arithmetic."""
+    z = sizes(folders, pair_speedup)
+    m = z["m"]
+    lines = [f"Family: m = {m} hypotheses (every tested contrast of `CLAIMS_V3`; C10 untestable), each sized at "
+             f"ALPHA / m = {ALPHA / m:.5f}, power {POWER} (TOST: 0.9 per side) for a true difference of delta.", "",
+             "| claim | contrast | measure | s (seeds 0-4) | delta | n |", "| --- | --- | --- | --- | --- | --- |"]
+    for r, ms in z["per"]:
+        for k, (s, delta, n) in ms.items():
+            lines.append(f"| {r['claim']} | {r['contrast']} | {k} | {s:.3f} | {delta} | {n if n else '> 10,000'} |")
+    full = schedule(z["row_n"])
+    need = hours(full, z["seconds"], pair_speedup, baseline_seconds)
+    lines += ["", "| row | n | seeds to run | seconds a run (seeds 0-4 mean) |", "| --- | --- | --- | --- |"]
+    for rid in sorted(z["row_n"]):
+        seeds = full[rid]
+        lines.append(f"| {rid} | {z['row_n'][rid]} | {seeds[0]}-{seeds[-1] if seeds else ''} ({len(seeds)}) | "
+                     f"{z['seconds'].get(rid, float('nan')):.0f} |" if seeds else
+                     f"| {rid} | {z['row_n'][rid]} | none new | {z['seconds'].get(rid, float('nan')):.0f} |")
+    cap_n = None
+    if need > CAP_HOURS:
+        cap_n = max((N for N in range(5, max(z["row_n"].values()) + 1)
+                     if hours(schedule(z["row_n"], N), z["seconds"], pair_speedup, baseline_seconds) <= CAP_HOURS),
+                    default=5)
+    plan = schedule(z["row_n"], cap_n)
+    got = hours(plan, z["seconds"], pair_speedup, baseline_seconds)
+    lines += ["", f"Wall time at the sized n: {need:.1f} h (two runs side by side at a measured speed-up of "
+              f"{pair_speedup:.2f}, {baseline_seconds:.0f} s a baseline probe); the cap is {CAP_HOURS:.0f} h: " +
+              (f"every row's n becomes min(n, {cap_n}), {got:.1f} h." if cap_n else "it fits.")]
+    return "\n".join(lines), plan
+
+
+def named(which):
+    if which == "exploratory":
+        return report(EXPLORATORY, "Exploratory: seeds 0-4 under rules v3",
+                      "Seeds 0-4 were read before v3 was written: these verdicts are exploratory (PLAN.md).")
+    z = sizes(EXPLORATORY)
+    power = {r["text"]: (z["m"], list(ms.values())) for r, ms in z["per"]}
+    return report(CONFIRMATION, "The confirmation under rules v3, judged alone",
+                  "Its seeds only (CONFIRMATION.md); each contrast's sized n from seeds 0-4.", power)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("which", choices=["exploratory", "confirmation", "size"])
+    ap.add_argument("--pair-speedup", type=float, default=1.0,
+                    help="size: two runs side by side over one after the other, measured on this machine")
+    ap.add_argument("--write", default="", help="write the report here (else print it)")
+    args = ap.parse_args()
+    text = named(args.which) if args.which != "size" else size_markdown(pair_speedup=args.pair_speedup)[0] + "\n"
+    if args.write:
+        with open(args.write, "w") as fh:
+            fh.write(text)
+    else:
+        print(text, end="")
