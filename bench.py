@@ -8,6 +8,8 @@ Speed benchmarks. They print numbers; they assert nothing.
     python bench.py --suite precision       # fp32 / bf16 / channels_last / both, 3 runs each,
                                             # and how far bf16 moves DirectPred's Wp
     python bench.py --suite memory --train-flags "--preset imagenet-lars-300"  # GB a GPU
+    python bench.py --suite run             # the README's main job end to end, its wall time split
+                                            # into start-up, steps, between steps, kNN
 
 The prepared GPU run (speed against a DataLoader + torchvision pipeline, Fashion-MNIST at full
 width, the CUDA tests, within a time budget) is python -m paper.gpu; it reuses the timing helpers
@@ -15,13 +17,16 @@ and the real step here.
 
 
 """
+import time
+
+T_START = time.perf_counter()  # before the imports: the run suite counts them in the start-up
+
 import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
@@ -380,10 +385,124 @@ def precision_suite(args):
                   f"batch in fp32 (batch-to-batch change): {rel(other):.2e}")
 
 
+# -----------------------------------------------------------------------------
+# the whole run: the README's main job end to end, its wall time split by where it goes
+
+README_JOB = MAIN_JOB + ["--bf16", "0", "--eval-every", "1170"]  # README.md's main job, exactly
+PARTS = (  # (part, what it times), in the table's order
+    ("imports", "python's imports of torch and the repository (bench.py's own beside)"),
+    ("data", "train_set: the images read into memory"),
+    ("setup", "main() up to the loop, data and kNN aside: flags, networks, optimizer, bf16 choice"),
+    ("steps", "train_step: forwards, DirectPred's statistics, backward, optimizer, Wp, EMA"),
+    ("batches", "epoch_batches: the next batch's indices and images"),
+    ("views", "two_views: both augmented views"),
+    ("monitor", "feature_stats: the collapse diagnostics' running statistics"),
+    ("guard", "Run.after_step: the divergence guard"),
+    ("log", "diagnostics, the bar and log.jsonl (the loss's .item() in the loop counts as loop)"),
+    ("checkpoints", "run_state and Run.save"),
+    ("knn", "Run.knn: the kNN monitor at init, every --eval-every steps and at the end"),
+    ("close", "Run.close: the last lines"),
+    ("loop", "the rest of the loop's own lines (schedules, seeding, .item(), bookkeeping)"),
+    ("exit", "interpreter start and exit: the child's wall time less everything it timed"),
+)
+
+
+def timed(fn, acc, key, dev):
+    """fn, its wall time added to acc[key] (synchronised on CUDA: the split then has no overlap)."""
+    def inner(*a, **k):
+        sync(dev)
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            sync(dev)
+            acc[key] += time.perf_counter() - t
+    return inner
+
+
+def timed_batches(fn, acc, dev, mark):
+    """epoch_batches, the time of each next() added to acc["batches"]; mark: the clock and acc when
+    the first batch is asked for (the end of the set-up)."""
+    def inner(*a, **k):
+        it = iter(fn(*a, **k))
+        if not mark:
+            mark.update(acc, at=time.perf_counter())
+        while True:
+            sync(dev)
+            t = time.perf_counter()
+            try:
+                x = next(it)
+            except StopIteration:
+                return
+            finally:
+                sync(dev)
+                acc["batches"] += time.perf_counter() - t
+            yield x
+    return inner
+
+
+def split_run(flags, out_json):
+    """In the child: train.main() on flags with the loop's pieces timed (train's and plumbing.Run's
+    functions wrapped in place; what they compute is unchanged), the split written to out_json."""
+    acc = {k: 0.0 for k, _ in PARTS}
+    acc["imports"] = time.perf_counter() - T_START
+    cfg = T.parse_config(flags)
+    dev = "cuda" if cfg["device"] == "cuda" or (cfg["device"] == "auto" and
+                                                torch.cuda.is_available()) else "cpu"
+    for name, key in (("train_set", "data"), ("train_step", "steps"), ("two_views", "views"),
+                      ("feature_stats", "monitor"), ("diagnostics", "log"),
+                      ("run_state", "checkpoints")):
+        setattr(T, name, timed(getattr(T, name), acc, key, dev))
+    mark = {}
+    T.epoch_batches = timed_batches(T.epoch_batches, acc, dev, mark)
+    for name, key in (("after_step", "guard"), ("show", "log"), ("write", "log"),
+                      ("save", "checkpoints"), ("knn", "knn"), ("close", "close")):
+        setattr(plumbing.Run, name, timed(getattr(plumbing.Run, name), acc, key, dev))
+    sys.argv = ["train.py", *flags]
+    t = time.perf_counter()
+    T.main()
+    main_s = time.perf_counter() - t
+    log = [json.loads(line) for line in open(os.path.join(cfg["out_dir"], "log.jsonl"))]
+    timed_in_main = [k for k, _ in PARTS if k not in ("imports", "setup", "loop", "exit")]
+    # set-up: main() until the first batch is asked for, less what the timers saw in it (data, kNN)
+    acc["setup"] = mark["at"] - t - sum(mark[k] for k in timed_in_main)
+    acc["loop"] = main_s - acc["setup"] - sum(acc[k] for k in timed_in_main)
+    json.dump(dict(acc=acc, main_s=main_s, steps=log[-1]["step"], wall_in_child=time.perf_counter()
+                   - T_START, knn=[r.get("knn_top1") for r in log if "knn_top1" in r]),
+              open(out_json, "w"))
+
+
+def run_suite(args):
+    """The README's main job (or --train-flags) end to end in a child process, its wall time split
+    into PARTS; parts sum to the wall time by construction, so "loop" and "exit" are what no timer
+    saw. Prints seconds and shares, and the run's img/s and kNN."""
+    with tempfile.TemporaryDirectory() as out:
+        flags = args.train_flags.split() + ["--data-dir", args.data_dir, "--out-dir", out]
+        cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--suite", "run-child",
+               "--train-flags", " ".join(flags), "--out-json", os.path.join(out, "split.json")]
+        t = time.perf_counter()
+        r = subprocess.run(cmd, env=child_env(args.device), capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if r.returncode:
+            raise RuntimeError("the run failed: " + " | ".join(r.stderr.strip().splitlines()[-3:]))
+        got = json.load(open(os.path.join(out, "split.json")))
+    acc = dict(got["acc"], exit=wall - got["wall_in_child"])
+    print(f"the run: {' '.join(args.train_flags.split())}; {got['steps']} steps; wall {wall:.1f} s "
+          f"({got['steps'] * 128 / wall:.0f} img/s end to end at batch 128); kNN {got['knn']}; "
+          f"torch {torch.__version__}, {args.device}")
+    print(f"{'part':<16} {'s':>8} {'%':>6}  what")
+    for k, what in PARTS:
+        print(f"{k:<16} {acc[k]:8.2f} {100 * acc[k] / wall:6.1f}  {what}")
+    outside = wall - acc["steps"]
+    print(f"{'outside the step':<16} {outside:8.2f} {100 * outside / wall:6.1f}  (all but steps)")
+    print(f"{'sum':<16} {sum(acc.values()):8.2f} {100 * sum(acc.values()) / wall:6.1f}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="default",
-                   choices=["default", "profile", "step", "roofline", "precision", "memory"])
+                   choices=["default", "profile", "step", "roofline", "precision", "memory", "run",
+                            "run-child"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=256, help="default suite")
     p.add_argument("--steps", type=int, default=6,
@@ -391,18 +510,22 @@ if __name__ == "__main__":
     p.add_argument("--compile", type=int, default=0, help="default suite")
     p.add_argument("--extra", default="", help="default suite: more train.py flags, as one string")
     p.add_argument("--data-dir", default="data",
-                   help="Fashion-MNIST's --data-dir (precision suite)")
+                   help="Fashion-MNIST's --data-dir (precision and run suites)")
+    p.add_argument("--out-json", default="", help="run-child: where the split goes (run suite)")
     p.add_argument("--ckpt", default="",
                    help="precision suite: a main-job checkpoint for the Wp measurement")
     p.add_argument("--widths", default="16,32",
                    help="profile suite: the main job's network at these --width")
-    p.add_argument("--train-flags", default=" ".join(MAIN_JOB),
-                   help="step / roofline / memory suites: the run measured")
+    p.add_argument("--train-flags", default=None,
+                   help="step / roofline / memory / run suites: the run measured (default: the "
+                   "main job; the run suite: README.md's main job, exactly)")
     p.add_argument("--wait", action="store_true",
                    help="step suite: say 'ready' after the warm-up, start on a line of stdin "
                    "(reproduce.py --jobs auto times several side by side)")
     args = p.parse_args()
     args.widths = [int(w) for w in args.widths.split(",")]
+    if args.train_flags is None:
+        args.train_flags = " ".join(README_JOB if args.suite == "run" else MAIN_JOB)
     if args.suite == "profile":
         profile_suite(args)
     elif args.suite == "step":
@@ -414,6 +537,10 @@ if __name__ == "__main__":
         precision_suite(args)
     elif args.suite == "memory":
         memory_suite(args.train_flags.split(), args.device)
+    elif args.suite == "run":
+        run_suite(args)
+    elif args.suite == "run-child":
+        split_run(args.train_flags.split(), args.out_json)
     else:
         ms = augment_ms(args.device, args.batch_size)
         print(f"augment: batch {args.batch_size}, 2 views, 32 px: {ms:.1f} ms "
