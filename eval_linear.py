@@ -277,6 +277,7 @@ def probe_augmented(args, head, optimizer, backbone, feats, train_data, dataset,
         raise plumbing.RunError(f"--batch-size {args.batch_size} is larger than the {n} training "
                                 "images")
     gen, step, total = torch.Generator(device=device), 0, args.epochs * steps_per_epoch
+    schedule = dict(lr=args.lr, lr_schedule="cosine", warmup_epochs=0)  # train.lr_at's keys
     pbar = tqdm(total=total, desc="linear probe (augmented)", disable=rank != 0, dynamic_ncols=True,
                 file=sys.stdout)
     for epoch in range(args.epochs):
@@ -288,7 +289,7 @@ def probe_augmented(args, head, optimizer, backbone, feats, train_data, dataset,
             with torch.no_grad(), kw["ctx"]:
                 f = backbone(x.contiguous(memory_format=fmt))
             for g in optimizer.param_groups:
-                g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                g["lr"] = T.lr_at(step, schedule, total, steps_per_epoch)
             loss = nnf.cross_entropy(ddp_head(f.float()), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
