@@ -211,7 +211,7 @@ FAKE_BASE = ("--dataset fake --fake-size 128 --width 4 --proj-hidden 32 --proj-d
 @pytest.mark.parametrize("scale", ["laptop", "paper"])
 def test_every_rows_command_parses_and_passes_config_error(scale):
     args, work = R.parse(["--scale", scale])
-    assert len(work) == {"laptop": 22 * 5 + 16, "paper": 54 * 5 + 6}[scale]  # paper: 5 seeds, the 6 ImageNet rows 1 (Table 9)
+    assert len(work) == {"laptop": 24 * 5 + 16, "paper": 56 * 5 + 6}[scale]  # paper: 5 seeds, the 6 ImageNet rows 1 (Table 9)
     if scale == "paper":
         assert sorted({s for rid, s in work if RW.row(rid).get("imagenet")}) == [0]
     for rid, seed in work:
@@ -223,7 +223,7 @@ def test_every_rows_command_parses_and_passes_config_error(scale):
             assert (cfg["dataset"], cfg["split"], cfg["width"], cfg["stem"], cfg["crop_min"], cfg["lr"],
                     cfg["lr_schedule"], cfg["epochs"], cfg["bf16"]) == \
                 ("fashion-mnist", "test", 16, "imagenet", 0.7, 0.03, "const", 5, "0")
-            ap = 10 if rid in ("pred-linear", "pred-mlp", "thm2-no-stop-grad") else \
+            ap = 10 if rid in ("pred-linear", "pred-linear-authors", "pred-mlp", "thm2-no-stop-grad") else \
                 float(rid[len("f6-ap"):]) if rid.startswith("f6-") else 1  # the protocol's alpha_p, Fig. 6's own
             assert cfg["pred_lr_ratio"] == ap, rid
         else:
