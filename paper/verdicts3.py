@@ -8,7 +8,7 @@ confirmation's size comes from a power rule fixed before its first run (`sizes`,
 
     python -m paper.verdicts3 exploratory              # seeds 0-4: the v3 report (--write FILE)
     python -m paper.verdicts3 confirmation             # the confirmation's seeds, judged alone
-    python -m paper.verdicts3 size --pair-speedup X    # CONFIRMATION.md's numbers from the seed 0-4 results
+    python -m paper.verdicts3 size --jobs 2            # CONFIRMATION.md's numbers from the seed 0-4 results
 """
 import argparse
 import math
@@ -164,11 +164,10 @@ def contrast_sizes(recs, m):
     return out
 
 
-def sizes(folders=EXPLORATORY, pair_speedup=None):
+def sizes(folders=EXPLORATORY):
     """The confirmation's plan from the seed 0-4 results: per contrast its s and n, per row its n (the largest of its
-    contrasts'), the seconds a run of each row took (train + probe, the mean of its seed 0-4 files), and the cap.
-    pair_speedup: the wall time of two runs one after the other over the same two side by side, measured on this
-    machine (bench or paper.reproduce --jobs auto) before the first confirmation run."""
+    contrasts'), the seconds a run of each row took (train + probe, the mean of its seed 0-4 files) and a
+    random-init probe took (the baselines' files)."""
     recs, _ = verdicts(folders)
     runs, _ = load(folders)
     m = family_size(recs)
@@ -180,7 +179,11 @@ def sizes(folders=EXPLORATORY, pair_speedup=None):
             row_n[rid] = max(row_n.get(rid, 5), n)
     seconds = {rid: statistics.mean(v["train_seconds"] + v["probe_seconds"] for v in runs[rid].values())
                for rid in row_n if rid in runs}
-    return dict(m=m, per=per, row_n=row_n, seconds=seconds, pair_speedup=pair_speedup, recs=recs)
+    base = {}
+    for folder in folders:
+        base.update(load_results(folder)[1])
+    probe = statistics.mean(v["seconds"] for k, v in base.items() if k.startswith("random") and "seconds" in v)
+    return dict(m=m, per=per, row_n=row_n, seconds=seconds, baseline_seconds=probe, recs=recs)
 
 
 def contrast_rows(r):
@@ -203,12 +206,12 @@ def schedule(row_n, cap_n=None):
     return out
 
 
-def hours(plan, seconds, pair_speedup, baseline_seconds):
-    """The wall hours of a schedule: each run's seconds (its row's seed 0-4 mean), two side by side (divided by
-    pair_speedup), plus the two baseline probes of every new seed."""
+def hours(plan, seconds, jobs, baseline_seconds):
+    """The wall hours of a schedule run `jobs` side by side: each run's seconds (its row's seed 0-4 mean, measured
+    in the same layout: the claims suite ran two side by side), plus the two baseline probes of every new seed."""
     runs = sum(seconds[rid] * len(seeds) for rid, seeds in plan.items())
     new_seeds = {s for seeds in plan.values() for s in seeds if s > 9}
-    return (runs + 2 * baseline_seconds * len(new_seeds)) / pair_speedup / 3600
+    return (runs + 2 * baseline_seconds * len(new_seeds)) / jobs / 3600
 
 
 # -----------------------------------------------------------------------------
@@ -267,9 +270,12 @@ def report(folders, title, note="", power=None):
     return "\n".join(parts)
 
 
-def size_markdown(folders=EXPLORATORY, pair_speedup=1.0, baseline_seconds=40.0):
-    """CONFIRMATION.md's numbers: each contrast's s and n, each row's n and seeds, the cap's arithmetic."""
-    z = sizes(folders, pair_speedup)
+def size_markdown(folders=EXPLORATORY, jobs=2):
+    """CONFIRMATION.md's numbers: each contrast's s and n, each row's n and seeds, the cap's arithmetic. jobs: the
+    runs side by side, as paper.reproduce --jobs auto measures it on this machine before the first confirmation
+    run (the seed 0-4 files' seconds are per-run wall times with two side by side)."""
+    z = sizes(folders)
+    baseline_seconds = z["baseline_seconds"]
     m = z["m"]
     lines = [f"Family: m = {m} hypotheses (every tested contrast of `CLAIMS_V3`; C10 untestable), each sized at "
              f"ALPHA / m = {ALPHA / m:.5f}, power {POWER} (TOST: 0.9 per side) for a true difference of delta.", "",
@@ -278,7 +284,7 @@ def size_markdown(folders=EXPLORATORY, pair_speedup=1.0, baseline_seconds=40.0):
         for k, (s, delta, n) in ms.items():
             lines.append(f"| {r['claim']} | {r['contrast']} | {k} | {s:.3f} | {delta} | {n if n else '> 10,000'} |")
     full = schedule(z["row_n"])
-    need = hours(full, z["seconds"], pair_speedup, baseline_seconds)
+    need = hours(full, z["seconds"], jobs, baseline_seconds)
     lines += ["", "| row | n | seeds to run | seconds a run (seeds 0-4 mean) |", "| --- | --- | --- | --- |"]
     for rid in sorted(z["row_n"]):
         seeds = full[rid]
@@ -288,12 +294,12 @@ def size_markdown(folders=EXPLORATORY, pair_speedup=1.0, baseline_seconds=40.0):
     cap_n = None
     if need > CAP_HOURS:
         cap_n = max((N for N in range(5, max(z["row_n"].values()) + 1)
-                     if hours(schedule(z["row_n"], N), z["seconds"], pair_speedup, baseline_seconds) <= CAP_HOURS),
+                     if hours(schedule(z["row_n"], N), z["seconds"], jobs, baseline_seconds) <= CAP_HOURS),
                     default=5)
     plan = schedule(z["row_n"], cap_n)
-    got = hours(plan, z["seconds"], pair_speedup, baseline_seconds)
-    lines += ["", f"Wall time at the sized n: {need:.1f} h (two runs side by side at a measured speed-up of "
-              f"{pair_speedup:.2f}, {baseline_seconds:.0f} s a baseline probe); the cap is {CAP_HOURS:.0f} h: " +
+    got = hours(plan, z["seconds"], jobs, baseline_seconds)
+    lines += ["", f"Wall time at the sized n: {need:.1f} h ({jobs} runs side by side, each its row's seconds, "
+              f"{baseline_seconds:.0f} s a baseline probe); the cap is {CAP_HOURS:.0f} h: " +
               (f"every row's n becomes min(n, {cap_n}), {got:.1f} h." if cap_n else "it fits.")]
     return "\n".join(lines), plan
 
@@ -311,11 +317,11 @@ def named(which):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("which", choices=["exploratory", "confirmation", "size"])
-    ap.add_argument("--pair-speedup", type=float, default=1.0,
-                    help="size: two runs side by side over one after the other, measured on this machine")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="size: runs side by side (paper.reproduce --jobs auto's choice on this machine)")
     ap.add_argument("--write", default="", help="write the report here (else print it)")
     args = ap.parse_args()
-    text = named(args.which) if args.which != "size" else size_markdown(pair_speedup=args.pair_speedup)[0] + "\n"
+    text = named(args.which) if args.which != "size" else size_markdown(jobs=args.jobs)[0] + "\n"
     if args.write:
         with open(args.write, "w") as fh:
             fh.write(text)
