@@ -274,12 +274,15 @@ def test_the_v2_reports_are_the_committed_result_files():
 
 def test_the_laptop_scale_is_the_claims_suites_protocol():
     """`python -m paper.reproduce --scale laptop` (the README's laptop suite, the class demo's base) gives, for every
-    (row, seed) of the committed claims suite, exactly the train.py command its result file records."""
+    (row, seed) of the committed claims suite, exactly the train.py command its result file records; the two rows
+    rules v3 added run their seeds 0-4 in claims-v3/exploratory (its run.sh), the suite's other 126 are here."""
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
         args, work = R.parse(["--scale", "laptop"])
         runs, _ = RP.load_results(args.results)
+        v3_rows = ("pred-linear-authors", "t1-optimal-solve")
+        work = [(rid, s) for rid, s in work if rid not in v3_rows]
         assert args.results == os.path.join("paper", "results", "claims") and len(work) == 126
         for rid, s in work:
             recorded = runs[rid][s]["command"].removesuffix(" --resume")  # (a run that was stopped and resumed)
