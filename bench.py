@@ -447,8 +447,7 @@ def split_run(flags, out_json):
     acc = {k: 0.0 for k, _ in PARTS}
     acc["imports"] = time.perf_counter() - T_START
     cfg = T.parse_config(flags)
-    dev = "cuda" if cfg["device"] == "cuda" or (cfg["device"] == "auto" and
-                                                torch.cuda.is_available()) else "cpu"
+    dev = "cuda" if cfg["device"] != "cpu" and torch.cuda.is_available() else "cpu"  # as train.py
     for name, key in (("train_set", "data"), ("train_step", "steps"), ("two_views", "views"),
                       ("feature_stats", "monitor"), ("diagnostics", "log"),
                       ("run_state", "checkpoints")):
@@ -481,14 +480,13 @@ def run_suite(args):
         cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--suite", "run-child",
                "--train-flags", " ".join(flags), "--out-json", os.path.join(out, "split.json")]
         t = time.perf_counter()
-        r = subprocess.run(cmd, env=child_env(args.device), capture_output=True, text=True)
+        run_child(cmd, child_env(args.device))
         wall = time.perf_counter() - t
-        if r.returncode:
-            raise RuntimeError("the run failed: " + " | ".join(r.stderr.strip().splitlines()[-3:]))
         got = json.load(open(os.path.join(out, "split.json")))
     acc = dict(got["acc"], exit=wall - got["wall_in_child"])
+    batch = T.parse_config(args.train_flags.split())["batch_size"]
     print(f"the run: {' '.join(args.train_flags.split())}; {got['steps']} steps; wall {wall:.1f} s "
-          f"({got['steps'] * 128 / wall:.0f} img/s end to end at batch 128); kNN {got['knn']}; "
+          f"({got['steps'] * batch / wall:.0f} img/s end to end); kNN {got['knn']}; "
           f"torch {torch.__version__}, {args.device}")
     print(f"{'part':<16} {'s':>8} {'%':>6}  what")
     for k, what in PARTS:
