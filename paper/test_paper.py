@@ -461,6 +461,7 @@ def test_v3_verdicts_exempt_nothing_and_name_what_c1_shows(tmp_path, monkeypatch
     assert V3.schedule({"pred-direct": 7, "t1-optimal-solve": 7}) == {"pred-direct": [10, 11],
                                                                        "t1-optimal-solve": [5, 6, 7, 8, 9, 10, 11]}
     assert V3.schedule({"pred-direct": 7, "t1-optimal-solve": 7}, cap_n=6)["t1-optimal-solve"] == [5, 6, 7, 8, 9, 10]
+    assert V3.schedule({"pred-direct": 6, "t1-optimal-solve": 8})["pred-direct"] == [10, 11, 12]  # every seed
 
 
 def stats_t(q, df):
