@@ -196,23 +196,29 @@ def random_init(base):
     return {}
 
 
-def inits_by_kind(base):
-    """{"random": {seed: result}, "random-bn": {seed: result}} of the baselines probed (the network as initialised;
-    the same with its BN statistics re-estimated)."""
-    out = {}
-    for prefix in ("random-bn-s", "random-s"):
-        got = {int(k[len(prefix):]): v for k, v in base.items() if k.startswith(prefix) and k[len(prefix):].isdigit()}
-        if got:
-            out[prefix[:-2]] = got
-    return out
+def inits_by_seed(base):
+    """{seed: {"random": result, "random-bn": result}} from the baselines' results ({name: result}): the network at
+    random init as initialised, and with its BN statistics re-estimated, where probed."""
+    inits = {}
+    for name, v in base.items():
+        for prefix in ("random-bn-s", "random-s"):
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                inits.setdefault(int(name[len(prefix):]), {})[prefix[:-2]] = v
+                break
+    return inits
+
+
+def inits_of(base):
+    """{seed: {"random", "random-bn", "init": the better linear top-1}} for the seeds with both inits probed:
+    claims-v2/PLAN.md's rule 1, "learns" = above the stronger."""
+    return {s: dict(b, init=max(x["linear_top1"] for x in b.values())) for s, b in inits_by_seed(base).items()
+            if len(b) == 2}
 
 
 def stronger_init(base):
-    """{seed: {"linear_top1", "knn_top1"}}: per seed and measure the better of the two random inits probed (the
-    reference for "learns", claims-v2/PLAN.md's rule 1)."""
-    kinds = list(inits_by_kind(base).values())
-    seeds = set().union(*kinds) if kinds else set()
-    return {s: {m: max(k[s][m] for k in kinds if s in k) for m in ("linear_top1", "knn_top1")} for s in seeds}
+    """{seed: {"linear_top1", "knn_top1"}}: per seed and measure the better of the random inits probed."""
+    return {s: {m: max(x[m] for x in b.values()) for m in ("linear_top1", "knn_top1")}
+            for s, b in inits_by_seed(base).items()}
 
 
 def verdicts(scale, results):
@@ -363,7 +369,10 @@ def figures(scale, results):
     plt = pyplot()
     rows, base = aggregate(scale, results)
     runs, _ = load_results(results)
-    inits = {kind: [v["linear_top1"] for v in got.values()] for kind, got in inits_by_kind(base).items()}
+    inits = {}  # {kind: the linear top-1 of each seed probed}, both inits drawn where probed
+    for b in inits_by_seed(base).values():
+        for kind, v in b.items():
+            inits.setdefault(kind, []).append(v["linear_top1"])
     tables = [t for t in dict.fromkeys(r["table"] for r in rows) if any("linear" in r for r in rows if r["table"] == t)]
     ncol = max(1, min(3, len(tables)))  # a grid of panels, 3 to a line; horizontal bars, so the labels read
     nrow = max(1, -(-len(tables) // ncol))

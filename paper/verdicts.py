@@ -13,7 +13,7 @@ import shlex
 import statistics
 
 from paper import stats
-from paper.report import load_results, run_config
+from paper.report import inits_of, load_results, run_config
 from paper.rows import CLAIMS, PAPER_LR_WD, paper_effect, row, runs_row
 from directpred import looks_collapsed
 
@@ -29,17 +29,6 @@ def results_of(results):
     runs, base = load_results(results)
     runs = {rid: {s: v for s, v in got.items() if "diverged" not in v} for rid, got in runs.items()}
     return runs, inits_of(base)
-
-
-def inits_of(base):
-    """{seed: init} from the baselines' results ({name: result}), as results_of."""
-    inits = {}
-    for name, v in base.items():
-        for prefix in ("random-bn-s", "random-s"):
-            if name.startswith(prefix) and name[len(prefix):].isdigit():
-                inits.setdefault(int(name[len(prefix):]), {})[prefix[:-2]] = v
-                break
-    return {s: dict(b, init=max(x["linear_top1"] for x in b.values())) for s, b in inits.items() if len(b) == 2}
 
 
 def points(d):
