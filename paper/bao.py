@@ -24,6 +24,7 @@ LR, STEPS = 0.001, 2340  # the regime's lr (regime/CHOICE.txt) and the run's ste
 GRID = ("4e-4", "0.0128", "0.128", "0.427", "1.28")  # wd: the paper's, then D = 0.03, 0.3, 1, 3
 CROPS = ("0.7", "0.2")  # crop-min: mild (the protocol's), strong (sigma^2's analog, larger)
 LOSSES = ("cosine", "l2")
+WORD = dict(paper="claimed", reverse="reverse")  # the two directions of a contrast, as verdicts.md names them
 MIN_N = 4  # below this the sign-flip test cannot pass (its smallest p is 2^-n): untestable
 
 
@@ -189,11 +190,11 @@ def verdicts_markdown(results):
     lines = [f"# Bao's claim on the laptop network: verdicts ({os.path.relpath(results)}, PLAN.md's rules)", "",
              f"Holm over {sum(len(r['holm']) for r in recs)} hypotheses (the t-tests); a verdict needs its Holm p and "
              f"its raw sign-flip p below {ALPHA}. Spread contrasts: erank / z_std differences per seed.", "",
-             "| claim | what it says | contrast | n | per seed | p: t raw / Holm; sign-flip raw | verdict | "
+             "| claim | what it says | contrast | n | per seed | p (each direction): t raw / Holm, sign-flip raw | verdict | "
              "magnitude |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in recs:
-        h = r["shown"]
-        p = f"{h}: t {r['hyp'][h][0]:.4f} / {r['holm'][h]:.4f}; flip {r['hyp'][h][1]:.4f}" if h else ""
+        p = "; ".join(f"{WORD[h]}: t {r['hyp'][h][0]:.4f} / {r['holm'][h]:.4f}, flip {r['hyp'][h][1]:.4f}"
+                      for h in ("paper", "reverse") if r["shown"])
         lines.append(f"| {r['claim']} | {r['text']} | {r['contrast']} | {len(r['seeds'])} | {per_seed(r)} | {p} | "
                      f"{r['verdict']} | {magnitude(r) if r['seeds'] else ''} |")
     return "\n".join(lines) + "\n"
@@ -227,7 +228,7 @@ def table_markdown(results):
 
 def toy_curves(path, etas=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5), sigma2s=(0.5, 2.0)):
     """The linear toy (paper/theory.py's l2-vs-cosine setting) at two augmentation strengths, for both losses against
-    eta: ||W||_F^2 / ||W(0)||_F^2 and the effective rank of F at the end. Computed once (about 10 minutes on 2 cores)
+    eta: ||W||_F^2 / ||W(0)||_F^2 and the effective rank of F at the end. Computed once (37 s on 2 cores)
     into `path` (JSON), read from there after."""
     if os.path.exists(path):
         return json.load(open(path))
