@@ -24,6 +24,7 @@ T_START = time.perf_counter()  # before the imports: the run suite counts them i
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -458,16 +459,19 @@ def split_run(flags, out_json):
                       ("save", "checkpoints"), ("knn", "knn"), ("close", "close")):
         setattr(plumbing.Run, name, timed(getattr(plumbing.Run, name), acc, key, dev))
     sys.argv = ["train.py", *flags]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t = time.perf_counter()
     T.main()
     main_s = time.perf_counter() - t
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults  # pages the kernel zeroed
     log = [json.loads(line) for line in open(os.path.join(cfg["out_dir"], "log.jsonl"))]
     timed_in_main = [k for k, _ in PARTS if k not in ("imports", "setup", "loop", "exit")]
     # set-up: main() until the first batch is asked for, less what the timers saw in it (data, kNN)
     acc["setup"] = mark["at"] - t - sum(mark[k] for k in timed_in_main)
     acc["loop"] = main_s - acc["setup"] - sum(acc[k] for k in timed_in_main)
     json.dump(dict(acc=acc, main_s=main_s, steps=log[-1]["step"], wall_in_child=time.perf_counter()
-                   - T_START, knn=[r.get("knn_top1") for r in log if "knn_top1" in r]),
+                   - T_START, knn=[r.get("knn_top1") for r in log if "knn_top1" in r],
+                   faults=faults),
               open(out_json, "w"))
 
 
@@ -494,6 +498,8 @@ def run_suite(args):
     outside = wall - acc["steps"]
     print(f"{'outside the step':<16} {outside:8.2f} {100 * outside / wall:6.1f}  (all but steps)")
     print(f"{'sum':<16} {sum(acc.values()):8.2f} {100 * sum(acc.values()) / wall:6.1f}")
+    print(f"page faults in main(): {got['faults']} ({got['faults'] / got['steps']:.0f} a step; "
+          "plumbing.keep_freed_memory keeps them few)")
 
 
 if __name__ == "__main__":

@@ -379,9 +379,14 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
     n_cls = int(train_y.max()) + 1
     train_f, test_f = nnf.normalize(train_f, dim=1), nnf.normalize(test_f, dim=1)
     correct = 0
+    # one (chunk, N) buffer for every chunk's similarities: a new one each time is fresh pages to
+    # fault in (245 MB for Fashion-MNIST's 60,000), a quarter of the kNN's time on a CPU
+    sims = torch.empty(min(chunk, len(test_f)), len(train_f), device=train_f.device)
     with full_fp32(train_f.device.type):
         for i in range(0, len(test_f), chunk):
-            sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(min(k, len(train_f)), dim=1)  # (b, k)
+            q = test_f[i:i + chunk]  # (b, D)
+            sim, idx = torch.mm(q, train_f.T, out=sims[:len(q)]).topk(min(k, len(train_f)),
+                                                                       dim=1)  # (b, k)
             votes = torch.zeros(len(sim), n_cls, device=sim.device)  # (b, classes)
             votes.scatter_add_(1, train_y[idx], (sim / t).exp())
             correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
