@@ -10,6 +10,8 @@ Speed benchmarks. They print numbers; they assert nothing.
     python bench.py --suite memory --train-flags "--preset imagenet-lars-300"  # GB a GPU
     python bench.py --suite run             # the README's main job end to end, its wall time split
                                             # into start-up, steps, between steps, kNN
+    python bench.py --suite peer            # 300 steps of the main job against lightly's BYOL on
+                                            # the same network, whole processes, alternated
 
 The prepared GPU run (speed against a DataLoader + torchvision pipeline, Fashion-MNIST at full
 width, the CUDA tests, within a time budget) is python -m paper.gpu; it reuses the timing helpers
@@ -25,11 +27,13 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 
 import torch
+import torch.nn as nn
 
 import plumbing
 import train as T
@@ -502,11 +506,108 @@ def run_suite(args):
           "plumbing.keep_freed_memory keeps them few)")
 
 
+# -----------------------------------------------------------------------------
+# a peer side by side: lightly's BYOL (its heads, loss, momentum update and DataLoader transforms)
+
+
+PEER_STEPS = 300
+
+
+def peer_child(args):
+    """In the child: lightly's BYOL for PEER_STEPS steps of batch 128 on Fashion-MNIST, the main
+    job's backbone (train.py's ResNet-18, ImageNet stem, width 16) and recipe where lightly's
+    transform has the knob (crop-min 0.7, the colour jitter 0.4 / 0.4 / 0.4 / 0.1 at p 0.8, grey
+    0.2, no blur or solarisation, Fashion-MNIST's mean and std); lightly's projection and prediction
+    MLPs (512 hidden, 128 out), its negative cosine loss on both pairings, its momentum update
+    (0.996); SGD lr 0.03, momentum 0.9, wd 4e-4; views made by DataLoader workers (one per core)
+    from PIL images, as lightly's examples do."""
+    try:
+        from lightly.loss import NegativeCosineSimilarity
+        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+        from lightly.models.utils import deactivate_requires_grad, update_momentum
+        from lightly.transforms.byol_transform import (BYOLTransform, BYOLView1Transform,
+                                                       BYOLView2Transform)
+    except ImportError:
+        raise SystemExit("error: --suite peer needs lightly (pip install lightly)")
+    import copy
+    from PIL import Image
+    from data import train_set
+    cfg = T.parse_config(MAIN_JOB + ["--data-dir", args.data_dir])
+    (x, _), _, in_chans, size = train_set(cfg, "cpu")
+    kw = dict(input_size=size, min_scale=cfg["crop_min"], cj_prob=0.8, cj_bright=0.4,
+              cj_contrast=0.4, cj_sat=0.4, cj_hue=0.1, random_gray_scale=0.2, gaussian_blur=0.0,
+              normalize=dict(mean=list(DATASETS["fashion-mnist"].mean),
+                             std=list(DATASETS["fashion-mnist"].std)))
+    transform = BYOLTransform(BYOLView1Transform(**kw),
+                              BYOLView2Transform(**kw, solarization_prob=0))
+
+    class Images(torch.utils.data.Dataset):  # PIL images in, lightly's two views out
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return transform(Image.fromarray(x[i, 0].numpy(), mode="L"))
+
+    loader = torch.utils.data.DataLoader(Images(), batch_size=cfg["batch_size"], shuffle=True,
+                                         drop_last=True, num_workers=os.cpu_count())
+    backbone = T.build_model(cfg, in_chans).backbone  # (B, 128) at width 16
+    d = 8 * cfg["width"]
+    online = nn.Sequential(backbone, BYOLProjectionHead(d, 512, 128))
+    predictor = BYOLPredictionHead(128, 512, 128)
+    target = copy.deepcopy(online)
+    deactivate_requires_grad(target)
+    loss_fn = NegativeCosineSimilarity()
+    opt = torch.optim.SGD([*online.parameters(), *predictor.parameters()], lr=0.03, momentum=0.9,
+                          weight_decay=4e-4)
+    step = 0
+    while step < PEER_STEPS:
+        for x1, x2 in loader:  # lightly's transform gives [view 1, view 2]
+            update_momentum(online, target, m=0.996)
+            p1, p2 = predictor(online(x1)), predictor(online(x2))
+            with torch.no_grad():
+                t1, t2 = target(x1), target(x2)
+            loss = 0.5 * (loss_fn(p1, t2) + loss_fn(p2, t1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == PEER_STEPS:
+                break
+    print(f"loss {loss.item():.4f} after {step} steps")
+
+
+def peer_suite(args, repeats=2):
+    """PEER_STEPS steps of the main job (train.py, fp32, no kNN, a checkpoint at the end) and of
+    lightly's BYOL on the same backbone (peer_child), each a whole process from the interpreter's
+    start, alternated `repeats` times on this machine; prints each wall time and the ratios."""
+    with tempfile.TemporaryDirectory() as out:
+        ours = [sys.executable, os.path.join(HERE, "train.py"), *MAIN_JOB, "--bf16", "0",
+                "--eval-every", "0", "--max-steps", str(PEER_STEPS), "--data-dir", args.data_dir,
+                "--out-dir", out]
+        peer = [sys.executable, os.path.join(HERE, "bench.py"), "--suite", "peer-child",
+                "--data-dir", args.data_dir]
+        walls = {"train.py": [], "lightly": []}
+        for _ in range(repeats):
+            for name, cmd in (("train.py", ours), ("lightly", peer)):
+                shutil.rmtree(out, ignore_errors=True)
+                t = time.perf_counter()
+                run_child(cmd, child_env(args.device))
+                walls[name].append(time.perf_counter() - t)
+    import lightly
+    print(f"{PEER_STEPS} steps of batch 128, the main job's network, whole processes alternated; "
+          f"torch {torch.__version__}, lightly {lightly.__version__}, {args.device}, "
+          f"{os.cpu_count()} cores")
+    for name, w in walls.items():
+        print(f"{name:10s} " + "  ".join(f"{v:6.1f} s" for v in w))
+    ratios = [b / a for a, b in zip(walls["train.py"], walls["lightly"])]
+    print(f"lightly / train.py, pair by pair: {', '.join(f'{r:.2f}x' for r in ratios)}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="default",
                    choices=["default", "profile", "step", "roofline", "precision", "memory", "run",
-                            "run-child"])
+                            "run-child", "peer", "peer-child"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=256, help="default suite")
     p.add_argument("--steps", type=int, default=6,
@@ -545,6 +646,10 @@ if __name__ == "__main__":
         run_suite(args)
     elif args.suite == "run-child":
         split_run(args.train_flags.split(), args.out_json)
+    elif args.suite == "peer":
+        peer_suite(args)
+    elif args.suite == "peer-child":
+        peer_child(args)
     else:
         ms = augment_ms(args.device, args.batch_size)
         print(f"augment: batch {args.batch_size}, 2 views, 32 px: {ms:.1f} ms "
