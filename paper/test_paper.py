@@ -462,6 +462,20 @@ def test_v3_verdicts_exempt_nothing_and_name_what_c1_shows(tmp_path, monkeypatch
                                                                        "t1-optimal-solve": [5, 6, 7, 8, 9, 10, 11]}
     assert V3.schedule({"pred-direct": 7, "t1-optimal-solve": 7}, cap_n=6)["t1-optimal-solve"] == [5, 6, 7, 8, 9, 10]
     assert V3.schedule({"pred-direct": 6, "t1-optimal-solve": 8})["pred-direct"] == [10, 11, 12]  # every seed
+    # the run commands: seed block by seed block, every (row, seed) of the plan once, the baselines with pred-direct
+    plan = V3.schedule({"pred-direct": 13, "t1-optimal-solve": 13, "pred-mlp": 7, "t6-rho0.3-eps0": 6})
+    cmds = V3.commands(plan, jobs=2)
+    arg = lambda c, flag: c.split(f"--{flag} ")[1].split()[0]
+    got = [(rid, int(s), arg(c, "baselines"), int(arg(c, "seeds").split(",")[0]))
+           for c in cmds for rid in arg(c, "rows").split(",") for s in arg(c, "seeds").split(",")]
+    assert sorted((r, s) for r, s, _, _ in got) == sorted((r, s) for r, seeds in plan.items() for s in seeds)
+    firsts = [f for _, _, _, f in got]
+    assert [f // 5 for f in firsts] == sorted(f // 5 for f in firsts)  # blocks 5-9, 10-14, 15-17 in order
+    assert {s for r, s, b, _ in got if b == "random"} == set(range(10, 18))  # the new seeds' baselines
+    assert all((arg(c, "baselines") == "random") ==
+               ("pred-direct" in arg(c, "rows").split(",") and int(arg(c, "seeds").split(",")[0]) >= 10)
+               for c in cmds)
+    assert all("--jobs 2" in c for c in cmds) and all(b == "none" for r, s, b, _ in got if s < 10)
 
 
 def stats_t(q, df):

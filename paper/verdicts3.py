@@ -305,19 +305,32 @@ def size_markdown(folders=EXPLORATORY, jobs=2):
     lines += ["", f"Wall time at the sized n: {need:.1f} h ({jobs} runs side by side, each its row's seconds, "
               f"{baseline_seconds:.0f} s a baseline probe); the cap is {CAP_HOURS:.0f} h: " +
               (f"every row's n becomes min(n, {cap_n}): {got:.1f} h." if cap_n else "it fits."),
-              "", "The runs (paper.reproduce, rows grouped by their seeds; finished runs are skipped):", "", "```"]
-    groups = {}
-    for rid, seeds in plan.items():
-        if seeds:
-            groups.setdefault(tuple(seeds), []).append(rid)
-    # the baselines of seeds 10 on come with pred-direct's runs (they read its checkpoint); 5-9's are claims-v2's
-    for seeds, rids in sorted(groups.items(), key=lambda kv: -len(kv[0])):
-        lines.append(f"python -m paper.reproduce --scale laptop --work out/claims-v3/confirmation --results "
-                     f"{CONFIRMATION[1]} --rows {','.join(sorted(rids))} --seeds {','.join(map(str, seeds))} "
-                     f"--baselines {'random' if 'pred-direct' in rids else 'none'}")
+              "", f"The runs, seed-block by seed-block (so a budget cut short leaves every contrast with seeds), "
+              f"{jobs} side by side; `bash paper/results/claims-v3/run-confirmation.sh` runs these lines in order, "
+              "finished runs skipped:", "", "```"]
+    lines += commands(plan, jobs)
     lines.append("```")
     return "\n".join(lines), plan
 
+
+def commands(plan, jobs, block=5):
+    """The paper.reproduce commands of a schedule, seed-block-major: seeds 5-9 of every row that runs them, then
+    10-14, ...; within a block, rows grouped by the seeds they run there. The random-init baselines of seeds 10 on
+    come with pred-direct's runs (they read its checkpoint); seeds 5-9's are claims-v2's."""
+    out = []
+    last = max((s for seeds in plan.values() for s in seeds), default=4)
+    for lo in range(5, last + 1, block):
+        groups = {}
+        for rid, seeds in sorted(plan.items()):
+            got = tuple(s for s in seeds if lo <= s < lo + block)
+            if got:
+                groups.setdefault(got, []).append(rid)
+        for seeds, rids in sorted(groups.items(), key=lambda kv: (kv[0][0], -len(kv[0]))):
+            base = "random" if "pred-direct" in rids and seeds[0] > 9 else "none"
+            out.append(f"python -m paper.reproduce --scale laptop --work out/claims-v3/confirmation --results "
+                       f"{CONFIRMATION[1]} --rows {','.join(rids)} --seeds {','.join(map(str, seeds))} "
+                       f"--baselines {base} --jobs {jobs}")
+    return out
 
 def named(which):
     if which == "exploratory":
