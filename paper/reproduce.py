@@ -179,11 +179,20 @@ def sh(cmd, env, log_path, ok=None):
 
 def write_tables(scale, results):
     """table.md (every row) and, at laptop scale, the verdicts into the results directory: claims.md by
-    paper/results/claims/PLAN.md's rules where the folder was judged by them (it holds that claims.md), else
-    verdicts.md by paper/results/claims-v2/PLAN.md's (paper/verdicts.py)."""
+    paper/results/claims/PLAN.md's rules where the folder was judged by them (it holds that claims.md); for a
+    folder rules v3 merge with another (claims-v3/exploratory, claims-v3/confirmation), the v3 report beside it
+    (exploratory.md, confirmation.md: paper/verdicts3.py); else verdicts.md by paper/results/claims-v2/PLAN.md's
+    (paper/verdicts.py)."""
     with open(os.path.join(results, "table.md"), "w") as fh:
         fh.write(table_markdown(scale, results) + "\n")
     if scale != "laptop":
+        return
+    from paper import verdicts3
+    part = {verdicts3.EXPLORATORY[1]: "exploratory", verdicts3.CONFIRMATION[1]: "confirmation"}.get(
+        os.path.relpath(results))
+    if part:  # judged only merged with its other folder, under v3
+        with open(os.path.join(os.path.dirname(results), f"{part}.md"), "w") as fh:
+            fh.write(verdicts3.named(part))
         return
     if os.path.exists(os.path.join(results, "claims.md")):
         with open(os.path.join(results, "claims.md"), "w") as fh:
