@@ -38,7 +38,7 @@ import torch.nn as nn
 import plumbing
 import train as T
 from directpred import DirectPred, diagnostics, feature_stats
-from data import DATASETS, load_dataset, normalisation
+from data import DATASETS, load_dataset, normalisation, train_set
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the README's main job (DirectPred on Fashion-MNIST, the laptop protocol: ResNet-18 with the
@@ -531,7 +531,6 @@ def peer_child(args):
         raise SystemExit("error: --suite peer needs lightly (pip install lightly)")
     import copy
     from PIL import Image
-    from data import train_set
     cfg = T.parse_config(MAIN_JOB + ["--data-dir", args.data_dir])
     (x, _), _, in_chans, size = train_set(cfg, "cpu")
     kw = dict(input_size=size, min_scale=cfg["crop_min"], cj_prob=0.8, cj_bright=0.4,

@@ -192,11 +192,11 @@ def native_bf16():
 def keep_freed_memory():
     """glibc's malloc hands large freed blocks back to the kernel (mmap'd chunks, a trimmed heap),
     so on a CPU every step's activations land on fresh pages the kernel must fault in and zero
-    (about 1,700 page faults a step of the main job; docs/reference.md, Speed). Keep freed memory
-    in the heap instead (the process's peak stays its resident size). The numbers are unchanged:
-    only where the buffers live moves. A no-op without glibc."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
-    mallopt = getattr(libc, "mallopt", None)
+    (docs/reference.md, Speed). Keep freed memory in the heap instead (the process's peak stays its
+    resident size). The numbers are unchanged: only where the buffers live moves. A no-op without
+    glibc."""
+    name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
     if mallopt is not None:
         mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks up to 32 MiB (glibc's most) in the heap
         mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: give back the heap's top only past 1 GiB free
