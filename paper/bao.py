@@ -153,12 +153,9 @@ def judge(r):
     """holds / opposite: the hypothesis's Holm-adjusted t p and its raw sign-flip p both below ALPHA; B1 where no L2
     run ends collapsed names the weaker claim."""
     if len(r["seeds"]) < MIN_N:
-        r["shown"] = None
         return f"untestable (n = {len(r['seeds'])} < {MIN_N})" if r["seeds"] else "not run"
-    r["shown"] = "paper"
     for h, word in (("paper", "holds"), ("reverse", "opposite")):
         if r["holm"][h] < ALPHA and r["hyp"][h][1] < ALPHA:
-            r["shown"] = h
             if r["claim"].startswith("B1") and word == "holds":
                 return ("holds: the L2 loss collapses" if r["counts"][1] else
                         "holds in the weaker form: the L2 loss loses more spread (no L2 run collapsed by the rule)")
@@ -190,11 +187,11 @@ def verdicts_markdown(results):
     lines = [f"# Bao's claim on the laptop network: verdicts ({os.path.relpath(results)}, PLAN.md's rules)", "",
              f"Holm over {sum(len(r['holm']) for r in recs)} hypotheses (the t-tests); a verdict needs its Holm p and "
              f"its raw sign-flip p below {ALPHA}. Spread contrasts: erank / z_std differences per seed.", "",
-             "| claim | what it says | contrast | n | per seed | p (each direction): t raw / Holm, sign-flip raw | verdict | "
-             "magnitude |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| claim | what it says | contrast | n | per seed | p (each direction): t raw / Holm, sign-flip raw | "
+             "verdict | magnitude |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in recs:
         p = "; ".join(f"{WORD[h]}: t {r['hyp'][h][0]:.4f} / {r['holm'][h]:.4f}, flip {r['hyp'][h][1]:.4f}"
-                      for h in ("paper", "reverse") if r["shown"])
+                      for h in ("paper", "reverse") if r["holm"])  # (none where untestable)
         lines.append(f"| {r['claim']} | {r['text']} | {r['contrast']} | {len(r['seeds'])} | {per_seed(r)} | {p} | "
                      f"{r['verdict']} | {magnitude(r) if r['seeds'] else ''} |")
     return "\n".join(lines) + "\n"
@@ -228,8 +225,8 @@ def table_markdown(results):
 
 def toy_curves(path, etas=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5), sigma2s=(0.5, 2.0)):
     """The linear toy (paper/theory.py's l2-vs-cosine setting) at two augmentation strengths, for both losses against
-    eta: ||W||_F^2 / ||W(0)||_F^2 and the effective rank of F at the end. Computed once (37 s on 2 cores)
-    into `path` (JSON), read from there after."""
+    eta: ||W||_F^2 / ||W(0)||_F^2 and the effective rank of F at the end. Computed once into `path` (JSON), read
+    from there after."""
     if os.path.exists(path):
         return json.load(open(path))
     from directpred import effective_rank
