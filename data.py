@@ -380,7 +380,7 @@ def knn_eval(train_f, train_y, test_f, test_y, k=200, t=0.1, chunk=1024):
     train_f, test_f = nnf.normalize(train_f, dim=1), nnf.normalize(test_f, dim=1)
     correct = 0
     # one (chunk, N) buffer for every chunk's similarities: a new one each time is fresh pages to
-    # fault in (245 MB for Fashion-MNIST's 60,000), a quarter of the kNN's time on a CPU
+    # fault in (docs/reference.md, Speed)
     sims = torch.empty(min(chunk, len(test_f)), len(train_f), device=train_f.device)
     with full_fp32(train_f.device.type):
         for i in range(0, len(test_f), chunk):
