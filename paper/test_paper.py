@@ -478,6 +478,29 @@ def test_v3_verdicts_exempt_nothing_and_name_what_c1_shows(tmp_path, monkeypatch
     assert all("--jobs 2" in c for c in cmds) and all(b == "none" for r, s, b, _ in got if s < 10)
 
 
+def test_v3_power_inverts_the_sizing_rule_and_the_readme_table_has_every_contrast():
+    """power_at at the n the sizing rule gives is at least the rule's power (the same inequality read backwards: 0.8
+    one-sided, 2 x 0.9 - 1 for TOST), below it the power falls, and TOST's approximation never goes below 0; the
+    README's table (readme_table) has one line per v3 contrast, C10's marked untestable, from the committed files."""
+    V3 = importlib.import_module("paper.verdicts3")
+    for sd, m, equal in ((0.5, 48, False), (1.3, 48, False), (0.37, 48, True), (1.0, 1, True)):
+        n = V3.n_for(sd, 1.0, m, equal)
+        assert V3.power_at(sd, 1.0, m, n, equal) >= (0.8 if not equal else 0.8 - 1e-12), (sd, m, equal)
+        if n > 5:
+            assert V3.power_at(sd, 1.0, m, n - 1, equal) < V3.power_at(sd, 1.0, m, n, equal)
+    assert V3.power_at(5.0, 1.0, 48, 5, equal=True) == 0.0
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        table = V3.readme_table().splitlines()
+    finally:
+        os.chdir(cwd)
+    assert len(table) == 2 + len(RW.CLAIMS_V3)
+    assert [line.split(" | ")[0][2:] for line in table[2:]] == [c["claim"] for c in RW.CLAIMS_V3]
+    assert [line for line in table if "untestable" in line.split(" | ")[2]] == [table[2 + next(
+        i for i, c in enumerate(RW.CLAIMS_V3) if c["claim"] == "C10")]]
+
+
 def stats_t(q, df):
     """Student's t quantile, from scipy directly (the test's reference for paper.stats.t_ppf)."""
     return importlib.import_module("scipy.stats").t.ppf(q, df)

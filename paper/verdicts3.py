@@ -9,9 +9,11 @@ confirmation's size comes from a power rule fixed before its first run (`sizes`,
     python -m paper.verdicts3 exploratory              # seeds 0-4: the v3 report (--write FILE)
     python -m paper.verdicts3 confirmation             # the confirmation's seeds, judged alone
     python -m paper.verdicts3 size --jobs 2            # CONFIRMATION.md's numbers from the seed 0-4 results
+    python -m paper.verdicts3 readme                   # the README's table: the confirmation beside seeds 0-4
 """
 import argparse
 import math
+import re
 import shlex
 import statistics
 
@@ -146,7 +148,7 @@ def power_at(s, delta, m, n, equal=False):
         return float(n >= 2)
     shift = delta * math.sqrt(n) / s - stats.t_ppf(1 - ALPHA / m, n - 1)
     p = stats.t_cdf(shift, n - 1)
-    return 1 - 2 * (1 - p) if equal else p
+    return max(0.0, 2 * p - 1) if equal else p  # TOST's approximation goes below 0 where it has no power
 
 
 def contrast_sizes(recs, m):
@@ -254,6 +256,57 @@ def markdown(folders, power=None):
     return "\n".join(lines)
 
 
+def short_budget(r):
+    """The README's budget cell: each distinct (steps / summed lr x wd) of the contrast's rows, in their order."""
+    got = re.findall(r": ([\d,]+) steps, lr x wd ([\d.]+)", r["budget"])
+    return " vs ".join(dict.fromkeys(f"{steps} / {lrwd}" for steps, lrwd in got))
+
+
+def short_cell(r, power=None):
+    """A contrast's verdict in a few words with its numbers: mean [95% interval] (n), for a collapse contrast how
+    far the rank and z_std end below DirectPred's; with p (Holm t, sign-flip raw) and, for a contrast run below
+    its sized n, the power it had."""
+    if r["untestable"]:
+        return f"untestable: ImageNet only (measured: {r['verdict']}, {mean_ci(r['d'])})"
+    if len(r["seeds"]) < 2:
+        return r["verdict"]
+    if r["kind"] == "collapse":
+        value = f"rank {mean_ci(r['d'][0], False)}, z_std {mean_ci(r['d'][1])} below DirectPred's"
+    else:
+        value = mean_ci(r["d"])
+    h = r["shown"]
+    cell = f"**{r['verdict']}**: {value}; Holm t p {r['holm'][h][0]:.3f}, flip p {r['hyp'][h][1]:.3f}"
+    if power and r["text"] in power:
+        m, measures = power[r["text"]]
+        n_sized = max(x[2] or 10_000 for x in measures)
+        if len(r["seeds"]) < n_sized:
+            pw = min(power_at(s_, delta, m, len(r["seeds"]), r["kind"] == "equal") for s_, delta, _ in measures)
+            cell += f"; power {pw:.2f} (sized n {n_sized:,})"
+    return cell
+
+
+def readme_table(confirm=CONFIRMATION, explore=EXPLORATORY):
+    """The README's v3 verdicts: each contrast's confirmation (its seeds alone) beside its exploratory verdict
+    (seeds 0-4), the paper's effect against the confirmation's interval, and the runs' budget beside the paper's."""
+    (conf, _), (expl, _) = verdicts(confirm), verdicts(explore)
+    z = sizes(explore)
+    power = {r["text"]: (z["m"], list(ms.values())) for r, ms in z["per"]}
+    lines = ["| claim | the paper | the confirmation (seeds 5-23) | seeds 0-4: exploratory | the paper's effect | "
+             f"budget: steps / summed lr x wd (the paper: {PAPER_STEPS:,} / {PAPER_LR_WD:.2f}) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for c, e in zip(conf, expl):
+        mag = c.get("magnitude", "") if len(c["seeds"]) > 1 else e.get("magnitude", "")
+        mag = re.sub(r"the paper's (\S+) is (inside|outside)", r"\1, \2 the interval", mag)
+        mag = re.sub(r" collapsed by the rule \(rank < 1.3 or z_std < 0.1\); pred-direct: (\d+) of (\d+)",
+                     r" at the collapse rule (DirectPred \1)", mag)
+        mag = {"(no paper number)": "", "(a figure: no number to compare)": ""}.get(mag, mag)
+        expl_cell = e["verdict"] + ": " + (value_cell(e).replace(" (n=5)", "") if not e["untestable"] else
+                                           "ImageNet only")
+        lines.append(f"| {e['claim']} | {e['text']} | {short_cell(c, power)} | {expl_cell} | {mag} | "
+                     f"{short_budget(c if c['budget'] else e)} |")
+    return "\n".join(lines)
+
+
 def report(folders, title, note="", power=None):
     recs, (passes, g) = verdicts(folders)
     count = {}
@@ -344,12 +397,13 @@ def named(which):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("which", choices=["exploratory", "confirmation", "size"])
+    ap.add_argument("which", choices=["exploratory", "confirmation", "size", "readme"])
     ap.add_argument("--jobs", type=int, default=2,
                     help="size: runs side by side (paper.reproduce --jobs auto's choice on this machine)")
     ap.add_argument("--write", default="", help="write the report here (else print it)")
     args = ap.parse_args()
-    text = named(args.which) if args.which != "size" else size_markdown(jobs=args.jobs)[0] + "\n"
+    text = (size_markdown(jobs=args.jobs)[0] + "\n" if args.which == "size" else readme_table() + "\n"
+            if args.which == "readme" else named(args.which))
     if args.write:
         with open(args.write, "w") as fh:
             fh.write(text)
