@@ -9,7 +9,7 @@ confirmation's size comes from a power rule fixed before its first run (`sizes`,
     python -m paper.verdicts3 exploratory              # seeds 0-4: the v3 report (--write FILE)
     python -m paper.verdicts3 confirmation             # the confirmation's seeds, judged alone
     python -m paper.verdicts3 size --jobs 2            # CONFIRMATION.md's numbers from the seed 0-4 results
-    python -m paper.verdicts3 readme                   # the README's table: the confirmation beside seeds 0-4
+    python -m paper.verdicts3 readme                   # the README's table of the confirmation
 """
 import argparse
 import math
@@ -264,8 +264,8 @@ def short_budget(r):
 
 def short_cell(r, power=None):
     """A contrast's verdict in a few words with its numbers: mean [95% interval] (n), for a collapse contrast how
-    far the rank and z_std end below DirectPred's; with p (Holm t, sign-flip raw) and, for a contrast run below
-    its sized n, the power it had."""
+    far the rank and z_std end below DirectPred's; for an inconclusive contrast run below its sized n, the power it
+    had there."""
     if r["untestable"]:
         return f"untestable: ImageNet only (measured: {r['verdict']}, {mean_ci(r['d'])})"
     if len(r["seeds"]) < 2:
@@ -274,36 +274,33 @@ def short_cell(r, power=None):
         value = f"rank {mean_ci(r['d'][0], False)}, z_std {mean_ci(r['d'][1])} below DirectPred's"
     else:
         value = mean_ci(r["d"])
-    h = r["shown"]
-    cell = f"**{r['verdict']}**: {value}; Holm t p {r['holm'][h][0]:.3f}, flip p {r['hyp'][h][1]:.3f}"
-    if power and r["text"] in power:
+    cell = f"**{r['verdict']}**: {value}"
+    if power and r["text"] in power and r["verdict"] == "inconclusive":  # how much an undecided contrast could see
         m, measures = power[r["text"]]
         n_sized = max(x[2] or 10_000 for x in measures)
         if len(r["seeds"]) < n_sized:
             pw = min(power_at(s_, delta, m, len(r["seeds"]), r["kind"] == "equal") for s_, delta, _ in measures)
-            cell += f"; power {pw:.2f} (sized n {n_sized:,})"
+            size = "a 1-point difference" if r["kind"] != "collapse" and "align" not in r["contrast"] else "delta"
+            cell += f"; power {pw:.2f} for {size} at this n (sized n {n_sized:,})"
     return cell
 
 
 def readme_table(confirm=CONFIRMATION, explore=EXPLORATORY):
-    """The README's v3 verdicts: each contrast's confirmation (its seeds alone) beside its exploratory verdict
-    (seeds 0-4), the paper's effect against the confirmation's interval, and the runs' budget beside the paper's."""
-    (conf, _), (expl, _) = verdicts(confirm), verdicts(explore)
+    """The README's v3 verdicts: each contrast's confirmation (its seeds alone; confirmation.md has the p-values and
+    the seed 0-4 verdicts beside), the paper's effect against its interval, and the runs' budget beside the
+    paper's."""
+    conf, _ = verdicts(confirm)
     z = sizes(explore)
     power = {r["text"]: (z["m"], list(ms.values())) for r, ms in z["per"]}
-    lines = ["| claim | the paper | the confirmation (seeds 5-23) | seeds 0-4: exploratory | the paper's effect | "
+    lines = ["| claim | the paper | the confirmation: verdict, mean [95% interval] (n) | the paper's effect | "
              f"budget: steps / summed lr x wd (the paper: {PAPER_STEPS:,} / {PAPER_LR_WD:.2f}) |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for c, e in zip(conf, expl):
-        mag = c.get("magnitude", "") if len(c["seeds"]) > 1 else e.get("magnitude", "")
-        mag = re.sub(r"the paper's (\S+) is (inside|outside)", r"\1, \2 the interval", mag)
+             "| --- | --- | --- | --- | --- |"]
+    for c in conf:
+        mag = re.sub(r"the paper's (\S+) is (inside|outside)", r"\1, \2 the interval", c.get("magnitude", ""))
         mag = re.sub(r" collapsed by the rule \(rank < 1.3 or z_std < 0.1\); pred-direct: (\d+) of (\d+)",
                      r" at the collapse rule (DirectPred \1)", mag)
         mag = {"(no paper number)": "", "(a figure: no number to compare)": ""}.get(mag, mag)
-        expl_cell = e["verdict"] + ": " + (value_cell(e).replace(" (n=5)", "") if not e["untestable"] else
-                                           "ImageNet only")
-        lines.append(f"| {e['claim']} | {e['text']} | {short_cell(c, power)} | {expl_cell} | {mag} | "
-                     f"{short_budget(c if c['budget'] else e)} |")
+        lines.append(f"| {c['claim']} | {c['text']} | {short_cell(c, power)} | {mag} | {short_budget(c)} |")
     return "\n".join(lines)
 
 
