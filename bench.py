@@ -28,6 +28,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -575,10 +576,11 @@ def peer_child(args):
     print(f"loss {loss.item():.4f} after {step} steps")
 
 
-def peer_suite(args, repeats=2):
+def peer_suite(args):
     """PEER_STEPS steps of the main job (train.py, fp32, no kNN, a checkpoint at the end) and of
     lightly's BYOL on the same backbone (peer_child), each a whole process from the interpreter's
-    start, alternated `repeats` times on this machine; prints each wall time and the ratios."""
+    start, alternated --repeats times on this machine; prints each wall time, the ratios and
+    their median."""
     with tempfile.TemporaryDirectory() as out:
         ours = [sys.executable, os.path.join(HERE, "train.py"), *MAIN_JOB, "--bf16", "0",
                 "--eval-every", "0", "--max-steps", str(PEER_STEPS), "--data-dir", args.data_dir,
@@ -586,7 +588,7 @@ def peer_suite(args, repeats=2):
         peer = [sys.executable, os.path.join(HERE, "bench.py"), "--suite", "peer-child",
                 "--data-dir", args.data_dir]
         walls = {"train.py": [], "lightly": []}
-        for _ in range(repeats):
+        for _ in range(args.repeats):
             for name, cmd in (("train.py", ours), ("lightly", peer)):
                 shutil.rmtree(out, ignore_errors=True)
                 t = time.perf_counter()
@@ -599,7 +601,8 @@ def peer_suite(args, repeats=2):
     for name, w in walls.items():
         print(f"{name:10s} " + "  ".join(f"{v:6.1f} s" for v in w))
     ratios = [b / a for a, b in zip(walls["train.py"], walls["lightly"])]
-    print(f"lightly / train.py, pair by pair: {', '.join(f'{r:.2f}x' for r in ratios)}")
+    print(f"lightly / train.py, pair by pair: {', '.join(f'{r:.2f}x' for r in ratios)}; median "
+          f"{statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
@@ -618,6 +621,8 @@ if __name__ == "__main__":
     p.add_argument("--out-json", default="", help="run-child: where the split goes (run suite)")
     p.add_argument("--ckpt", default="",
                    help="precision suite: a main-job checkpoint for the Wp measurement")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="peer suite: alternated pairs of whole processes (train.py, then lightly)")
     p.add_argument("--widths", default="16,32",
                    help="profile suite: the main job's network at these --width")
     p.add_argument("--train-flags", default=None,
@@ -646,6 +651,8 @@ if __name__ == "__main__":
     elif args.suite == "run-child":
         split_run(args.train_flags.split(), args.out_json)
     elif args.suite == "peer":
+        if args.repeats < 1:
+            raise SystemExit(f"error: --repeats {args.repeats}: at least 1 pair is needed")
         peer_suite(args)
     elif args.suite == "peer-child":
         peer_child(args)
