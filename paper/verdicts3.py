@@ -276,12 +276,15 @@ def short_cell(r, power=None):
         value = mean_ci(r["d"])
     cell = f"**{r['verdict']}**: {value}"
     if power and r["text"] in power and r["verdict"] == "inconclusive":  # how much an undecided contrast could see
-        m, measures = power[r["text"]]
-        n_sized = max(x[2] or 10_000 for x in measures)
+        m, measures = power[r["text"]]  # measures: {measure: (s, delta, sized n)}
+        n_sized = max(x[2] or 10_000 for x in measures.values())
         if len(r["seeds"]) < n_sized:
-            pw = min(power_at(s_, delta, m, len(r["seeds"]), r["kind"] == "equal") for s_, delta, _ in measures)
-            size = "a 1-point difference" if r["kind"] != "collapse" and "align" not in r["contrast"] else "delta"
-            cell += f"; power {pw:.2f} for {size} at this n (sized n {n_sized:,})"
+            pw = min(power_at(s_, delta, m, len(r["seeds"]), r["kind"] == "equal")
+                     for s_, delta, _ in measures.values())
+            unit = {"points": "point", "rank": "in rank", "z_std": "in z_std", "align": "in alignment"}
+            size = " and ".join(f"{delta:g} {unit[k]}" for k, (_, delta, _) in measures.items())
+            aim = f"equivalence at a true 0 within ±{size}" if r["kind"] == "equal" else f"a true {size}"
+            cell += f"; power {pw:.2f} for {aim} at this n (sized n {n_sized:,})"
     return cell
 
 
@@ -291,7 +294,7 @@ def readme_table(confirm=CONFIRMATION, explore=EXPLORATORY):
     paper's."""
     conf, _ = verdicts(confirm)
     z = sizes(explore)
-    power = {r["text"]: (z["m"], list(ms.values())) for r, ms in z["per"]}
+    power = {r["text"]: (z["m"], ms) for r, ms in z["per"]}
     lines = ["| claim | the paper | the confirmation: verdict, mean [95% interval] (n) | the paper's effect | "
              f"budget: steps / summed lr x wd (the paper: {PAPER_STEPS:,} / {PAPER_LR_WD:.2f}) |",
              "| --- | --- | --- | --- | --- |"]
