@@ -59,13 +59,14 @@ def budget(res):
     return res["steps"], res["steps"] * cfg["lr"] * cfg["wd"]
 
 
-def budget_cell(c, runs):
+def budgets(c, runs):
+    """{row id: (steps, summed lr x wd)} of the contrast's rows that ran, from one run's command each."""
+    return {rid: budget(next(iter(runs[rid].values()))) for rid in dict.fromkeys(rows_of(c)) if runs.get(rid)}
+
+
+def budget_cell(got):
     """The budget column: each row's steps and summed lr x wd beside the paper's STL-10 run."""
-    parts = []
-    for rid in dict.fromkeys(rows_of(c)):
-        if runs.get(rid):
-            steps, lrwd = budget(next(iter(runs[rid].values())))
-            parts.append(f"{rid}: {steps:,} steps, lr x wd {lrwd:.3f}")
+    parts = [f"{rid}: {steps:,} steps, lr x wd {lrwd:.3f}" for rid, (steps, lrwd) in got.items()]
     return "; ".join(parts) + f" (the paper: {PAPER_STEPS:,}, {PAPER_LR_WD:.2f})" if parts else ""
 
 
@@ -80,7 +81,8 @@ def contrast(c, runs, inits):
                                if s in inits})
     rec["learns"] = {rid: ("yes" if learns(g) else "no") if len(g := gain(rid)) > 1 else f"n = {len(g)}"
                      for rid in dict.fromkeys(rows_of(c))}
-    rec["budget"] = budget_cell(c, runs)
+    rec["budgets"] = budgets(c, runs)
+    rec["budget"] = budget_cell(rec["budgets"])
     return rec
 
 
@@ -258,8 +260,7 @@ def markdown(folders, power=None):
 
 def short_budget(r):
     """The README's budget cell: each distinct (steps / summed lr x wd) of the contrast's rows, in their order."""
-    got = re.findall(r": ([\d,]+) steps, lr x wd ([\d.]+)", r["budget"])
-    return " vs ".join(dict.fromkeys(f"{steps} / {lrwd}" for steps, lrwd in got))
+    return " vs ".join(dict.fromkeys(f"{steps:,} / {lrwd:.3f}" for steps, lrwd in r["budgets"].values()))
 
 
 def short_cell(r, power=None):
