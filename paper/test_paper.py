@@ -272,6 +272,21 @@ def test_the_v2_reports_are_the_committed_result_files():
     assert (ROOT / "paper" / "results" / "claims-v2" / "exploratory.md").read_text() == got
 
 
+def test_the_v3_reports_are_the_committed_result_files():
+    """exploratory.md is paper.verdicts3's report of seeds 0-4 and CONFIRMATION.md's tables and commands are its
+    sizing of them, line for line from the committed JSON files: an outside recomputation has one command each."""
+    V3 = importlib.import_module("paper.verdicts3")
+    folder = ROOT / "paper" / "results" / "claims-v3"
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the reports name their folders as given
+    try:
+        explore, size = V3.named("exploratory"), V3.size_markdown(jobs=2)[0] + "\n"
+    finally:
+        os.chdir(cwd)
+    assert (folder / "exploratory.md").read_text() == explore
+    assert (folder / "CONFIRMATION.md").read_text().endswith("\n\n" + size)
+
+
 def test_the_laptop_scale_is_the_claims_suites_protocol():
     """`python -m paper.reproduce --scale laptop` (the README's laptop suite, the class demo's base) gives, for every
     (row, seed) of the committed claims suite, exactly the train.py command its result file records; the two rows
