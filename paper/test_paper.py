@@ -287,6 +287,35 @@ def test_the_v3_reports_are_the_committed_result_files():
     assert (folder / "CONFIRMATION.md").read_text().endswith("\n\n" + size)
 
 
+def test_the_v3_confirmation_report_sets_v2_beside_v3_with_why():
+    """confirmation.md's last section: one line per v3 contrast with v2's confirmation verdict, v3's on seeds 0-4
+    and on the confirmation, and the PLAN.md rule behind each change: the contrasts v2's rule 6 exempted (basin=True
+    in paper.rows) are tested by v3's rule 1, the three contrasts v3 added have no v2 verdict, C1's no-predictor
+    verdict names the weaker claim by rule 2 where no run reaches the collapse rule."""
+    V3 = importlib.import_module("paper.verdicts3")
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        text = V3.comparison_markdown(48)
+        conf = V3.verdicts(V3.CONFIRMATION)[0]
+    finally:
+        os.chdir(cwd)
+    lines = [x for x in text.splitlines() if x.startswith("| C")]
+    assert len(lines) == len(RW.CLAIMS_V3) == len(RW.CLAIMS) + 3
+    cells = lambda x: [c.strip() for c in x.strip("|").split("|")]
+    for c, x, r in zip(RW.CLAIMS_V3, lines, conf):
+        claim, text_, v2, _, v3, why = cells(x)
+        assert (claim, text_, v3.split(" (measured")[0]) == (c["claim"], c["text"], r["verdict"] if claim != "C10"
+                                                            else "untestable: ImageNet only")
+        if c.get("basin"):
+            assert v2 == "not confirmed: untestable on seeds 0-4 (rule 6)" and why.startswith("v3 rule 1"), x
+        if c["claim"] in ("C3b", "C9b", "C13b"):
+            assert v2 == "" and why.startswith("new (v3 rule"), x
+    c1 = cells(lines[0])
+    assert c1[2] == "holds" and (c1[5] == "v3 rule 2: C1 names what it shows (no run at the collapse rule)") == \
+        conf[0]["verdict"].startswith("holds in the weaker form")
+
+
 # the v3 contrasts as result folders, written out here from PLAN.md (not read from paper.rows): (claim, kind, a, b)
 V3_BY_HAND = [
     ("C1", "collapse", "pred-none", "pred-direct"), ("C1", "collapse", "thm2-no-stop-grad", "pred-direct"),

@@ -20,7 +20,7 @@ import statistics
 from directpred import looks_collapsed
 from paper import stats
 from paper.report import load_results, run_config
-from paper.rows import CLAIMS_V3, PAPER_LR_WD, row, runs_row
+from paper.rows import CLAIMS, CLAIMS_V3, PAPER_LR_WD, row, runs_row
 from paper.verdicts import (ALPHA, PAPER_STEPS, contrast as v2_contrast, hypotheses, inits_of, judge, learns,
                             mean_ci, p_cell, points)
 
@@ -308,12 +308,88 @@ def readme_table(confirm=CONFIRMATION, explore=EXPLORATORY):
     return "\n".join(lines)
 
 
-def report(folders, title, note="", power=None):
-    recs, (passes, g) = verdicts(folders)
+def key(c):
+    """A contrast's identity across v2 and v3 (C13's text was renamed, its rows kept)."""
+    return c["claim"], c.get("a") or c.get("collapse") or c.get("align"), c.get("b")
+
+
+def v2_cell(r, e):
+    """A v2 confirmation verdict (r) in a few words; for a contrast it did not confirm, why: its seed 0-4 verdict (e)
+    under v2 (its rule 6 exemption named)."""
+    if r.get("skipped") and e["untestable"]:
+        return "not confirmed: untestable on seeds 0-4 (" + ("rule 6" if "rule 6" in e["untestable"] else
+                                                             "ImageNet only" if "ImageNet" in e["untestable"] else
+                                                             e["untestable"].split(" (")[0]) + ")"
+    return f"not confirmed: {e['verdict']} on seeds 0-4" if r.get("skipped") else brief(r)
+
+
+def brief(r):
+    """A verdict with an exemption in a few words."""
+    if r["untestable"]:
+        return "untestable: " + ("ImageNet only" if "ImageNet" in r["untestable"] else r["untestable"].split(" (")[0]) \
+            + f" (measured: {r['verdict']})"
+    return r["verdict"]
+
+
+def why(old, e, r, families):
+    """What changed from v2's confirmation (old, and e its seed 0-4 record under v2; None for a contrast v3 added) to
+    v3's (r), by the rule of PLAN.md that changed it, or by the data (n and the Holm-adjusted t p of the hypothesis
+    v3 reports, in families of (v2's, v3's) sizes)."""
+    if old is None:
+        return {"C13b": "new (v3 rule 3): the least-squares plug-in the paper describes"}.get(
+            r["claim"], "new (v3 rule 4): the linear predictor in the authors' default form")
+    word = lambda v: v.split(":")[0].split(" (")[0]
+    notes = []
+    if old.get("skipped") and e["untestable"] and "rule 6" in e["untestable"]:
+        notes.append("v3 rule 1: no exemption, and every contrast confirmed")
+    elif old.get("skipped") and not r["untestable"]:
+        notes.append("v2 confirmed only the contrasts seeds 0-4 decided; v3 confirms every one")
+    if r["claim"] == "C13" and r["text"] != old["text"]:
+        notes.append("v3 rule 3: named for the rule its rows run (the same runs)")
+    if r["kind"] == "collapse" and r["verdict"].startswith("holds in the weaker"):
+        notes.append("v3 rule 2: C1 names what it shows (no run at the collapse rule)")
+    if not notes and not old.get("skipped") and word(old["verdict"]) != word(r["verdict"]) and r.get("shown"):
+        h = r["shown"]
+        notes.append(f"the data: n {len(old['seeds'])} -> {len(r['seeds'])}, Holm t p "
+                     f"{old['holm'][h][0]:.4f} -> {r['holm'][h][0]:.4f} (Holm over {families[0]} -> {families[1]} "
+                     "hypotheses)")
+    return "; ".join(notes)
+
+
+def comparison_markdown(m):
+    """Each contrast's verdict under v2 (its confirmation, seeds 5-9, which the README reported) and under v3 (seeds
+    0-4, exploratory; the confirmation), with what changed and why. m: the v3 confirmation's family size."""
+    from paper import verdicts as v2
+    v2_expl = v2.verdicts(v2.EXPLORATORY[0])[0]
+    v2_conf = v2.verdicts(v2.CONFIRMATION[0], v2.decided(v2.EXPLORATORY[0]))[0]
+    families = (sum(len(r["hyp"]) for r in v2_conf if not r["untestable"] and not r.get("skipped")), m)
+    old = {key(c): (r, e) for c, r, e in zip(CLAIMS, v2_conf, v2_expl)}
+    expl, conf = verdicts(EXPLORATORY)[0], verdicts(CONFIRMATION)[0]
+    counts = lambda recs: ", ".join(f"{k} {v}" for k, v in sorted(tally(recs).items()))
+    lines = [f"Verdicts: v2's confirmation (seeds 5-9) {counts(v2_conf)}; v3 on seeds 0-4 (exploratory) "
+             f"{counts(expl)}; v3's confirmation {counts(conf)}.", "",
+             "| claim | the paper | v2: the confirmation, seeds 5-9 | v3: seeds 0-4 (exploratory) | v3: the "
+             "confirmation | what changed from v2, and why |", "| --- | --- | --- | --- | --- | --- |"]
+    for c, x, r in zip(CLAIMS_V3, expl, conf):
+        o, e = old.get(key(c), (None, None))
+        lines.append(f"| {r['claim']} | {r['text']} | {v2_cell(o, e) if o else ''} | {brief(x)} | {brief(r)} | "
+                     f"{why(o, e, r, families)} |")
+    return "\n".join(lines)
+
+
+def tally(recs):
+    """{verdict word: number of contrasts}, untestable counted as one word, C1's "holds" forms apart."""
     count = {}
     for r in recs:
-        k = "untestable" if r["untestable"] else r["verdict"].split(":")[0].split(" (")[0]
+        k = "untestable" if r["untestable"] else "not confirmed" if r.get("skipped") else \
+            r["verdict"].split(":")[0].split(" (")[0]
         count[k] = count.get(k, 0) + 1
+    return count
+
+
+def report(folders, title, note="", power=None):
+    recs, (passes, g) = verdicts(folders)
+    count = tally(recs)
     parts = [f"# {title}", "",
              f"Generated by `python -m paper.verdicts3` from the result files of {', '.join(folders)} (merged seed by "
              "seed; not read: " + (", ".join(f"{f}/{r}" for f in folders for r in NOT_READ.get(f, ())) or "none") +
@@ -324,6 +400,8 @@ def report(folders, title, note="", power=None):
              f"The regime gate (DirectPred above the stronger random init, rule 1): {mean_ci(g)}, "
              f"**{'passes' if passes else 'fails'}**; it withholds no verdict under v3.", "",
              markdown(folders, power), ""]
+    if folders == CONFIRMATION:
+        parts += ["## v2 and v3, contrast by contrast", "", comparison_markdown(family_size(recs)), ""]
     return "\n".join(parts)
 
 
