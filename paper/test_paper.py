@@ -515,6 +515,15 @@ def test_the_v2_tests_against_printed_tables_and_hand_enumeration():
     assert S.sign_flip_test([0.3, 1.0, 2.0, 0.1, 5.0], "greater") == pytest.approx(1 / 32)  # its smallest p at n = 5
     assert S.sign_flip_test([0.3, 1.0, 2.0, 0.1, -5.0], "greater") > 0.05  # one seed the other way: never below 0.05
     assert S.sign_flip_test([0.5, 0.2], "greater", null=1.0) == 1.0  # shifted by the null: both below it
+    # scipy's exact permutation test (the reference, slow above n = 15), ties included
+    perm = importlib.import_module("scipy.stats").permutation_test
+    rng = np.random.default_rng(0)
+    for d in [rng.normal(size=n) + s for n in (2, 5, 9, 12) for s in (0.0, 0.4)] + [np.ones(4), [1, -1, 2, -2, 0.0],
+                                                                                  np.round(rng.normal(size=10), 1)]:
+        for alt, null in (("greater", 0.0), ("less", 0.0), ("greater", -1.0), ("less", 1.0)):
+            want = perm((np.asarray(d) - null,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                        alternative=alt).pvalue
+            assert S.sign_flip_test(d, alt, null) == pytest.approx(want, abs=1e-12), (d, alt, null)
     # Holm: sorted 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06 (monotone)
     assert S.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert S.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
