@@ -316,6 +316,16 @@ def test_the_v3_confirmation_report_sets_v2_beside_v3_with_why():
         conf[0]["verdict"].startswith("holds in the weaker form")
 
 
+def test_the_v3_figure_draws_every_contrast_and_c1(tmp_path):
+    """python -m paper.verdicts3 figure on the committed files: the contrasts' panel and C1's rank panel both drawn
+    (coloured: seeds, intervals, ranks), written where --write says."""
+    out = tmp_path / "v3.png"
+    r = subprocess.run([sys.executable, "-m", "paper.verdicts3", "figure", "--write", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == f"wrote {out}", r.stderr
+    assert coloured_panels(out, 4)[1:] == [True] * 3  # the first strip holds the contrasts' names
+
+
 # the v3 contrasts as result folders, written out here from PLAN.md (not read from paper.rows): (claim, kind, a, b)
 V3_BY_HAND = [
     ("C1", "collapse", "pred-none", "pred-direct"), ("C1", "collapse", "thm2-no-stop-grad", "pred-direct"),

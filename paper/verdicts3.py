@@ -10,9 +10,11 @@ confirmation's size comes from a power rule fixed before its first run (`sizes`,
     python -m paper.verdicts3 confirmation             # the confirmation's seeds, judged alone
     python -m paper.verdicts3 size --jobs 2            # CONFIRMATION.md's numbers from the seed 0-4 results
     python -m paper.verdicts3 readme                   # the README's table of the confirmation
+    python -m paper.verdicts3 figure                   # its figure: claims-v3/confirmation.png (--write FILE)
 """
 import argparse
 import math
+import os
 import re
 import shlex
 import statistics
@@ -464,6 +466,69 @@ def commands(plan, jobs, block=5):
                        f"--baselines {base} --jobs {jobs}")
     return out
 
+VERDICT_COLOUR = {"holds": "C2", "opposite": "C3", "equivalent": "C0", "differ": "C1", "inconclusive": "0.55"}
+
+
+def figure(folders=CONFIRMATION, out="paper/results/claims-v3/confirmation.png"):
+    """The confirmation at a glance: left, each linear top-1 contrast's paired differences (a - b in the paper's
+    direction; seeds as dots, the mean and its 95% interval coloured by the verdict), the paper's own difference
+    beside (an arrow at the edge where it is off the axis), the +-1 margin of the "about equal" claims; right, C1:
+    the final effective rank of the no-predictor, no-stop-gradient and DirectPred runs against the collapse rule."""
+    from directpred import COLLAPSE_ERANK
+    from paper.rows import paper_effect
+    from paper.theory import pyplot, save
+    plt = pyplot()
+    recs, _ = verdicts(folders)
+    runs, _ = load(folders)
+    points_recs = [(c, r) for c, r in zip(CLAIMS_V3, recs) if r["kind"] in ("direction", "equal")
+                   and r["claim"] != "C11" and len(r["seeds"]) > 1]
+    fig, (ax, ax1) = plt.subplots(1, 2, figsize=(17, 0.42 * len(points_recs) + 2.2),
+                                  gridspec_kw=dict(width_ratios=(3.2, 1)), layout="constrained")
+    lim = (-6.0, 16.0)
+    for y, (c, r) in enumerate(reversed(points_recs)):
+        word = "untestable" if r["untestable"] else r["verdict"].split(":")[0]
+        colour = VERDICT_COLOUR.get(word, "0.8")
+        ax.plot(r["d"], [y - 0.22] * len(r["d"]), ".", color=colour, alpha=0.5, ms=5)  # below the interval
+        lo, hi = stats.interval(r["d"])
+        ax.plot([lo, hi], [y, y], "-", color=colour, lw=3)
+        ax.plot([statistics.mean(r["d"])], [y], "o", color=colour, ms=7)
+        if r["kind"] == "equal":
+            ax.fill_betweenx([y - 0.4, y + 0.4], -1, 1, color="C0", alpha=0.12, lw=0)
+        effect = paper_effect(c)
+        if effect is not None:
+            e = 100 * effect
+            ax.plot([min(max(e, lim[0]), lim[1])], [y], ">" if e > lim[1] else "<" if e < lim[0] else "x",
+                    color="k", ms=7)
+            if not lim[0] <= e <= lim[1]:
+                ax.annotate(f"the paper {e:+.1f}", (lim[1] if e > 0 else lim[0], y), xytext=(-4, 6),
+                            textcoords="offset points", ha="right", fontsize=7)
+    labels = [f"{r['claim']}: {r['contrast']} ({'untestable' if r['untestable'] else r['verdict']})"
+              for _, r in reversed(points_recs)]
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlim=lim, ylim=(-0.7, len(labels) - 0.3),
+           xlabel="paired difference a - b, linear top-1 points (the paper's direction: > 0)",
+           title="each contrast: seeds (dots), mean and 95% interval coloured by the verdict (green holds, red "
+                 "opposite, grey inconclusive); x the paper's difference; blue band the +-1 margin of 'about equal'")
+    ax.title.set_fontsize(8)
+    for i, (rid, name) in enumerate((("pred-direct", "DirectPred"), ("pred-none", "no predictor (Wp = I)"),
+                                     ("thm2-no-stop-grad", "no stop-gradient"))):
+        got = runs.get(rid, {})
+        ranks = [got[s]["final_erank"] for s in sorted(got)]
+        ax1.plot([i] * len(ranks), ranks, "o", color=f"C{i}", alpha=0.5)
+        ax1.annotate(f"n={len(ranks)}", (i, max(ranks, default=1)), xytext=(0, 6), textcoords="offset points",
+                     ha="center", fontsize=7)
+    ax1.axhline(COLLAPSE_ERANK, color="r", lw=0.8, ls=":", label=f"the collapse rule: rank < {COLLAPSE_ERANK}")
+    ax1.set_xticks(range(3), ["DirectPred", "no predictor\n(Wp = I)", "no stop-\ngradient"], fontsize=8)
+    ax1.set(yscale="log", ylabel="final effective rank of F (of 128)", title="C1: the spread each run keeps")
+    ax1.title.set_fontsize(8)
+    ax1.legend(fontsize=7, loc="center")
+    seeds = sorted({s for r in recs for s in r["seeds"]})
+    fig.suptitle(f"The laptop claims under rules v3, seeds {seeds[0]}-{seeds[-1]} ({', '.join(folders)}; n per "
+                 "contrast in its report)" if seeds else "The laptop claims under rules v3")
+    return save(fig, os.path.dirname(out), os.path.basename(out))
+
+
 def named(which):
     if which == "exploratory":
         return report(EXPLORATORY, "Exploratory: seeds 0-4 under rules v3",
@@ -476,11 +541,14 @@ def named(which):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("which", choices=["exploratory", "confirmation", "size", "readme"])
+    ap.add_argument("which", choices=["exploratory", "confirmation", "size", "readme", "figure"])
     ap.add_argument("--jobs", type=int, default=2,
                     help="size: runs side by side (paper.reproduce --jobs auto's choice on this machine)")
     ap.add_argument("--write", default="", help="write the report here (else print it)")
     args = ap.parse_args()
+    if args.which == "figure":
+        figure(out=args.write or "paper/results/claims-v3/confirmation.png")
+        raise SystemExit
     text = (size_markdown(jobs=args.jobs)[0] + "\n" if args.which == "size" else readme_table() + "\n"
             if args.which == "readme" else named(args.which))
     if args.write:
