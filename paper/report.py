@@ -31,6 +31,20 @@ def collect(work_run, wall):
                        **({"align": r["align"][:4]} if "align" in r else {})} for r in log]}  # align: Fig. 2, top 4
 
 
+def machine():
+    """Where a result ran: the CPU's model name, the GPUs torch sees, torch's version. A seed means the same init and
+    batch order on any machine; the numbers differ in their last digits between CPUs (their kernels round
+    differently) and drift apart over a run, as two seeds do."""
+    import platform
+    import torch
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return f"{os.cpu_count()} cores of {cpu}" + (f", {len(gpus)} x {gpus[0]}" if gpus else "") + \
+        f", torch {torch.__version__}"
+
+
 def write_json(path, obj):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as fh:

@@ -35,8 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from data import DATASETS, VAL_SIZE, fmnist_missing
-from paper.report import claims_markdown, collect, figures, lead_figure, load_results, read_log, run_config, \
-    table_markdown, write_json
+from paper.report import claims_markdown, collect, figures, lead_figure, load_results, machine, read_log, \
+    run_config, table_markdown, write_json
 from paper.rows import ASSUMED_IMG_S, CURVES, DEMO_FLAGS, DEMO_ROWS, EVAL_EVERY, GROUPS, ROW_IDS, ROWS, SCALES, row, \
     row_flags, runs_row
 from plumbing import ArgumentParser, RunError
@@ -131,7 +131,8 @@ def run_one(rid, seed, args, env):
                                   train_seconds=round(wall, 1)))
         return res_path
     sh(probe, env, os.path.join(args.work, rid, f"s{seed}.probe.txt"))
-    summary = dict(row=rid, seed=seed, scale=args.scale, command=shlex.join(train), **collect(work_run, wall))
+    summary = dict(row=rid, seed=seed, scale=args.scale, command=shlex.join(train), **collect(work_run, wall),
+                   machine=machine())
     if rid.startswith(("pred-linear", "t3-1l")) and seed == 0:  # a linear Wp's full log: the Fig. 2 panels
         summary["log"] = read_log(os.path.join(work_run, "log.jsonl"))
     write_json(res_path, summary)
@@ -154,7 +155,8 @@ def run_baseline(name, cmd, args, env):
         sh(cmd, env, os.path.join(args.work, "baselines", f"{name}.txt"))
         ev = json.load(open(cmd[cmd.index("--out") + 1]))
         write_json(res_path, dict(baseline=name, linear_top1=ev["top1"], knn_top1=ev["knn_top1"],
-                                  protocol=ev["protocol"], seconds=ev["seconds"], command=shlex.join(cmd)))
+                                  protocol=ev["protocol"], seconds=ev["seconds"], command=shlex.join(cmd),
+                                  machine=machine()))
     return res_path
 
 

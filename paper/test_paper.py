@@ -794,6 +794,8 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
         mean, std = sum(lin) / 2, math.sqrt(((lin[0] - lin[1]) ** 2) / 2)  # sample std of two numbers
         assert rows[rid]["linear"] == (pytest.approx(mean), pytest.approx(std), 2)
         assert rows[rid]["gain_linear"][0] == pytest.approx(mean - sum(rand) / 2)
+        here = f"{os.cpu_count()} cores of "  # each result names where it ran (RP.machine), torch's version last
+        assert all(x["machine"].startswith(here) and x["machine"].endswith(f"torch {torch.__version__}") for x in res)
     table = (tmp_path / "r" / "table.md").read_text()
     assert f"{100 * rows['pred-direct']['linear'][0]:.2f} ± {100 * rows['pred-direct']['linear'][1]:.2f} (n=2)" in table
     # a fresh clone holds the result files and no work folder: a baseline still to probe gets pred-direct's
