@@ -42,9 +42,8 @@ def t_test(d, alternative, null=0.0):
 def sign_flip_test(d, alternative, null=0.0):
     """The exact one-sided sign-flip test of the mean of d - null: each of the 2^n sign patterns of
     the differences equally likely under the null (each difference symmetric about it). Its smallest
-    p is 2^-n (1/32 at n = 5). scipy.stats.permutation_test's p (its exact branch, its tolerance for
-    ties); the 2^n sums are built here by doubling, as scipy lists the patterns in Python (2 s at
-    n = 19, where this takes milliseconds)."""
+    p is 2^-n (1/32 at n = 5). scipy.stats.permutation_test's exact p, its tolerance for ties; the
+    2^n sums built here by doubling, as scipy lists the patterns in Python (slow at n = 19)."""
     d = np.asarray(d, dtype=float) - null
     sums = np.zeros(1)
     for x in d:  # every sign pattern's sum: (+x, -x) appended to each sum so far

@@ -18,11 +18,12 @@ import os
 import re
 import shlex
 import statistics
+import sys
 
-from directpred import looks_collapsed
+from directpred import COLLAPSE_ERANK, looks_collapsed
 from paper import stats
 from paper.report import load_results, run_config
-from paper.rows import CLAIMS, CLAIMS_V3, PAPER_LR_WD, row, runs_row
+from paper.rows import CLAIMS, CLAIMS_V3, PAPER_LR_WD, paper_effect, row, runs_row
 from paper.verdicts import (ALPHA, PAPER_STEPS, contrast as v2_contrast, hypotheses, inits_of, judge, learns,
                             mean_ci, p_cell, points)
 
@@ -466,6 +467,7 @@ def commands(plan, jobs, block=5):
                        f"--baselines {base} --jobs {jobs}")
     return out
 
+
 VERDICT_COLOUR = {"holds": "C2", "opposite": "C3", "equivalent": "C0", "differ": "C1", "inconclusive": "0.55"}
 
 
@@ -474,9 +476,7 @@ def figure(folders=CONFIRMATION, out="paper/results/claims-v3/confirmation.png")
     direction; seeds as dots, the mean and its 95% interval coloured by the verdict), the paper's own difference
     beside (an arrow at the edge where it is off the axis), the +-1 margin of the "about equal" claims; right, C1:
     the final effective rank of the no-predictor, no-stop-gradient and DirectPred runs against the collapse rule."""
-    from directpred import COLLAPSE_ERANK
-    from paper.rows import paper_effect
-    from paper.theory import pyplot, save
+    from paper.theory import pyplot, save  # the repo's one plotting module; matplotlib is imported there
     plt = pyplot()
     recs, _ = verdicts(folders)
     runs, _ = load(folders)
@@ -511,8 +511,7 @@ def figure(folders=CONFIRMATION, out="paper/results/claims-v3/confirmation.png")
            title="each contrast: seeds (dots), mean and 95% interval coloured by the verdict (green holds, red "
                  "opposite, grey inconclusive); x the paper's difference; blue band the +-1 margin of 'about equal'")
     ax.title.set_fontsize(8)
-    for i, (rid, name) in enumerate((("pred-direct", "DirectPred"), ("pred-none", "no predictor (Wp = I)"),
-                                     ("thm2-no-stop-grad", "no stop-gradient"))):
+    for i, rid in enumerate(("pred-direct", "pred-none", "thm2-no-stop-grad")):
         got = runs.get(rid, {})
         ranks = [got[s]["final_erank"] for s in sorted(got)]
         ax1.plot([i] * len(ranks), ranks, "o", color=f"C{i}", alpha=0.5)
@@ -548,7 +547,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.which == "figure":
         figure(out=args.write or "paper/results/claims-v3/confirmation.png")
-        raise SystemExit
+        sys.exit()
     text = (size_markdown(jobs=args.jobs)[0] + "\n" if args.which == "size" else readme_table() + "\n"
             if args.which == "readme" else named(args.which))
     if args.write:
