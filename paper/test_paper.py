@@ -316,6 +316,34 @@ def test_the_v3_confirmation_report_sets_v2_beside_v3_with_why():
         conf[0]["verdict"].startswith("holds in the weaker form")
 
 
+def test_the_v3_confirmation_report_counts_where_each_pair_ran():
+    """confirmation.md's "Where each pair ran": per two-row contrast, its seeds by whether the two rows' JSON files
+    name one CPU, two, or (files before the machine field) none, counted here from the files with json alone."""
+    V3 = importlib.import_module("paper.verdicts3")
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        text = V3.machines_markdown(V3.CONFIRMATION)
+        report = V3.named("confirmation")
+    finally:
+        os.chdir(cwd)
+    assert "## Where each pair ran" in report and text in report
+    where = {}
+    for folder in V3.CONFIRMATION:  # merged seed by seed, a later folder wins
+        for f in sorted((ROOT / folder).glob("*/s*.json")):
+            obj = json.loads(f.read_text())
+            if "diverged" not in obj:
+                where.setdefault(f.parent.name, {})[obj["seed"]] = obj.get("machine")
+    want = []
+    for claim, kind, a, b in V3_BY_HAND:
+        if b in (None, "random") or claim == "C10":
+            continue
+        ms = [{where[a][s], where[b][s]} for s in sorted(set(where.get(a, {})) & set(where.get(b, {})))]
+        want.append(f"| {claim} | {a} vs {b} | {sum(None not in m and len(m) == 1 for m in ms)} | "
+                    f"{sum(None not in m and len(m) == 2 for m in ms)} | {sum(None in m for m in ms)} |")
+    assert [x for x in text.splitlines() if x.startswith("| C")] == want
+
+
 def test_the_v3_figure_draws_every_contrast_and_c1(tmp_path):
     """python -m paper.verdicts3 figure on the committed files: the contrasts' panel and C1's rank panel both drawn
     (coloured: seeds, intervals, ranks), written where --write says."""

@@ -380,6 +380,32 @@ def comparison_markdown(m):
     return "\n".join(lines)
 
 
+def where_pairs_ran(c, r, runs):
+    """(one CPU, two CPUs, not recorded): a contrast's seeds by where its two rows' runs ran, from each result
+    file's `machine` (recorded from commit 51578c1 on); None for a contrast of one row (C7's init, C11)."""
+    rids = list(dict.fromkeys(rows_of(c)))
+    if len(rids) < 2:
+        return None
+    got = [{runs[rid][s].get("machine") for rid in rids} for s in r["seeds"]]
+    return (sum(None not in m and len(m) == 1 for m in got), sum(None not in m and len(m) > 1 for m in got),
+            sum(None in m for m in got))
+
+
+def machines_markdown(folders):
+    """Per contrast, how many of its seeds had both rows on one CPU: a seed fixes the init and batch order, but two
+    CPUs' runs of one seed end about as far apart as two seeds (paper/results/cpu-check), so such pairs are paired
+    less closely. It decides nothing."""
+    runs = load(folders)[0]
+    lines = ["| claim | contrast | seeds: both rows on one CPU | on two CPUs | not recorded |",
+             "| --- | --- | --- | --- | --- |"]
+    for c, r in zip(CLAIMS_V3, verdicts(folders)[0]):
+        got = where_pairs_ran(c, r, runs) if not r["untestable"] else None
+        if got:
+            lines.append(f"| {r['claim']} | {' vs '.join(dict.fromkeys(rows_of(c)))} | {got[0]} | {got[1]} | "
+                         f"{got[2]} |")
+    return "\n".join(lines)
+
+
 def tally(recs):
     """{verdict word: number of contrasts}, untestable counted as one word, C1's "holds" forms apart."""
     count = {}
@@ -404,7 +430,13 @@ def report(folders, title, note="", power=None):
              f"**{'passes' if passes else 'fails'}**; it withholds no verdict under v3.", "",
              markdown(folders, power), ""]
     if folders == CONFIRMATION:
-        parts += ["## v2 and v3, contrast by contrast", "", comparison_markdown(family_size(recs)), ""]
+        parts += ["## v2 and v3, contrast by contrast", "", comparison_markdown(family_size(recs)), "",
+                  "## Where each pair ran", "",
+                  "Each result file names its CPU from commit 51578c1 on (`machine`); the earlier ones ran on "
+                  "2-core virtual machines, an AMD EPYC where it was checked and six files an Intel Xeon "
+                  "(claims-v3/README.md). The same (row, seed) on the two CPUs ends about as far apart as two seeds "
+                  "(paper/results/cpu-check), so a seed whose two rows ran on different CPUs is paired less closely. "
+                  "Beside the verdicts, deciding nothing:", "", machines_markdown(folders), ""]
     return "\n".join(parts)
 
 
