@@ -279,7 +279,9 @@ def parse(argv=None):
             continue
         n = row(src).get("seeds", 1) if args.scale == "laptop" else 1 if row(src).get("imagenet") else 5
         work += [(src, s) for s in (seeds if seeds is not None else range(n))]
-    return args, list(dict.fromkeys(work))
+    # seed by seed, the rows in their order within a seed: a suite cut short leaves whole seeds (each contrast
+    # paired), and a seed's rows run close in time, so on one machine where a suite spans several
+    return args, sorted(dict.fromkeys(work), key=lambda w: w[1])
 
 
 def measure_jobs(base, cores, steps=6):

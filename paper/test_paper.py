@@ -789,6 +789,17 @@ def test_claims_are_judged_by_the_plans_paired_tests(tmp_path):
     assert recs[("C1", "pred-direct")]["verdict"] == "holds"  # +11, +2 (mean 7.67 < 5 x std 4.93): the gate fails
 
 
+def test_reproduce_runs_seed_by_seed(tmp_path):
+    """The suite's runs go seed by seed (every row of seed 0, then of seed 1, ...), the rows in the order given, so
+    a suite stopped early leaves whole seeds to pair; --dry-run lists them in the order they run."""
+    r = subprocess.run([sys.executable, "-m", "paper.reproduce", "--rows", "pred-linear,pred-direct,pred-none",
+                        "--seeds", "1,0", "--baselines", "none", "--dry-run", "--work", str(tmp_path / "w"),
+                        "--results", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    order = [ln.split(" (")[0][2:] for ln in r.stdout.splitlines() if " seed " in ln and ln.startswith("# pred")]
+    assert order == [f"{rid} seed {s}" for s in (0, 1) for rid in ("pred-linear", "pred-direct", "pred-none")]
+
+
 def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
     """Two rows x two seeds on fake data with --jobs 2. Killed (SIGTERM to the whole process group) once the first
     run has its result: re-run, the finished runs are not recomputed, an unfinished one continues from its checkpoint
