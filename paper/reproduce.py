@@ -22,7 +22,8 @@ Each (row, seed) is `python train.py <scale's base flags> <row's flags> --seed S
 `python eval_linear.py --ckpt WORK/<row>/s<S>/ckpt.pt`, exactly what a user would type (--dry-run prints them). Its
 result goes to a small JSON file under --results, meant to be committed: a run with a result file is never
 recomputed, so a suite stopped half way is continued, here or on another machine, by running the same command
-again (an unfinished run continues from its last checkpoint with --resume, where WORK survived).
+again (an unfinished run continues from its last checkpoint with --resume, where WORK survived). The runs go seed
+by seed, so a suite stopped half way leaves whole seeds.
 """
 import argparse
 import json
