@@ -140,13 +140,19 @@ def run_one(rid, seed, args, env):
     return res_path
 
 
+def restore_command(rid, args, seed):
+    """restore_checkpoint's command: the (row, seed)'s training command, stopped after one step."""
+    return commands(row(rid), args, seed)[0] + ["--max-steps", "1"]
+
+
 def restore_checkpoint(rid, seed, args, env):
     """The checkpoint of a finished (row, seed) whose work folder is gone (a fresh clone holds only the committed
-    result files): its training command run again, not probed, so that the baselines can read its network's config
-    and init. Returns the checkpoint's path."""
+    result files), for the baselines: its training command run again for one step, not probed. A baseline reads
+    only the checkpoint's config (the init comes from its --seed), so one step gives the numbers the whole run's
+    checkpoint gives. Returns the checkpoint's path."""
     ckpt = checkpoint(args, rid, seed)
     if not os.path.exists(ckpt):
-        sh(commands(row(rid), args, seed)[0], env, os.path.join(args.work, rid, f"s{seed}.train.txt"))
+        sh(restore_command(rid, args, seed), env, os.path.join(args.work, rid, f"s{seed}.train.txt"))
     return ckpt
 
 
@@ -373,7 +379,7 @@ def report_only(args):
 
 def plan(args, work):
     """What is left to do and where: a dict of the runs to do (single-GPU / CPU ones and the ImageNet ones), the
-    baseline probes, the seeds whose pred-direct checkpoint must be trained again for them (a fresh clone), the
+    baseline probes, the seeds whose pred-direct checkpoint must be made again for them (a fresh clone), the
     layout (--jobs measured on a CPU, one run per GPU), each run's threads and one line saying it all."""
     seeds = sorted({s for _, s in work})
     base_cmds = {} if args.baselines == "none" or ("pred-direct", seeds[0]) not in work else \
@@ -423,8 +429,8 @@ def dry_run(args, work, todo):
         print(f"# {rid} seed {s} ({'done' if (rid, s) not in todo['todo'] else 'to run'})\n{shlex.join(train)}\n"
               f"{shlex.join(probe)}")
     for s in todo["base_seeds"]:
-        print(f"# pred-direct seed {s}: its checkpoint, if still missing then, is trained again (not probed) "
-              f"before the baselines\n{shlex.join(commands(row('pred-direct'), args, s)[0])}")
+        print(f"# pred-direct seed {s}: its checkpoint, if still missing then, is made again (one step, not "
+              f"probed) before the baselines\n{shlex.join(restore_command('pred-direct', args, s))}")
     for name, cmd in todo["base_cmds"].items():
         print(f"# baseline {name}\n{shlex.join(cmd)}")
     rows_run = sorted({rid for rid, _ in work})

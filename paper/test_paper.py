@@ -838,7 +838,7 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
     table = (tmp_path / "r" / "table.md").read_text()
     assert f"{100 * rows['pred-direct']['linear'][0]:.2f} ± {100 * rows['pred-direct']['linear'][1]:.2f} (n=2)" in table
     # a fresh clone holds the result files and no work folder: a baseline still to probe gets pred-direct's
-    # checkpoint trained again (only that seed's, not probed, no result file rewritten) and the same number
+    # checkpoint made again (only that seed's, one step, not probed, no result file rewritten) and the same number
     shutil.rmtree(tmp_path / "w")
     redo = tmp_path / "r" / "baselines" / "random-bn-s1.json"
     top1 = json.load(open(redo))["linear_top1"]
@@ -849,6 +849,7 @@ def test_reproduce_suite_resumes_after_a_kill_and_aggregates_by_hand(tmp_path):
     assert json.load(open(redo))["linear_top1"] == top1
     assert all(p.read_bytes() == b for p, b in kept.items())
     assert [p.parent.name for p in (tmp_path / "w").glob("*/s*/ckpt.pt")] == ["s1"]
+    assert "steps 0 -> 1," in (tmp_path / "w" / "pred-direct" / "s1.train.txt").read_text()
 
 
 def test_a_failed_torchrun_is_read_from_the_ranks_own_line_not_the_launchers(tmp_path):
